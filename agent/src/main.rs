@@ -1,1 +1,5 @@
-fn main() {}
+//! `vantage-agent`: see [`vantage_agent::cli`].
+
+fn main() -> std::process::ExitCode {
+    vantage_agent::cli::main(std::env::args_os(), &vantage_agent::env::ProcessEnv)
+}

@@ -529,7 +529,10 @@ mod tests {
             .insert("big".into(), "x".repeat(10 * 1024 * 1024));
         assert!(matches!(
             Hello::try_from(huge_label),
-            Err(ProtocolError::TooLong { field: "labels.value", .. })
+            Err(ProtocolError::TooLong {
+                field: "labels.value",
+                ..
+            })
         ));
         let mut bad_name = hello();
         bad_name.name = "a b/c".into();
@@ -549,10 +552,14 @@ mod tests {
                 outcome: 77,
                 ..Default::default()
             }],
+            ..Default::default()
         };
         assert!(matches!(
             check_batch(&batch),
-            Err(ProtocolError::UnknownEnum { field: "outcome", value: 77 })
+            Err(ProtocolError::UnknownEnum {
+                field: "outcome",
+                value: 77
+            })
         ));
     }
 }

@@ -1,0 +1,166 @@
+//! The agent's persistent identity in its state directory: the key it
+//! generated, the certificate the coordinator signed, the coordinator's CA,
+//! and what enrollment assigned (id, name, region, addresses).
+//!
+//! Secrets are written with mode 0600 and every file is written to a temporary
+//! name and renamed, so a crash mid-enrollment leaves no half identity: the
+//! `identity.json` written last is what marks an enrollment as complete.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::tls::{self, TlsError};
+
+const IDENTITY_FILE: &str = "identity.json";
+const KEY_FILE: &str = "agent.key";
+const CERT_FILE: &str = "agent.crt";
+const CA_FILE: &str = "ca.crt";
+
+/// Errors reading or writing the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// `identity.json` is not what this version writes.
+    #[error(
+        "{path}: damaged identity file ({source}); remove the state directory and enroll again"
+    )]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+    /// The stored certificate or key is unusable.
+    #[error("stored credentials are unusable: {0}")]
+    Tls(#[from] TlsError),
+}
+
+/// What enrollment assigned, stored as `identity.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityInfo {
+    /// The coordinator's id for this agent.
+    pub agent_id: String,
+    /// The agent's name.
+    pub name: String,
+    /// The agent's region (from the token).
+    pub region: String,
+    /// Labels sent at enrollment.
+    pub labels: BTreeMap<String, String>,
+    /// `agent` or `witness`.
+    pub role: String,
+    /// Coordinator addresses from the token.
+    pub coordinator: Vec<String>,
+}
+
+/// A complete identity: info plus credentials.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// What enrollment assigned.
+    pub info: IdentityInfo,
+    /// PEM private key (never leaves the agent).
+    pub key_pem: String,
+    /// PEM certificate signed by the coordinator CA.
+    pub cert_pem: String,
+    /// PEM CA certificate of the coordinator.
+    pub ca_pem: String,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
+    move |source| IdentityError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `contents` to `path` atomically with the given mode.
+pub fn write_private(path: &Path, contents: &[u8], mode: u32) -> Result<(), IdentityError> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(mode);
+        }
+        let mut file = options.open(&tmp).map_err(io_err(&tmp))?;
+        file.write_all(contents).map_err(io_err(&tmp))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Creates `dir` (mode 0700 on Unix) if it does not exist.
+pub fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(io_err(dir))
+}
+
+impl Identity {
+    /// Loads the identity from `state_dir`; `None` if the agent never
+    /// completed enrollment there.
+    pub fn load(state_dir: &Path) -> Result<Option<Identity>, IdentityError> {
+        let info_path = state_dir.join(IDENTITY_FILE);
+        let info_text = match std::fs::read_to_string(&info_path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&info_path)(e)),
+        };
+        let info: IdentityInfo =
+            serde_json::from_str(&info_text).map_err(|source| IdentityError::Damaged {
+                path: info_path.clone(),
+                source,
+            })?;
+        let read = |name: &str| {
+            let path = state_dir.join(name);
+            std::fs::read_to_string(&path).map_err(io_err(&path))
+        };
+        let identity = Identity {
+            info,
+            key_pem: read(KEY_FILE)?,
+            cert_pem: read(CERT_FILE)?,
+            ca_pem: read(CA_FILE)?,
+        };
+        // Fail now, with the file named, rather than at the first handshake.
+        identity.client_config()?;
+        Ok(Some(identity))
+    }
+
+    /// Saves the identity into `state_dir` (created if missing).
+    pub fn save(&self, state_dir: &Path) -> Result<(), IdentityError> {
+        create_private_dir(state_dir)?;
+        write_private(&state_dir.join(KEY_FILE), self.key_pem.as_bytes(), 0o600)?;
+        write_private(&state_dir.join(CERT_FILE), self.cert_pem.as_bytes(), 0o600)?;
+        write_private(&state_dir.join(CA_FILE), self.ca_pem.as_bytes(), 0o600)?;
+        let info =
+            serde_json::to_vec_pretty(&self.info).map_err(|source| IdentityError::Damaged {
+                path: state_dir.join(IDENTITY_FILE),
+                source,
+            })?;
+        write_private(&state_dir.join(IDENTITY_FILE), &info, 0o600)
+    }
+
+    /// The mTLS client configuration for the session.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        tls::mtls_client_config(&self.ca_pem, &self.cert_pem, &self.key_pem)
+    }
+}

@@ -1,0 +1,515 @@
+//! The agent's session with the coordinator, as an explicit state machine:
+//! `Connecting → Connected → Disconnected(backoff) → Connecting …`, ending in
+//! `Stopped` (shutdown) or a fatal error (the coordinator refused us).
+//!
+//! While connected, the session replays every unacknowledged spooled batch,
+//! sends new ones as plans produce them (bounded by a window of batches in
+//! flight), deletes a batch only on its `Ack`, exchanges heartbeats, and
+//! treats a silent coordinator (three missed heartbeats) as a lost link.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc, Notify};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status, Streaming};
+use vantage_proto::pb;
+use vantage_proto::pb::agent_message::Body as Up;
+use vantage_proto::pb::agent_service_client::AgentServiceClient;
+use vantage_proto::pb::coordinator_message::Body as Down;
+
+use crate::backoff::{Backoff, BackoffConfig};
+use crate::identity::Identity;
+use crate::runner::Runner;
+use crate::spool::Spool;
+use crate::tls::{TlsConnector, TlsError};
+
+/// How long the coordinator has to answer `Hello` with `Welcome`.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
+/// Batches sent but not yet acknowledged, at most.
+const WINDOW: usize = 32;
+
+/// Whether a failed call is worth retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// The link or the coordinator had a passing problem: reconnect with backoff.
+    Transient,
+    /// The coordinator refused this agent: retrying cannot help.
+    Fatal,
+}
+
+/// Classifies a status from the coordinator.
+pub fn classify(status: &Status) -> Recovery {
+    match status.code() {
+        Code::Unauthenticated
+        | Code::PermissionDenied
+        | Code::InvalidArgument
+        | Code::Unimplemented => Recovery::Fatal,
+        _ => Recovery::Transient,
+    }
+}
+
+/// What the session reports to whoever watches it (logs, tests, the demo).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// The coordinator welcomed us.
+    Connected {
+        /// Our agent id.
+        agent_id: String,
+    },
+    /// The link was lost; reconnecting after `retry_in`.
+    Disconnected {
+        /// Why.
+        reason: String,
+        /// The backoff delay chosen.
+        retry_in: Duration,
+    },
+    /// The coordinator refused us; the agent stops.
+    Fatal {
+        /// Why.
+        reason: String,
+    },
+    /// A plan was accepted and started.
+    PlanStarted {
+        /// The plan.
+        plan_id: String,
+    },
+    /// A plan was refused.
+    PlanRejected {
+        /// The plan.
+        plan_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A plan has run to the end and its results are spooled.
+    PlanSpooled {
+        /// The plan.
+        plan_id: String,
+        /// Results produced.
+        results: u64,
+    },
+    /// The coordinator acknowledged a batch.
+    Acked {
+        /// The batch.
+        seq: u64,
+    },
+}
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The coordinator refused this agent (revoked, unknown, bad request).
+    #[error("the coordinator refused this agent: {0}")]
+    Refused(String),
+    /// The stored credentials are unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Everything the session needs.
+pub struct SessionConfig {
+    /// Who we are.
+    pub identity: Identity,
+    /// Reconnect policy (already validated).
+    pub backoff: BackoffConfig,
+    /// Source address for the coordinator connection and probes.
+    pub bind_ip: Option<std::net::IpAddr>,
+    /// Capabilities advertised in Hello.
+    pub capabilities: Vec<String>,
+}
+
+enum State {
+    Connecting,
+    Connected(Box<Live>),
+    Disconnected { retry_in: Duration },
+    Stopped,
+}
+
+struct Live {
+    tx: mpsc::Sender<pb::AgentMessage>,
+    inbound: Streaming<pb::CoordinatorMessage>,
+    heartbeat: Duration,
+}
+
+enum End {
+    Shutdown,
+    Transient(String),
+    Fatal(String),
+}
+
+impl From<Status> for End {
+    fn from(status: Status) -> Self {
+        let reason = format!("{:?}: {}", status.code(), status.message());
+        match classify(&status) {
+            Recovery::Fatal => End::Fatal(reason),
+            Recovery::Transient => End::Transient(reason),
+        }
+    }
+}
+
+/// A running agent: session, spool and plan runner.
+pub struct Agent {
+    config: SessionConfig,
+    spool: Arc<Spool>,
+    runner: Runner,
+    spooled: Arc<Notify>,
+    events: broadcast::Sender<SessionEvent>,
+    plans: Arc<Mutex<HashMap<String, tokio::task::AbortHandle>>>,
+}
+
+fn message(body: Up) -> pb::AgentMessage {
+    pb::AgentMessage { body: Some(body) }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Agent {
+    /// An agent that will connect with `config`, spool into `spool` and run
+    /// plans on `runner`.
+    pub fn new(config: SessionConfig, spool: Arc<Spool>, runner: Runner) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Agent {
+            config,
+            spool,
+            runner,
+            spooled: Arc::new(Notify::new()),
+            events,
+            plans: Arc::default(),
+        }
+    }
+
+    /// Events of this agent's session, from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, event: SessionEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// Runs until `shutdown` resolves (Ok) or the coordinator refuses us (Err).
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), SessionError> {
+        let tls = self.config.identity.client_config()?;
+        let addrs = self.config.identity.info.coordinator.clone();
+        let mut backoff =
+            Backoff::new(self.config.backoff).map_err(|e| SessionError::Refused(e.to_string()))?;
+        let mut rng = rand::rng();
+        let mut next_addr = 0usize;
+        tokio::pin!(shutdown);
+
+        let mut state = State::Connecting;
+        loop {
+            state = match state {
+                State::Connecting => {
+                    let addr = &addrs[next_addr % addrs.len().max(1)];
+                    let attempt = self.connect(addr, tls.clone());
+                    tokio::select! {
+                        _ = &mut shutdown => State::Stopped,
+                        result = attempt => match result {
+                            Ok(live) => {
+                                backoff.reset();
+                                State::Connected(Box::new(live))
+                            }
+                            Err(End::Fatal(reason)) => return Err(self.fatal(reason)),
+                            Err(End::Transient(reason)) => {
+                                next_addr += 1;
+                                self.disconnected(reason, backoff.next_delay(&mut rng))
+                            }
+                            Err(End::Shutdown) => State::Stopped,
+                        }
+                    }
+                }
+                State::Connected(live) => match self.serve(*live, &mut shutdown).await {
+                    End::Shutdown => State::Stopped,
+                    End::Fatal(reason) => return Err(self.fatal(reason)),
+                    End::Transient(reason) => {
+                        self.disconnected(reason, backoff.next_delay(&mut rng))
+                    }
+                },
+                State::Disconnected { retry_in } => {
+                    tokio::select! {
+                        _ = &mut shutdown => State::Stopped,
+                        _ = tokio::time::sleep(retry_in) => State::Connecting,
+                    }
+                }
+                State::Stopped => return Ok(()),
+            }
+        }
+    }
+
+    fn fatal(&self, reason: String) -> SessionError {
+        tracing::error!(%reason, "the coordinator refused this agent");
+        self.emit(SessionEvent::Fatal {
+            reason: reason.clone(),
+        });
+        SessionError::Refused(reason)
+    }
+
+    fn disconnected(&self, reason: String, retry_in: Duration) -> State {
+        tracing::warn!(%reason, ?retry_in, "session lost; reconnecting");
+        self.emit(SessionEvent::Disconnected { reason, retry_in });
+        State::Disconnected { retry_in }
+    }
+
+    fn hello(&self) -> pb::Hello {
+        let info = &self.config.identity.info;
+        pb::Hello {
+            name: info.name.clone(),
+            region: info.region.clone(),
+            labels: info.labels.clone().into_iter().collect(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            capabilities: self.config.capabilities.clone(),
+            spool_bytes: self.spool.bytes(),
+            spool_batches: self.spool.len() as u64,
+        }
+    }
+
+    async fn connect(&self, addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<Live, End> {
+        let channel = TlsConnector::new(addr, tls, self.config.bind_ip)
+            .and_then(|c| c.channel(Duration::from_secs(10)))
+            .map_err(|e| End::Fatal(e.to_string()))?;
+        let mut client = AgentServiceClient::new(channel);
+        let (tx, rx) = mpsc::channel(WINDOW * 2);
+        tx.send(message(Up::Hello(self.hello())))
+            .await
+            .map_err(|_| End::Transient("session channel closed".into()))?;
+        let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+        let first = tokio::time::timeout(WELCOME_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| End::Transient("no Welcome from the coordinator".into()))??;
+        let Some(pb::CoordinatorMessage {
+            body: Some(Down::Welcome(welcome)),
+        }) = first
+        else {
+            return Err(End::Transient(
+                "the coordinator did not start with Welcome".into(),
+            ));
+        };
+        let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
+        tracing::info!(agent_id = %welcome.agent_id, %addr, "session established");
+        self.emit(SessionEvent::Connected {
+            agent_id: welcome.agent_id,
+        });
+        Ok(Live {
+            tx,
+            inbound,
+            heartbeat,
+        })
+    }
+
+    async fn serve(
+        &self,
+        mut live: Live,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> End {
+        let mut in_flight = BTreeSet::new();
+        let mut ticker = tokio::time::interval(live.heartbeat);
+        let mut last_heard = Instant::now();
+        loop {
+            if let Err(end) = self.fill_window(&live.tx, &mut in_flight).await {
+                return end;
+            }
+            tokio::select! {
+                _ = &mut *shutdown => return End::Shutdown,
+                incoming = live.inbound.message() => {
+                    last_heard = Instant::now();
+                    match incoming {
+                        Ok(Some(msg)) => {
+                            if let Err(end) = self.handle(msg, &live.tx, &mut in_flight).await {
+                                return end;
+                            }
+                        }
+                        Ok(None) => return End::Transient("the coordinator closed the session".into()),
+                        Err(status) => return status.into(),
+                    }
+                }
+                _ = self.spooled.notified() => {}
+                _ = ticker.tick() => {
+                    if last_heard.elapsed() > live.heartbeat * 3 {
+                        return End::Transient("no word from the coordinator for three heartbeats".into());
+                    }
+                    let beat = message(Up::Heartbeat(pb::Heartbeat { sent_at_unix_ms: now_ms() }));
+                    if live.tx.send(beat).await.is_err() {
+                        return End::Transient("session stream closed".into());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn fill_window(
+        &self,
+        tx: &mpsc::Sender<pb::AgentMessage>,
+        in_flight: &mut BTreeSet<u64>,
+    ) -> Result<(), End> {
+        if in_flight.len() >= WINDOW {
+            return Ok(());
+        }
+        for seq in self.spool.pending() {
+            if in_flight.len() >= WINDOW {
+                break;
+            }
+            if in_flight.contains(&seq) {
+                continue;
+            }
+            let batch = match self.spool.read(seq) {
+                Ok(batch) => batch,
+                Err(e) => {
+                    // A damaged batch is quarantined by the spool; skip it.
+                    tracing::error!(seq, error = %e, "unreadable spooled batch");
+                    continue;
+                }
+            };
+            tx.send(message(Up::Results(batch)))
+                .await
+                .map_err(|_| End::Transient("session stream closed".into()))?;
+            in_flight.insert(seq);
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        msg: pb::CoordinatorMessage,
+        tx: &mpsc::Sender<pb::AgentMessage>,
+        in_flight: &mut BTreeSet<u64>,
+    ) -> Result<(), End> {
+        match msg.body {
+            Some(Down::Ack(ack)) => {
+                in_flight.remove(&ack.seq);
+                if let Err(e) = self.spool.remove(ack.seq) {
+                    tracing::error!(seq = ack.seq, error = %e, "cannot delete acknowledged batch");
+                }
+                self.emit(SessionEvent::Acked { seq: ack.seq });
+            }
+            Some(Down::Plan(plan)) => {
+                if let Some(reason) = self.refusal(&plan) {
+                    tracing::warn!(plan_id = %plan.plan_id, %reason, "refusing plan");
+                    self.emit(SessionEvent::PlanRejected {
+                        plan_id: plan.plan_id.clone(),
+                        reason: reason.clone(),
+                    });
+                    let rejected = message(Up::PlanRejected(pb::PlanRejected {
+                        plan_id: plan.plan_id,
+                        reason,
+                    }));
+                    tx.send(rejected)
+                        .await
+                        .map_err(|_| End::Transient("session stream closed".into()))?;
+                } else {
+                    self.start_plan(plan);
+                }
+            }
+            Some(Down::Cancel(cancel)) => {
+                if let Ok(mut plans) = self.plans.lock() {
+                    if let Some(handle) = plans.remove(&cancel.plan_id) {
+                        handle.abort();
+                    }
+                }
+            }
+            Some(Down::Heartbeat(_)) | Some(Down::Welcome(_)) | None => {}
+        }
+        Ok(())
+    }
+
+    fn refusal(&self, plan: &pb::Plan) -> Option<String> {
+        if self.spool.is_full() {
+            return Some(format!(
+                "spool full: {} bytes held, limit {} (results wait for the coordinator)",
+                self.spool.bytes(),
+                self.spool.max_bytes()
+            ));
+        }
+        if plan.plan_id.is_empty() {
+            return Some("plan has no id".into());
+        }
+        if plan.probes.len() > self.runner.limits().max_probes {
+            return Some(format!(
+                "plan has {} probes, this agent accepts at most {}",
+                plan.probes.len(),
+                self.runner.limits().max_probes
+            ));
+        }
+        match self.plans.lock() {
+            Ok(plans) if plans.contains_key(&plan.plan_id) => {
+                Some("plan is already running".into())
+            }
+            Ok(_) => None,
+            Err(_) => Some("agent state is damaged".into()),
+        }
+    }
+
+    fn start_plan(&self, plan: pb::Plan) {
+        let plan_id = plan.plan_id.clone();
+        let runner = self.runner.clone();
+        let spool = self.spool.clone();
+        let spooled = self.spooled.clone();
+        let events = self.events.clone();
+        let plans = self.plans.clone();
+        let id = plan_id.clone();
+        let task = tokio::spawn(async move {
+            match runner.run(plan, spool, spooled).await {
+                Ok(results) => {
+                    let _ = events.send(SessionEvent::PlanSpooled {
+                        plan_id: id.clone(),
+                        results,
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(plan_id = %id, error = %e, "plan stopped: cannot spool results")
+                }
+            }
+            if let Ok(mut plans) = plans.lock() {
+                plans.remove(&id);
+            }
+        });
+        if let Ok(mut plans) = self.plans.lock() {
+            plans.insert(plan_id.clone(), task.abort_handle());
+        }
+        tracing::info!(%plan_id, "plan started");
+        self.emit(SessionEvent::PlanStarted { plan_id });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_fatal_and_outages_transient() {
+        for code in [
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::InvalidArgument,
+            Code::Unimplemented,
+        ] {
+            assert_eq!(
+                classify(&Status::new(code, "x")),
+                Recovery::Fatal,
+                "{code:?}"
+            );
+        }
+        for code in [
+            Code::Unavailable,
+            Code::Unknown,
+            Code::Internal,
+            Code::DeadlineExceeded,
+            Code::Aborted,
+            Code::Cancelled,
+            Code::ResourceExhausted,
+        ] {
+            assert_eq!(
+                classify(&Status::new(code, "x")),
+                Recovery::Transient,
+                "{code:?}"
+            );
+        }
+    }
+}
