@@ -1,1 +1,17 @@
-//! placeholder
+//! The vantage coordinator: enrollment and the agents' sessions over mutually
+//! authenticated gRPC, durable result storage, and the operator CLI.
+//!
+//! The binary (`vantage`) is a thin wrapper over [`cli`]; tests and embedded
+//! modes start [`server::start`] in-process and use [`coordinator::Coordinator`].
+
+pub mod agent_service;
+pub mod cli;
+pub mod client;
+pub mod control_service;
+pub mod coordinator;
+pub mod ingest;
+pub mod pki;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod time;

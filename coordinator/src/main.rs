@@ -1,1 +1,5 @@
-fn main() {}
+//! `vantage`: see [`vantage::cli`].
+
+fn main() -> std::process::ExitCode {
+    vantage::cli::main(std::env::args_os(), &vantage_agent::env::ProcessEnv)
+}

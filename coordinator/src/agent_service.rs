@@ -1,0 +1,338 @@
+//! `vantage.v1.AgentService`: enrollment and the per-agent session stream.
+//!
+//! Every message from an agent is validated at this edge (through the domain
+//! conversions of `vantage-proto`) before it can reach the store; an invalid
+//! one ends that agent's session with `InvalidArgument` and never disturbs
+//! other sessions.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use vantage_proto::domain::{self, check_labels, check_name, Hello};
+use vantage_proto::pb;
+use vantage_proto::pb::agent_message::Body as Up;
+use vantage_proto::pb::coordinator_message::Body as Down;
+use vantage_proto::token::{hash_secret, sha256_hex};
+
+use crate::coordinator::Coordinator;
+use crate::ingest::IngestJob;
+use crate::pki::agent_id_of;
+use crate::registry::AgentEvent;
+use crate::store::{AgentRecord, NewAgent, StoreError, TokenRejection};
+use crate::time::now_ms;
+
+/// How long an agent has to send `Hello` after opening the stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The service implementation.
+#[derive(Debug, Clone)]
+pub struct AgentService {
+    pub(crate) core: Arc<Coordinator>,
+}
+
+fn down(body: Down) -> pb::CoordinatorMessage {
+    pb::CoordinatorMessage { body: Some(body) }
+}
+
+fn invalid(e: domain::ProtocolError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+impl AgentService {
+    /// Identifies the agent behind the client certificate of `request`.
+    async fn authenticate<T>(&self, request: &Request<T>) -> Result<AgentRecord, Status> {
+        let certs = request.peer_certs().ok_or_else(|| {
+            Status::unauthenticated("a client certificate is required: enroll first")
+        })?;
+        let leaf = certs.first().ok_or_else(|| {
+            Status::unauthenticated("a client certificate is required: enroll first")
+        })?;
+        let fingerprint = sha256_hex(leaf.as_ref());
+        let agent_id = agent_id_of(leaf.as_ref())
+            .ok_or_else(|| Status::unauthenticated("client certificate has no agent id"))?;
+        let id = agent_id.clone();
+        let record = self
+            .core
+            .db(move |s| s.agent_by_id(&id))
+            .await?
+            .ok_or_else(|| Status::unauthenticated(format!("unknown agent {agent_id}")))?;
+        if record.revoked {
+            return Err(Status::permission_denied(format!(
+                "agent {} has been revoked",
+                record.name
+            )));
+        }
+        if record.cert_sha256 != fingerprint {
+            return Err(Status::unauthenticated(format!(
+                "agent {}'s certificate has been superseded by a newer enrollment",
+                record.name
+            )));
+        }
+        Ok(record)
+    }
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::agent_service_server::AgentService for AgentService {
+    async fn enroll(
+        &self,
+        request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let req = request.into_inner();
+        if req.token.is_empty() || req.token.len() > 256 {
+            return Err(Status::unauthenticated(
+                "missing or malformed enrollment token",
+            ));
+        }
+        check_name("name", &req.name).map_err(invalid)?;
+        let labels = req.labels.into_iter().collect();
+        check_labels(&labels).map_err(invalid)?;
+        let role = match req.role.as_str() {
+            "" | "agent" => "agent",
+            "witness" => "witness",
+            other => return Err(Status::invalid_argument(format!("unknown role {other:?}"))),
+        };
+        if req.version.len() > domain::MAX_NAME_LEN {
+            return Err(Status::invalid_argument("version string too long"));
+        }
+        let name = req.name.clone();
+        if let Some(existing) = self.core.db(move |s| s.agent_by_name(&name)).await? {
+            if !existing.revoked {
+                return Err(Status::already_exists(format!(
+                    "an agent named {} is already enrolled; revoke it first or pick another --name",
+                    existing.name
+                )));
+            }
+        }
+        let agent_id = uuid::Uuid::new_v4().to_string();
+        // Check the CSR before spending a use of the token.
+        let (cert_pem, cert_sha256) = self
+            .core
+            .pki
+            .sign_agent_csr(&req.csr_pem, &agent_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let hash = hash_secret(&req.token);
+        let grant = match self
+            .core
+            .db(move |s| s.consume_token(&hash, now_ms()))
+            .await?
+        {
+            Ok(grant) => grant,
+            Err(
+                rejection @ (TokenRejection::Unknown
+                | TokenRejection::Expired
+                | TokenRejection::UsedUp),
+            ) => return Err(Status::unauthenticated(rejection.to_string())),
+        };
+        if !req.region.is_empty() && req.region != grant.region {
+            return Err(Status::invalid_argument(format!(
+                "the token is for region {}, not {}",
+                grant.region, req.region
+            )));
+        }
+        let agent = NewAgent {
+            agent_id: agent_id.clone(),
+            name: req.name.clone(),
+            region: grant.region.clone(),
+            labels,
+            version: req.version,
+            role: role.to_string(),
+            cert_sha256,
+            enrolled_at_ms: now_ms(),
+        };
+        match self.core.db(move |s| Ok(s.insert_agent(&agent))).await? {
+            Ok(()) => {}
+            Err(StoreError::NameTaken(name)) => {
+                return Err(Status::already_exists(format!(
+                    "an agent named {name} is already enrolled"
+                )))
+            }
+            Err(e) => return Err(crate::coordinator::store_status(e)),
+        }
+        tracing::info!(agent = %req.name, region = %grant.region, %agent_id, "agent enrolled");
+        Ok(Response::new(pb::EnrollResponse {
+            agent_id,
+            client_cert_pem: cert_pem,
+            ca_pem: self.core.pki.ca_pem().to_string(),
+            region: grant.region,
+        }))
+    }
+
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let record = self.authenticate(&request).await?;
+        let remote_addr = request.remote_addr().map(|a| a.to_string());
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10s"))??;
+        let Some(pb::AgentMessage {
+            body: Some(Up::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "the first message of a session must be Hello",
+            ));
+        };
+        let hello = Hello::try_from(hello).map_err(invalid)?;
+        if hello.name != record.name || hello.region != record.region {
+            return Err(Status::invalid_argument(format!(
+                "Hello says {}/{}, but this certificate was enrolled as {}/{}",
+                hello.name, hello.region, record.name, record.region
+            )));
+        }
+        let (id, addr, version, labels, spool) = (
+            record.agent_id.clone(),
+            remote_addr.clone(),
+            hello.version.clone(),
+            hello.labels.clone(),
+            hello.spool_bytes,
+        );
+        self.core
+            .db(move |s| s.record_seen(&id, now_ms(), addr.as_deref(), &version, &labels, spool))
+            .await?;
+
+        let (outbound, rx) = tokio::sync::mpsc::unbounded_channel();
+        let heartbeat = self.core.heartbeat;
+        let welcome = down(Down::Welcome(pb::Welcome {
+            agent_id: record.agent_id.clone(),
+            heartbeat_interval_ms: u32::try_from(heartbeat.as_millis()).unwrap_or(u32::MAX),
+        }));
+        let _ = outbound.send(Ok(welcome));
+        let registry = self.core.registry.clone();
+        let (session_id, killed) = registry.register(
+            &record.agent_id,
+            &record.name,
+            remote_addr,
+            outbound.clone(),
+        );
+        registry.emit(AgentEvent::Connected {
+            name: record.name.clone(),
+            region: record.region.clone(),
+        });
+        tracing::info!(agent = %record.name, region = %record.region, "session established");
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            let reason = serve_session(&core, &record, inbound, &outbound, killed).await;
+            tracing::info!(agent = %record.name, %reason, "session ended");
+            if core.registry.unregister(&record.agent_id, session_id) {
+                core.registry.emit(AgentEvent::Disconnected {
+                    name: record.name.clone(),
+                    reason,
+                });
+            }
+            let id = record.agent_id.clone();
+            let _ = core.db(move |s| s.touch(&id, now_ms())).await;
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
+async fn serve_session(
+    core: &Arc<Coordinator>,
+    record: &AgentRecord,
+    mut inbound: Streaming<pb::AgentMessage>,
+    outbound: &crate::registry::Outbound,
+    mut killed: tokio::sync::oneshot::Receiver<Status>,
+) -> String {
+    let heartbeat = core.heartbeat;
+    let mut ticker = tokio::time::interval(heartbeat);
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            status = &mut killed => {
+                let status = status.unwrap_or_else(|_| Status::aborted("session closed"));
+                let reason = status.message().to_string();
+                let _ = outbound.send(Err(status));
+                return reason;
+            }
+            message = inbound.message() => {
+                last_heard = Instant::now();
+                match message {
+                    Ok(Some(message)) => {
+                        if let Err(status) = handle(core, record, message, outbound).await {
+                            let reason = status.message().to_string();
+                            let _ = outbound.send(Err(status));
+                            return reason;
+                        }
+                    }
+                    Ok(None) => return "the agent closed the session".into(),
+                    Err(status) => return format!("stream error: {}", status.message()),
+                }
+            }
+            _ = ticker.tick() => {
+                if last_heard.elapsed() > heartbeat * 3 {
+                    let reason = format!("no word from the agent for {:?} (three heartbeats)", heartbeat * 3);
+                    let _ = outbound.send(Err(Status::unavailable(reason.clone())));
+                    return reason;
+                }
+                let beat = down(Down::Heartbeat(pb::Heartbeat { sent_at_unix_ms: now_ms() }));
+                if outbound.send(Ok(beat)).is_err() {
+                    return "the agent's stream is gone".into();
+                }
+            }
+        }
+    }
+}
+
+async fn handle(
+    core: &Arc<Coordinator>,
+    record: &AgentRecord,
+    message: pb::AgentMessage,
+    outbound: &crate::registry::Outbound,
+) -> Result<(), Status> {
+    match message.body {
+        Some(Up::Results(batch)) => {
+            domain::check_batch(&batch).map_err(invalid)?;
+            let job = IngestJob {
+                agent_id: record.agent_id.clone(),
+                agent_name: record.name.clone(),
+                batch,
+                reply: outbound.clone(),
+            };
+            core.ingest
+                .send(job)
+                .await
+                .map_err(|_| Status::unavailable("the coordinator is shutting down"))
+        }
+        Some(Up::Heartbeat(_)) => {
+            let id = record.agent_id.clone();
+            core.db(move |s| s.touch(&id, now_ms())).await
+        }
+        Some(Up::PlanRejected(rejected)) => {
+            if rejected.plan_id.len() > 128 || rejected.reason.len() > 1024 {
+                return Err(Status::invalid_argument("PlanRejected fields too long"));
+            }
+            tracing::warn!(agent = %record.name, plan_id = %rejected.plan_id, reason = %rejected.reason, "plan refused by agent");
+            let (id, plan, reason) = (
+                record.agent_id.clone(),
+                rejected.plan_id.clone(),
+                rejected.reason.clone(),
+            );
+            core.db(move |s| s.set_plan_agent_state(&plan, &id, "rejected", Some(&reason)))
+                .await?;
+            core.registry.emit(AgentEvent::PlanRejected {
+                plan_id: rejected.plan_id,
+                agent: record.name.clone(),
+                reason: rejected.reason,
+            });
+            Ok(())
+        }
+        Some(Up::Hello(_)) => Err(Status::invalid_argument(
+            "Hello may only be the first message",
+        )),
+        // Witness observations arrive with the witness role (a later capability).
+        Some(Up::Observation(_)) => Ok(()),
+        None => Err(Status::invalid_argument("empty message")),
+    }
+}

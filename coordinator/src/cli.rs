@@ -1,0 +1,454 @@
+//! The `vantage` command line (DESIGN §6): parse, validate everything before a
+//! port is bound or a connection is made, run, and report errors as one line
+//! (`error: …`) with exit code 2.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use vantage_agent::env::Env;
+use vantage_proto::pb;
+
+use crate::client::{self, Target};
+use crate::server::{self, ServeConfig};
+
+/// vantage: tells origin faults, edge faults and regional carrier interference
+/// apart behind a CDN, from many vantage points at once.
+///
+/// Start a coordinator with `vantage serve`, create a token per region with
+/// `vantage token create --region R`, and start `vantage-agent run --token …`
+/// on a host in that region. `vantage agents` lists them.
+#[derive(Debug, Parser)]
+#[command(name = "vantage", version, about, long_about)]
+pub struct Cli {
+    /// Coordinator gRPC address (host:port or https://host:port); default:
+    /// read from the data dir's coordinator.json (env: VANTAGE_COORDINATOR).
+    #[arg(long, global = true, value_name = "URL")]
+    pub coordinator: Option<String>,
+    /// Coordinator data directory: database, CA, admin credential
+    /// (env: VANTAGE_DATA_DIR; default ./vantage-data).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the coordinator (creates the data dir on first start).
+    Serve(ServeArgs),
+    /// Manage enrollment tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List enrolled agents, or revoke one.
+    Agents(AgentsArgs),
+}
+
+/// Flags of `vantage serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// gRPC listen address (TLS; agents and the CLI connect here).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7443")]
+    pub listen: SocketAddr,
+    /// Plain-HTTP listen address for /healthz.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7480")]
+    pub http_listen: SocketAddr,
+    /// A name or address agents use to reach this coordinator, put in tokens
+    /// and the server certificate (repeatable; default: host name and loopback).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub advertise: Vec<String>,
+    /// Heartbeat interval; an agent silent for three is marked disconnected.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+}
+
+/// `vantage token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an enrollment token and print it (one line).
+    Create(TokenCreateArgs),
+}
+
+/// Flags of `vantage token create`.
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// Region of the agents that enroll with this token.
+    #[arg(long, value_name = "REGION")]
+    pub region: String,
+    /// How long the token stays valid (e.g. 30m, 1h, 7d).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// How many agents may enroll with it.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub uses: u32,
+}
+
+/// Flags of `vantage agents`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentsArgs {
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Revoke an agent.
+    #[command(subcommand)]
+    pub action: Option<AgentsAction>,
+}
+
+/// `vantage agents …`
+#[derive(Debug, Subcommand)]
+pub enum AgentsAction {
+    /// Revoke an agent: its session is dropped and it can never reconnect.
+    Revoke {
+        /// The agent's name.
+        name: String,
+    },
+}
+
+/// One agent in `vantage agents --json` (DESIGN §6 field names).
+#[derive(Debug, Serialize)]
+pub struct AgentJson {
+    /// Name.
+    pub name: String,
+    /// Region.
+    pub region: String,
+    /// Labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Connected now.
+    pub connected: bool,
+    /// Last seen, RFC 3339, or null.
+    pub last_seen: Option<String>,
+    /// Agent version.
+    pub version: String,
+    /// Remote address, or null.
+    pub remote_addr: Option<String>,
+    /// Revoked.
+    pub revoked: bool,
+}
+
+impl From<pb::AgentInfo> for AgentJson {
+    fn from(info: pb::AgentInfo) -> Self {
+        let non_empty = |s: String| if s.is_empty() { None } else { Some(s) };
+        AgentJson {
+            name: info.name,
+            region: info.region,
+            labels: info.labels.into_iter().collect(),
+            connected: info.connected,
+            last_seen: non_empty(info.last_seen),
+            version: info.version,
+            remote_addr: non_empty(info.remote_addr),
+            revoked: info.revoked,
+        }
+    }
+}
+
+fn rpc_error(target: &Target, status: tonic::Status) -> anyhow::Error {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown => {
+            anyhow::anyhow!(
+                "cannot reach the coordinator at {}: {}",
+                target.addr,
+                status.message()
+            )
+        }
+        _ => anyhow::anyhow!("{}", status.message()),
+    }
+}
+
+async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()> {
+    let running = server::start(ServeConfig {
+        data_dir: data_dir.clone(),
+        listen: args.listen,
+        http_listen: Some(args.http_listen),
+        advertise: args.advertise,
+        heartbeat: args.heartbeat,
+    })
+    .await
+    .context("cannot start the coordinator")?;
+    // One line on stdout that scripts and tests wait for.
+    println!(
+        "vantage coordinator ready grpc={} http={} data_dir={}",
+        running.grpc_addr,
+        running.http_addr.map(|a| a.to_string()).unwrap_or_default(),
+        data_dir.display()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await.context("server error")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn token_create(args: TokenCreateArgs, target: Target) -> anyhow::Result<()> {
+    let mut client = client::connect(&target)?;
+    let response = client
+        .create_enrollment_token(pb::CreateEnrollmentTokenRequest {
+            region: args.region,
+            ttl_seconds: args.ttl.as_secs().max(1),
+            uses: args.uses,
+        })
+        .await
+        .map_err(|s| rpc_error(&target, s))?
+        .into_inner();
+    println!("{}", response.token);
+    Ok(())
+}
+
+/// Renders the human table of `vantage agents`.
+pub fn agents_table(agents: &[AgentJson]) -> String {
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "REGION".to_string(),
+        "STATE".to_string(),
+        "LAST SEEN".to_string(),
+        "VERSION".to_string(),
+        "REMOTE".to_string(),
+        "LABELS".to_string(),
+    ]];
+    for agent in agents {
+        let state = if agent.revoked {
+            "revoked"
+        } else if agent.connected {
+            "connected"
+        } else {
+            "disconnected"
+        };
+        rows.push([
+            agent.name.clone(),
+            agent.region.clone(),
+            state.to_string(),
+            agent.last_seen.clone().unwrap_or_else(|| "never".into()),
+            agent.version.clone(),
+            agent.remote_addr.clone().unwrap_or_else(|| "-".into()),
+            agent
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+async fn agents(args: AgentsArgs, target: Target) -> anyhow::Result<()> {
+    let mut client = client::connect(&target)?;
+    if let Some(AgentsAction::Revoke { name }) = args.action {
+        let response = client
+            .revoke_agent(pb::RevokeAgentRequest { name: name.clone() })
+            .await
+            .map_err(|s| rpc_error(&target, s))?
+            .into_inner();
+        let dropped = if response.was_connected {
+            "; its session was dropped"
+        } else {
+            ""
+        };
+        eprintln!("revoked {name}{dropped}");
+        return Ok(());
+    }
+    let response = client
+        .list_agents(pb::ListAgentsRequest {})
+        .await
+        .map_err(|s| rpc_error(&target, s))?
+        .into_inner();
+    let agents: Vec<AgentJson> = response.agents.into_iter().map(AgentJson::from).collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&agents)?);
+    } else if agents.is_empty() {
+        eprintln!("no agents enrolled yet: create a token with `vantage token create --region R`");
+    } else {
+        print!("{}", agents_table(&agents));
+    }
+    Ok(())
+}
+
+async fn dispatch(cli: Cli, env: &dyn Env) -> anyhow::Result<()> {
+    let data_dir = client::data_dir(cli.data_dir, env);
+    match cli.command {
+        Command::Serve(args) => {
+            if cli.coordinator.is_some() {
+                bail!("--coordinator is for client commands; `serve` runs the coordinator itself");
+            }
+            serve(args, data_dir).await
+        }
+        Command::Token(TokenCommand::Create(args)) => {
+            vantage_proto::domain::check_name("region", &args.region).context("--region")?;
+            if args.uses == 0 {
+                bail!("--uses must be at least 1");
+            }
+            token_create(args, Target::discover(cli.coordinator, &data_dir, env)?).await
+        }
+        Command::Agents(args) => {
+            agents(args, Target::discover(cli.coordinator, &data_dir, env)?).await
+        }
+    }
+}
+
+/// Parses `args` and runs; returns the process exit code.
+pub fn main(
+    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+    env: &dyn Env,
+) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    vantage_agent::cli::init_tracing(env);
+    vantage_agent::tls::crypto_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(dispatch(cli, env)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use vantage_agent::env::MapEnv;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn agents_parses_list_json_and_revoke() {
+        let cli = Cli::try_parse_from(["vantage", "agents", "--json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Agents(AgentsArgs {
+                json: true,
+                action: None
+            })
+        ));
+        let cli = Cli::try_parse_from(["vantage", "agents", "revoke", "fra-1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Agents(AgentsArgs {
+                action: Some(AgentsAction::Revoke { .. }),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn token_create_defaults() {
+        let cli = Cli::try_parse_from(["vantage", "token", "create", "--region", "eu"]).unwrap();
+        let Command::Token(TokenCommand::Create(args)) = cli.command else {
+            panic!("not token create")
+        };
+        assert_eq!(args.ttl, Duration::from_secs(3600));
+        assert_eq!(args.uses, 1);
+    }
+
+    #[test]
+    fn bad_durations_and_addresses_are_usage_errors() {
+        for argv in [
+            &["vantage", "serve", "--listen", "nowhere"][..],
+            &["vantage", "serve", "--heartbeat", "soon"][..],
+            &[
+                "vantage", "token", "create", "--region", "eu", "--ttl", "forever",
+            ][..],
+            &["vantage", "token", "create"][..],
+        ] {
+            let err = Cli::try_parse_from(argv).unwrap_err();
+            assert!(err.use_stderr(), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn data_dir_comes_from_flag_then_env_then_default() {
+        let env = MapEnv::from_pairs([("VANTAGE_DATA_DIR", "/srv/vantage")]);
+        assert_eq!(
+            client::data_dir(Some("/x".into()), &env),
+            PathBuf::from("/x")
+        );
+        assert_eq!(client::data_dir(None, &env), PathBuf::from("/srv/vantage"));
+        assert_eq!(
+            client::data_dir(None, &MapEnv::default()),
+            PathBuf::from("vantage-data")
+        );
+    }
+
+    #[test]
+    fn missing_data_dir_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Target::discover(None, dir.path(), &MapEnv::default()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no coordinator found"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn table_lists_state() {
+        let agents = vec![AgentJson {
+            name: "fra-1".into(),
+            region: "eu".into(),
+            labels: [("isp".to_string(), "x".to_string())].into(),
+            connected: true,
+            last_seen: None,
+            version: "0.1.0".into(),
+            remote_addr: None,
+            revoked: false,
+        }];
+        let table = agents_table(&agents);
+        assert!(table.starts_with("NAME"));
+        assert!(table.contains("fra-1") && table.contains("connected") && table.contains("isp=x"));
+    }
+}

@@ -1,0 +1,249 @@
+//! The coordinator's operations, in one place: enrollment tokens, agents,
+//! revocation, plans. The gRPC control service, the CLI's embedded modes and
+//! the tests all call these, so each rule is written once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngCore as _;
+use tokio::sync::{broadcast, mpsc};
+use tonic::Status;
+use vantage_agent::runner::{expected_requests, RunnerLimits};
+use vantage_proto::domain::check_name;
+use vantage_proto::pb;
+use vantage_proto::token::{hash_secret, EnrollmentToken};
+
+use crate::ingest::IngestJob;
+use crate::pki::Pki;
+use crate::registry::{AgentEvent, Registry};
+use crate::store::{AgentRecord, NewToken, PlanAgentStatus, Store, StoreError};
+use crate::time::now_ms;
+
+/// Longest token lifetime accepted.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most uses one token may grant.
+pub const MAX_TOKEN_USES: u32 = 10_000;
+/// Most probes in one plan.
+pub const MAX_PLAN_PROBES: usize = 100_000;
+
+/// The shared state behind every service.
+pub struct Coordinator {
+    pub(crate) store: Arc<Store>,
+    pub(crate) pki: Pki,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) ingest: mpsc::Sender<IngestJob>,
+    pub(crate) admin_hash: String,
+    pub(crate) token_addrs: Vec<String>,
+    pub(crate) heartbeat: Duration,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("token_addrs", &self.token_addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An agent as the operator sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentView {
+    /// The stored record.
+    pub record: AgentRecord,
+    /// Whether it holds a session now.
+    pub connected: bool,
+    /// Its remote address (live if connected, else the last one seen).
+    pub remote_addr: Option<String>,
+}
+
+pub(crate) fn store_status(e: StoreError) -> Status {
+    tracing::error!(error = %e, "store error");
+    Status::internal(format!("coordinator store error: {e}"))
+}
+
+impl Coordinator {
+    /// Runs a store call off the async runtime.
+    pub(crate) async fn db<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || call(&store)).await {
+            Ok(result) => result.map_err(store_status),
+            Err(e) => Err(Status::internal(format!("store task failed: {e}"))),
+        }
+    }
+
+    /// The store (tests read results from it).
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// Agent and plan events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<AgentEvent> {
+        self.registry.subscribe()
+    }
+
+    /// The CA fingerprint that tokens pin.
+    pub fn ca_fingerprint(&self) -> &str {
+        self.pki.ca_fingerprint()
+    }
+
+    /// Checks an admin credential.
+    pub fn is_admin(&self, secret: &str) -> bool {
+        hash_secret(secret) == self.admin_hash
+    }
+
+    /// Creates an enrollment token for `region`.
+    pub async fn create_token(
+        &self,
+        region: &str,
+        ttl: Duration,
+        uses: u32,
+    ) -> Result<(String, i64), Status> {
+        check_name("region", region).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+            return Err(Status::invalid_argument(format!(
+                "ttl must be between 1s and {}",
+                humantime::format_duration(MAX_TOKEN_TTL)
+            )));
+        }
+        if uses == 0 || uses > MAX_TOKEN_USES {
+            return Err(Status::invalid_argument(format!(
+                "uses must be between 1 and {MAX_TOKEN_USES}"
+            )));
+        }
+        let mut secret = [0u8; 24];
+        rand::rng().fill_bytes(&mut secret);
+        let token = EnrollmentToken {
+            addrs: self.token_addrs.clone(),
+            ca_sha256: self.pki.ca_fingerprint().to_string(),
+            secret: hex::encode(secret),
+        };
+        let created_at_ms = now_ms();
+        let expires_at_ms =
+            created_at_ms.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let row = NewToken {
+            hash: token.secret_hash(),
+            region: region.to_string(),
+            created_at_ms,
+            expires_at_ms,
+            uses,
+        };
+        self.db(move |s| s.insert_token(&row)).await?;
+        Ok((token.encode(), expires_at_ms))
+    }
+
+    /// Every enrolled agent, with its live connection state.
+    pub async fn list_agents(&self) -> Result<Vec<AgentView>, Status> {
+        let records = self.db(|s| s.list_agents()).await?;
+        Ok(records
+            .into_iter()
+            .map(|record| {
+                let live = self.registry.connection(&record.agent_id);
+                AgentView {
+                    connected: live.is_some(),
+                    remote_addr: live.flatten().or_else(|| record.remote_addr.clone()),
+                    record,
+                }
+            })
+            .collect())
+    }
+
+    /// Revokes an agent: its certificate is refused from now on and its
+    /// current session is dropped. Returns whether it was connected.
+    pub async fn revoke(&self, name: &str) -> Result<bool, Status> {
+        let owned = name.to_string();
+        let record = self
+            .db(move |s| s.revoke_agent(&owned))
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no agent named {name:?}")))?;
+        tracing::info!(agent = %name, "agent revoked");
+        Ok(self.registry.kill(
+            &record.agent_id,
+            Status::permission_denied(format!("agent {name} has been revoked")),
+        ))
+    }
+
+    /// Sends a plan of probes to the named agents, which must be connected.
+    pub async fn run_plan(
+        &self,
+        agents: &[String],
+        mut probes: Vec<pb::ProbeSpec>,
+    ) -> Result<String, Status> {
+        if agents.is_empty() {
+            return Err(Status::invalid_argument("a plan needs at least one agent"));
+        }
+        if probes.is_empty() || probes.len() > MAX_PLAN_PROBES {
+            return Err(Status::invalid_argument(format!(
+                "a plan needs between 1 and {MAX_PLAN_PROBES} probes"
+            )));
+        }
+        for (index, probe) in probes.iter_mut().enumerate() {
+            if probe.url.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "probe {index} has no url"
+                )));
+            }
+            if probe.probe_id.is_empty() {
+                probe.probe_id = format!("p{index}");
+            }
+        }
+        let limits = RunnerLimits::default();
+        let expected: u64 = probes.iter().map(|p| expected_requests(p, &limits)).sum();
+        let mut targets = Vec::with_capacity(agents.len());
+        for name in agents {
+            let owned = name.clone();
+            let record = self
+                .db(move |s| s.agent_by_name(&owned))
+                .await?
+                .filter(|r| !r.revoked)
+                .ok_or_else(|| Status::not_found(format!("no enrolled agent named {name:?}")))?;
+            let outbound = self.registry.outbound(&record.agent_id).ok_or_else(|| {
+                Status::failed_precondition(format!("agent {name} is not connected"))
+            })?;
+            targets.push((record.agent_id, outbound));
+        }
+        let plan_id = uuid::Uuid::new_v4().to_string();
+        let probes_json = serde_json::to_string(&probes.iter().map(|p| &p.url).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let rows: Vec<(String, u64)> = targets
+            .iter()
+            .map(|(id, _)| (id.clone(), expected))
+            .collect();
+        let id = plan_id.clone();
+        self.db(move |s| s.insert_plan(&id, None, now_ms(), &probes_json, &rows))
+            .await?;
+        let plan = pb::Plan {
+            plan_id: plan_id.clone(),
+            campaign_id: String::new(),
+            probes,
+        };
+        for (agent_id, outbound) in targets {
+            let message = pb::CoordinatorMessage {
+                body: Some(pb::coordinator_message::Body::Plan(plan.clone())),
+            };
+            if outbound.send(Ok(message)).is_err() {
+                let id = plan_id.clone();
+                self.db(move |s| {
+                    s.set_plan_agent_state(
+                        &id,
+                        &agent_id,
+                        "lost",
+                        Some("session ended before the plan was sent"),
+                    )
+                })
+                .await?;
+            }
+        }
+        Ok(plan_id)
+    }
+
+    /// Per-agent progress of a plan.
+    pub async fn plan_status(&self, plan_id: &str) -> Result<Vec<PlanAgentStatus>, Status> {
+        let owned = plan_id.to_string();
+        self.db(move |s| s.plan_status(&owned))
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no plan {plan_id}")))
+    }
+}

@@ -1,0 +1,379 @@
+//! `vantage serve`: prepares the data dir (store, CA, admin credential) and
+//! then binds the gRPC (TLS) and HTTP listeners. Everything that can fail on
+//! bad input fails before a port is bound.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use vantage_agent::identity::{create_private_dir, write_private};
+use vantage_proto::pb::agent_service_server::AgentServiceServer;
+use vantage_proto::pb::control_service_server::ControlServiceServer;
+use vantage_proto::token::hash_secret;
+
+use crate::agent_service::AgentService;
+use crate::control_service::ControlService;
+use crate::coordinator::Coordinator;
+use crate::pki::Pki;
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// File names inside the data dir.
+pub const DB_FILE: &str = "vantage.db";
+/// The admin credential (mode 0600).
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// Where a running coordinator says how to reach it.
+pub const ENDPOINT_FILE: &str = "coordinator.json";
+/// The CA certificate.
+pub const CA_FILE: &str = "ca.crt";
+
+/// Largest message accepted from an agent (a result batch with evidence).
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// How to run the coordinator.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// gRPC (TLS) listen address; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Plain HTTP listen address for /healthz.
+    pub http_listen: Option<SocketAddr>,
+    /// Names or addresses agents use to reach this coordinator (`host` or `host:port`).
+    pub advertise: Vec<String>,
+    /// Heartbeat interval sent to agents; three missed ones end a session.
+    pub heartbeat: Duration,
+}
+
+/// Errors starting the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The data dir is unusable.
+    #[error("data directory {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store could not be opened.
+    #[error("database {path}: {source}")]
+    Store {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: crate::store::StoreError,
+    },
+    /// The CA could not be loaded or created.
+    #[error("certificate authority: {0}")]
+    Pki(#[from] crate::pki::PkiError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The gRPC server could not be configured.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// What `coordinator.json` holds: how the CLI finds a running coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// `host:port` of the gRPC listener, reachable from this host.
+    pub grpc: String,
+    /// `host:port` of the HTTP listener, if any.
+    pub http: Option<String>,
+}
+
+/// A running coordinator.
+pub struct RunningCoordinator {
+    /// The bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// The bound HTTP address.
+    pub http_addr: Option<SocketAddr>,
+    /// The address written to the endpoint file and tokens' first entry.
+    pub endpoint: Endpoint,
+    core: Arc<Coordinator>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    http: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RunningCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningCoordinator")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn data_dir_error(path: &Path, reason: impl Into<String>) -> ServeError {
+    ServeError::DataDir {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn load_or_create_admin_token(dir: &Path) -> Result<String, ServeError> {
+    let path = dir.join(ADMIN_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(secret) if !secret.trim().is_empty() => return Ok(secret.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(data_dir_error(&path, e.to_string())),
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = hex::encode(bytes);
+    write_private(&path, format!("{secret}\n").as_bytes(), 0o600)
+        .map_err(|e| data_dir_error(dir, e.to_string()))?;
+    Ok(secret)
+}
+
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The names the server certificate covers and the addresses tokens carry.
+fn names_and_addrs(bound: SocketAddr, advertise: &[String]) -> (Vec<String>, Vec<String>, String) {
+    let port = bound.port();
+    let local = if bound.ip().is_unspecified() {
+        if bound.is_ipv4() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
+        }
+    } else {
+        bound.ip()
+    };
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+        local.to_string(),
+    ];
+    let mut addrs = Vec::new();
+    for entry in advertise {
+        let (host, with_port) = match vantage_agent::tls::split_host_port(entry) {
+            Ok((host, p)) => (host.clone(), join_host_port(&host, p)),
+            Err(_) => (entry.clone(), join_host_port(entry, port)),
+        };
+        names.push(host);
+        addrs.push(with_port);
+    }
+    if addrs.is_empty() {
+        if bound.ip().is_unspecified() {
+            if let Some(host) = host_name() {
+                names.push(host.clone());
+                addrs.push(join_host_port(&host, port));
+            }
+        }
+        addrs.push(join_host_port(&local.to_string(), port));
+    }
+    names.sort();
+    names.dedup();
+    (names, addrs, join_host_port(&local.to_string(), port))
+}
+
+/// Prepares the data dir and starts serving.
+pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError> {
+    vantage_agent::tls::crypto_provider();
+    let dir = &config.data_dir;
+    if dir.exists() && !dir.is_dir() {
+        return Err(data_dir_error(dir, "exists and is not a directory"));
+    }
+    create_private_dir(dir).map_err(|e| data_dir_error(dir, e.to_string()))?;
+    let db_path = dir.join(DB_FILE);
+    let store = Store::open(&db_path).map_err(|source| ServeError::Store {
+        path: db_path.clone(),
+        source,
+    })?;
+    let pki = Pki::load_or_create(dir)?;
+    let admin_token = load_or_create_admin_token(dir)?;
+    if config.heartbeat < Duration::from_millis(100) || config.heartbeat > Duration::from_secs(600)
+    {
+        return Err(data_dir_error(
+            dir,
+            "heartbeat must be between 100ms and 10m",
+        ));
+    }
+
+    // Nothing above binds a port: a bad data dir fails before any listener exists.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let grpc_addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let http_listener = match config.http_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+    let (names, token_addrs, local_endpoint) = names_and_addrs(grpc_addr, &config.advertise);
+    let server_cert = pki.issue_server_cert(&names)?;
+    let store = Arc::new(store);
+    let registry = Arc::new(Registry::default());
+    let (ingest, _ingest_thread) = crate::ingest::spawn(store.clone(), registry.clone());
+    let core = Arc::new(Coordinator {
+        store,
+        pki,
+        registry,
+        ingest,
+        admin_hash: hash_secret(&admin_token),
+        token_addrs,
+        heartbeat: config.heartbeat,
+    });
+
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            &server_cert.chain_pem,
+            &server_cert.key_pem,
+        ))
+        .client_ca_root(Certificate::from_pem(core.pki.ca_pem()))
+        .client_auth_optional(true);
+    let agent_service = AgentServiceServer::new(AgentService { core: core.clone() })
+        .max_decoding_message_size(MAX_MESSAGE);
+    let control_service = ControlServiceServer::new(ControlService { core: core.clone() });
+    let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+    let router = Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(agent_service)
+        .add_service(control_service);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = shutdown_rx.await;
+            })
+            .await
+    });
+    let http = http_listener.map(|listener| tokio::spawn(serve_http(listener)));
+
+    let endpoint = Endpoint {
+        grpc: local_endpoint,
+        http: http_addr.map(|a| a.to_string()),
+    };
+    let endpoint_json = serde_json::to_vec_pretty(&endpoint).unwrap_or_default();
+    write_private(&dir.join(ENDPOINT_FILE), &endpoint_json, 0o644)
+        .map_err(|e| data_dir_error(dir, e.to_string()))?;
+    tracing::info!(%grpc_addr, ?http_addr, data_dir = %dir.display(), "coordinator ready");
+    Ok(RunningCoordinator {
+        grpc_addr,
+        http_addr,
+        endpoint,
+        core,
+        shutdown: Some(shutdown),
+        server,
+        http,
+    })
+}
+
+async fn serve_http(listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                |request: hyper::Request<hyper::body::Incoming>| async move {
+                    let (status, body) = match request.uri().path() {
+                        "/healthz" => (hyper::StatusCode::OK, "ok\n"),
+                        _ => (hyper::StatusCode::NOT_FOUND, "not found\n"),
+                    };
+                    hyper::Response::builder()
+                        .status(status)
+                        .header("content-type", "text/plain")
+                        .body(Full::new(Bytes::from_static(body.as_bytes())))
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+impl RunningCoordinator {
+    /// The coordinator's operations (tests and embedded modes call these).
+    pub fn core(&self) -> Arc<Coordinator> {
+        self.core.clone()
+    }
+
+    /// Stops accepting, ends sessions and waits for the server to stop.
+    pub async fn shutdown(mut self) -> Result<(), tonic::transport::Error> {
+        if let Some(http) = self.http.take() {
+            http.abort();
+        }
+        self.core.registry.kill_all(tonic::Status::unavailable(
+            "the coordinator is shutting down",
+        ));
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match (&mut self.server).await {
+            Ok(result) => result,
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_listen_advertises_loopback() {
+        let (names, addrs, local) = names_and_addrs("0.0.0.0:7443".parse().unwrap(), &[]);
+        assert!(names.contains(&"127.0.0.1".to_string()));
+        assert_eq!(addrs.last().unwrap(), "127.0.0.1:7443");
+        assert_eq!(local, "127.0.0.1:7443");
+    }
+
+    #[test]
+    fn advertised_names_are_covered_and_carried() {
+        let (names, addrs, _) = names_and_addrs(
+            "127.0.0.1:7443".parse().unwrap(),
+            &["vantage.example.com".into(), "203.0.113.9:9443".into()],
+        );
+        assert!(names.contains(&"vantage.example.com".to_string()));
+        assert!(names.contains(&"203.0.113.9".to_string()));
+        assert_eq!(addrs, vec!["vantage.example.com:7443", "203.0.113.9:9443"]);
+    }
+}
