@@ -200,7 +200,7 @@ impl Agent {
         let addrs = self.config.identity.info.coordinator.clone();
         let mut backoff =
             Backoff::new(self.config.backoff).map_err(|e| SessionError::Refused(e.to_string()))?;
-        let mut rng = rand::rng();
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
         let mut next_addr = 0usize;
         tokio::pin!(shutdown);
 

@@ -1,1 +1,8 @@
-//! placeholder
+//! vantage-lab: the test harness (builders for coordinators, agents and a
+//! loopback origin; real processes or in-process), the workspace integration
+//! tests under `tests/`, and the `vantage-lab` binary (the demo and the
+//! benchmarks).
+
+pub mod lab;
+pub mod origin;
+pub mod process;

@@ -1,0 +1,396 @@
+//! Builders for the pieces of a lab: coordinators and agents, in-process (fast,
+//! observable through events) or as real processes (for crash tests and the
+//! CLI contract). Every piece binds port 0 and reports its address.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use tokio::sync::{broadcast, oneshot};
+use vantage::client::{self, ControlClient, Target};
+use vantage::coordinator::Coordinator;
+use vantage::registry::AgentEvent;
+use vantage::server::{self, RunningCoordinator, ServeConfig};
+use vantage_agent::backoff::BackoffConfig;
+use vantage_agent::cli::{build_agent, RunConfig};
+use vantage_agent::env::MapEnv;
+use vantage_agent::safety::TargetPolicy;
+use vantage_agent::session::{SessionError, SessionEvent};
+use vantage_proto::token::EnrollmentToken;
+
+use crate::process::{bin_path, ChildProcess, Stream};
+
+/// How long a lab piece may take to become ready.
+pub const READY: Duration = Duration::from_secs(30);
+
+/// Reconnect quickly in the lab: tests wait for reconnects.
+pub fn fast_backoff() -> BackoffConfig {
+    BackoffConfig {
+        min: Duration::from_millis(50),
+        max: Duration::from_millis(500),
+        jitter: 0.5,
+    }
+}
+
+/// Builds an in-process coordinator.
+#[derive(Debug, Clone)]
+pub struct CoordinatorBuilder {
+    heartbeat: Duration,
+}
+
+impl Default for CoordinatorBuilder {
+    fn default() -> Self {
+        CoordinatorBuilder {
+            heartbeat: Duration::from_secs(1),
+        }
+    }
+}
+
+impl CoordinatorBuilder {
+    /// Heartbeat interval (dead agents are noticed after three).
+    pub fn heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// Starts it on 127.0.0.1:0 with a fresh data dir.
+    pub async fn start(self) -> anyhow::Result<LabCoordinator> {
+        let dir = tempfile::tempdir()?;
+        let running = server::start(ServeConfig {
+            data_dir: dir.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse()?,
+            http_listen: Some("127.0.0.1:0".parse()?),
+            advertise: Vec::new(),
+            heartbeat: self.heartbeat,
+        })
+        .await?;
+        Ok(LabCoordinator { running, dir })
+    }
+}
+
+/// An in-process coordinator with its own data dir.
+#[derive(Debug)]
+pub struct LabCoordinator {
+    running: RunningCoordinator,
+    dir: tempfile::TempDir,
+}
+
+impl LabCoordinator {
+    /// A builder.
+    pub fn builder() -> CoordinatorBuilder {
+        CoordinatorBuilder::default()
+    }
+
+    /// The coordinator's operations.
+    pub fn core(&self) -> Arc<Coordinator> {
+        self.running.core()
+    }
+
+    /// Its data dir.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Its gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.running.grpc_addr
+    }
+
+    /// Its HTTP address.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.running.http_addr
+    }
+
+    /// Creates a one-use token for `region`.
+    pub async fn token(&self, region: &str) -> anyhow::Result<String> {
+        Ok(self
+            .core()
+            .create_token(region, Duration::from_secs(600), 1)
+            .await?
+            .0)
+    }
+
+    /// A control client, as the CLI would build it.
+    pub fn control(&self) -> anyhow::Result<ControlClient> {
+        client::connect(&Target::discover(
+            None,
+            self.dir.path(),
+            &MapEnv::default(),
+        )?)
+    }
+
+    /// Stops it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.running.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// Builds an in-process agent.
+#[derive(Debug, Clone)]
+pub struct AgentBuilder {
+    token: Option<String>,
+    name: String,
+    labels: BTreeMap<String, String>,
+    spool_max: u64,
+    state_dir: Option<PathBuf>,
+}
+
+impl AgentBuilder {
+    /// An agent named `name` that enrolls with `token`.
+    pub fn new(name: &str, token: &str) -> Self {
+        AgentBuilder {
+            token: Some(token.to_string()),
+            name: name.to_string(),
+            labels: BTreeMap::new(),
+            spool_max: 64 * 1024 * 1024,
+            state_dir: None,
+        }
+    }
+
+    /// Adds a label.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Spool limit in bytes (0 makes the spool permanently full).
+    pub fn spool_max(mut self, bytes: u64) -> Self {
+        self.spool_max = bytes;
+        self
+    }
+
+    /// Use this state dir instead of a fresh one.
+    pub fn state_dir(mut self, dir: &Path) -> Self {
+        self.state_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Enrolls (if needed), starts the session and waits until connected.
+    pub async fn start(self) -> anyhow::Result<LabAgent> {
+        let temp = tempfile::tempdir()?;
+        let state_dir = self.state_dir.unwrap_or_else(|| temp.path().join("state"));
+        let config = RunConfig {
+            token: self
+                .token
+                .as_deref()
+                .map(EnrollmentToken::decode)
+                .transpose()?,
+            state_dir,
+            name: self.name.clone(),
+            labels: self.labels,
+            bind_ip: None,
+            spool_max: self.spool_max,
+            policy: TargetPolicy {
+                allow_private: true,
+            },
+            backoff: fast_backoff(),
+            max_concurrency: 64,
+        };
+        let agent = build_agent(&config).await?;
+        let mut events = agent.subscribe();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            agent
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        let deadline = tokio::time::Instant::now() + READY;
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Ok(SessionEvent::Connected { .. })) => break,
+                Ok(Ok(SessionEvent::Fatal { reason })) => {
+                    bail!("agent {} refused: {reason}", self.name)
+                }
+                Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => {
+                    bail!("agent {} did not connect within {READY:?}", self.name)
+                }
+            }
+        }
+        Ok(LabAgent {
+            name: self.name,
+            events,
+            stop: Some(stop),
+            task,
+            _temp: temp,
+        })
+    }
+}
+
+/// A running in-process agent.
+pub struct LabAgent {
+    /// Its name.
+    pub name: String,
+    /// Its session events since it connected.
+    pub events: broadcast::Receiver<SessionEvent>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), SessionError>>,
+    _temp: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for LabAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LabAgent")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LabAgent {
+    /// Waits for an event matching `pred`.
+    pub async fn wait_event(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&SessionEvent) -> bool,
+    ) -> anyhow::Result<SessionEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Ok(event)) if pred(&event) => return Ok(event),
+                Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    bail!("agent {} stopped", self.name)
+                }
+                Err(_) => bail!(
+                    "agent {}: expected event not seen within {timeout:?}",
+                    self.name
+                ),
+            }
+        }
+    }
+
+    /// Stops the agent and returns how its run ended; panics inside are re-raised.
+    pub async fn stop(mut self) -> Result<(), SessionError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Waits on a coordinator's event feed for an event matching `pred`.
+pub async fn wait_coordinator_event(
+    events: &mut broadcast::Receiver<AgentEvent>,
+    timeout: Duration,
+    mut pred: impl FnMut(&AgentEvent) -> bool,
+) -> anyhow::Result<AgentEvent> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(event)) if pred(&event) => return Ok(event),
+            Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(broadcast::error::RecvError::Closed)) => bail!("coordinator stopped"),
+            Err(_) => bail!("expected coordinator event not seen within {timeout:?}"),
+        }
+    }
+}
+
+/// A `vantage serve` process.
+#[derive(Debug)]
+pub struct CoordinatorProcess {
+    /// The process.
+    pub process: ChildProcess,
+    /// Its bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    data_dir: PathBuf,
+    heartbeat: Duration,
+}
+
+impl CoordinatorProcess {
+    /// Starts `vantage serve` on `listen` (port 0 for a free one) and waits
+    /// for its readiness line.
+    pub async fn start(
+        data_dir: &Path,
+        listen: SocketAddr,
+        heartbeat: Duration,
+    ) -> anyhow::Result<CoordinatorProcess> {
+        let args = vec![
+            "--data-dir".to_string(),
+            data_dir.display().to_string(),
+            "serve".into(),
+            "--listen".into(),
+            listen.to_string(),
+            "--http-listen".into(),
+            "127.0.0.1:0".into(),
+            "--heartbeat".into(),
+            humantime::format_duration(heartbeat).to_string(),
+        ];
+        let mut process = ChildProcess::spawn("vantage serve", &bin_path("vantage"), &args)?;
+        let ready = process
+            .wait_for_line(READY, |stream, line| {
+                stream == Stream::Stdout && line.contains("coordinator ready")
+            })
+            .await?;
+        let grpc_addr = ready
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("grpc="))
+            .context("readiness line without grpc=")?
+            .parse()?;
+        Ok(CoordinatorProcess {
+            process,
+            grpc_addr,
+            data_dir: data_dir.to_path_buf(),
+            heartbeat,
+        })
+    }
+
+    /// `kill -9` it.
+    pub async fn kill9(&mut self) -> anyhow::Result<()> {
+        self.process.kill9().await
+    }
+
+    /// Starts it again on the same data dir and port.
+    pub async fn restart(&self) -> anyhow::Result<CoordinatorProcess> {
+        CoordinatorProcess::start(&self.data_dir, self.grpc_addr, self.heartbeat).await
+    }
+
+    /// A control client.
+    pub fn control(&self) -> anyhow::Result<ControlClient> {
+        client::connect(&Target::discover(None, &self.data_dir, &MapEnv::default())?)
+    }
+
+    /// Runs the `vantage` CLI against this coordinator.
+    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let mut argv = vec![
+            "--data-dir".to_string(),
+            self.data_dir.display().to_string(),
+        ];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        crate::process::run_cli(&bin_path("vantage"), &argv, Duration::from_secs(30)).await
+    }
+}
+
+/// Starts a `vantage-agent run` process with lab defaults (`--allow-private`,
+/// fast reconnects) plus `extra` flags.
+pub fn spawn_agent_process(state_dir: &Path, extra: &[&str]) -> anyhow::Result<ChildProcess> {
+    let mut args = vec![
+        "run".to_string(),
+        "--state-dir".into(),
+        state_dir.display().to_string(),
+        "--allow-private".into(),
+        "--reconnect-min".into(),
+        "50ms".into(),
+        "--reconnect-max".into(),
+        "500ms".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    ChildProcess::spawn("vantage-agent", &bin_path("vantage-agent"), &args)
+}
+
+/// Waits until an agent process logs that its session is established.
+pub async fn wait_agent_connected(agent: &mut ChildProcess) -> anyhow::Result<()> {
+    agent
+        .wait_for_line(READY, |_, line| line.contains("session established"))
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,171 @@
+//! A loopback HTTP origin for the lab. It binds port 0, hands back its
+//! address, counts the requests it answers, and can hold every request after
+//! the first N until the test releases it — which is how a test arranges for
+//! an agent to be mid-plan at a precise moment without sleeping.
+//!
+//! (The fault-scripted origin of the probe-engine issue grows from here.)
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+/// The body every request gets.
+pub const BODY: &str = "hello from the vantage lab origin\n";
+
+/// Builds an [`Origin`].
+#[derive(Debug, Default, Clone)]
+pub struct OriginBuilder {
+    hold_after: Option<u64>,
+}
+
+impl OriginBuilder {
+    /// Answer the first `n` requests at once and hold the rest until
+    /// [`Origin::release`].
+    pub fn hold_after(mut self, n: u64) -> Self {
+        self.hold_after = Some(n);
+        self
+    }
+
+    /// Binds 127.0.0.1:0 and starts serving.
+    pub async fn spawn(self) -> anyhow::Result<Origin> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            arrived: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            answered_changed: Notify::new(),
+            hold_after: self.hold_after,
+            release: watch::channel(false).0,
+        });
+        let serving = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await?;
+                let state = serving.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_request| {
+                        let state = state.clone();
+                        async move { state.answer().await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), std::io::Error>(())
+        });
+        Ok(Origin { addr, state, task })
+    }
+}
+
+struct State {
+    arrived: AtomicU64,
+    answered: AtomicU64,
+    answered_changed: Notify,
+    hold_after: Option<u64>,
+    release: watch::Sender<bool>,
+}
+
+impl State {
+    async fn answer(&self) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+        let number = self.arrived.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.hold_after.is_some_and(|limit| number > limit) {
+            let mut released = self.release.subscribe();
+            let _ = released.wait_for(|open| *open).await;
+        }
+        let response = hyper::Response::new(Full::new(Bytes::from_static(BODY.as_bytes())));
+        self.answered.fetch_add(1, Ordering::SeqCst);
+        self.answered_changed.notify_waiters();
+        Ok(response)
+    }
+}
+
+/// A running lab origin.
+pub struct Origin {
+    addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Origin {
+    /// A builder with default behaviour (answer everything at once).
+    pub fn builder() -> OriginBuilder {
+        OriginBuilder::default()
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A URL on this origin.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Requests that have arrived.
+    pub fn arrived(&self) -> u64 {
+        self.state.arrived.load(Ordering::SeqCst)
+    }
+
+    /// Requests answered so far.
+    pub fn answered(&self) -> u64 {
+        self.state.answered.load(Ordering::SeqCst)
+    }
+
+    /// Lets every held request (and all later ones) through.
+    pub fn release(&self) {
+        let _ = self.state.release.send(true);
+    }
+
+    /// Waits until at least `n` requests were answered.
+    pub async fn wait_answered(&self, n: u64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.state.answered_changed.notified();
+            if self.answered() >= n {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                bail!(
+                    "origin answered {} of {n} requests within {timeout:?}",
+                    self.answered()
+                );
+            }
+        }
+    }
+
+    /// Waits until at least `n` requests have arrived (answered or held).
+    pub async fn wait_arrived(&self, n: u64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut ticker = tokio::time::interval(Duration::from_millis(5));
+        while self.arrived() < n {
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{} of {n} requests arrived within {timeout:?}",
+                    self.arrived()
+                );
+            }
+            ticker.tick().await;
+        }
+        Ok(())
+    }
+
+    /// Stops the origin; a panic inside it is re-raised here.
+    pub async fn stop(self) {
+        self.task.abort();
+        if let Err(e) = self.task.await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
+}
