@@ -139,6 +139,9 @@ pub enum StoreError {
     /// A result could not be protobuf-encoded for storage.
     #[error("cannot encode probe result: {0}")]
     Encode(#[from] prost::EncodeError),
+    /// A stored result could not be decoded.
+    #[error("stored result is damaged: {0}")]
+    Decode(#[from] prost::DecodeError),
     /// A thread panicked while holding the connection; its state is not
     /// trusted any more.
     #[error("store lock poisoned by a panicked thread")]
@@ -752,6 +755,19 @@ impl Store {
         }
         tx.commit()?;
         Ok(inserted)
+    }
+
+    /// Every stored result of a plan, decoded, in the order received.
+    pub fn results_for_plan(&self, plan_id: &str) -> Result<Vec<ProbeResult>, StoreError> {
+        let conn = self.lock()?;
+        let mut statement =
+            conn.prepare_cached("SELECT body FROM results WHERE plan_id = ?1 ORDER BY rowid")?;
+        let bodies = statement.query_map([plan_id], |row| row.get::<_, Vec<u8>>(0))?;
+        let mut results = Vec::new();
+        for body in bodies {
+            results.push(ProbeResult::decode(body?.as_slice())?);
+        }
+        Ok(results)
     }
 
     /// Number of results stored for a plan, across all agents.

@@ -137,6 +137,7 @@ pub struct AgentBuilder {
     labels: BTreeMap<String, String>,
     spool_max: u64,
     state_dir: Option<PathBuf>,
+    allow_private: bool,
 }
 
 impl AgentBuilder {
@@ -148,6 +149,7 @@ impl AgentBuilder {
             labels: BTreeMap::new(),
             spool_max: 64 * 1024 * 1024,
             state_dir: None,
+            allow_private: true,
         }
     }
 
@@ -160,6 +162,12 @@ impl AgentBuilder {
     /// Spool limit in bytes (0 makes the spool permanently full).
     pub fn spool_max(mut self, bytes: u64) -> Self {
         self.spool_max = bytes;
+        self
+    }
+
+    /// Keep the default SSRF guard (loopback targets are refused).
+    pub fn deny_private(mut self) -> Self {
+        self.allow_private = false;
         self
     }
 
@@ -185,7 +193,7 @@ impl AgentBuilder {
             bind_ip: None,
             spool_max: self.spool_max,
             policy: TargetPolicy {
-                allow_private: true,
+                allow_private: self.allow_private,
             },
             backoff: fast_backoff(),
             max_concurrency: 64,
@@ -393,4 +401,65 @@ pub async fn wait_agent_connected(agent: &mut ChildProcess) -> anyhow::Result<()
         .wait_for_line(READY, |_, line| line.contains("session established"))
         .await
         .map(|_| ())
+}
+
+/// A hand-driven session for protocol tests: the test decides every message.
+pub struct RawSession {
+    /// Messages to send.
+    pub tx: tokio::sync::mpsc::Sender<vantage_proto::pb::AgentMessage>,
+    /// What the coordinator answered (Err if it refused the stream).
+    pub inbound: Result<tonic::Streaming<vantage_proto::pb::CoordinatorMessage>, tonic::Status>,
+}
+
+/// Enrolls `name` with `token` through the library and returns its identity.
+pub async fn enroll_identity(
+    token: &str,
+    name: &str,
+) -> anyhow::Result<vantage_agent::identity::Identity> {
+    let token = EnrollmentToken::decode(token)?;
+    Ok(vantage_agent::enroll::enroll(
+        &token,
+        &vantage_agent::enroll::EnrollRequest {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            role: "agent".into(),
+        },
+    )
+    .await?)
+}
+
+/// Opens a session as `identity`, first sending `first` (usually a Hello).
+pub async fn raw_session(
+    identity: &vantage_agent::identity::Identity,
+    first: Vec<vantage_proto::pb::AgentMessage>,
+) -> anyhow::Result<RawSession> {
+    let config = identity.client_config()?;
+    let channel =
+        vantage_agent::tls::TlsConnector::new(&identity.info.coordinator[0], config, None)?
+            .channel(Duration::from_secs(5))?;
+    let mut client = vantage_proto::pb::agent_service_client::AgentServiceClient::new(channel)
+        .max_decoding_message_size(64 * 1024 * 1024);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    for message in first {
+        tx.send(message).await?;
+    }
+    let inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map(tonic::Response::into_inner);
+    Ok(RawSession { tx, inbound })
+}
+
+/// A Hello that matches `identity`.
+pub fn hello_for(identity: &vantage_agent::identity::Identity) -> vantage_proto::pb::AgentMessage {
+    vantage_proto::pb::AgentMessage {
+        body: Some(vantage_proto::pb::agent_message::Body::Hello(
+            vantage_proto::pb::Hello {
+                name: identity.info.name.clone(),
+                region: identity.info.region.clone(),
+                version: "test".into(),
+                ..Default::default()
+            },
+        )),
+    }
 }

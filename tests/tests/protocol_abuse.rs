@@ -1,0 +1,194 @@
+//! Hostile or broken protocol messages: each is refused with a clear status,
+//! and the coordinator keeps serving every other agent.
+
+use std::time::Duration;
+
+use tonic::Code;
+use vantage_lab::lab::{enroll_identity, hello_for, raw_session, AgentBuilder, LabCoordinator};
+use vantage_lab::origin::Origin;
+use vantage_proto::pb;
+use vantage_proto::pb::agent_message::Body as Up;
+
+fn up(body: Up) -> pb::AgentMessage {
+    pb::AgentMessage { body: Some(body) }
+}
+
+/// The status that ends the session, whether it refused the stream or ended it later.
+async fn final_status(session: vantage_lab::lab::RawSession) -> tonic::Status {
+    let mut inbound = match session.inbound {
+        Err(status) => return status,
+        Ok(inbound) => inbound,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, inbound.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => panic!("stream closed without a status"),
+            Ok(Err(status)) => return status,
+            Err(_) => panic!("the coordinator never rejected the message"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_messages_are_rejected_and_others_keep_being_served() {
+    let lab = LabCoordinator::builder().start().await.unwrap();
+    let origin = Origin::builder().spawn().await.unwrap();
+    let good = AgentBuilder::new("good-1", &lab.token("eu").await.unwrap())
+        .start()
+        .await
+        .unwrap();
+    let bad = enroll_identity(&lab.token("eu").await.unwrap(), "bad-1")
+        .await
+        .unwrap();
+
+    // Empty region.
+    let mut hello = hello_for(&bad);
+    if let Some(Up::Hello(h)) = &mut hello.body {
+        h.region.clear();
+    }
+    let status = final_status(raw_session(&bad, vec![hello]).await.unwrap()).await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("region"), "{status:?}");
+
+    // A 10 MB label.
+    let mut hello = hello_for(&bad);
+    if let Some(Up::Hello(h)) = &mut hello.body {
+        h.labels.insert("big".into(), "x".repeat(10 * 1024 * 1024));
+    }
+    let status = final_status(raw_session(&bad, vec![hello]).await.unwrap()).await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("labels.value"), "{status:?}");
+
+    // A session that does not start with Hello.
+    let beat = up(Up::Heartbeat(pb::Heartbeat::default()));
+    let status = final_status(raw_session(&bad, vec![beat]).await.unwrap()).await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("Hello"), "{status:?}");
+
+    // A Hello that claims another agent's name.
+    let mut hello = hello_for(&bad);
+    if let Some(Up::Hello(h)) = &mut hello.body {
+        h.name = "good-1".into();
+    }
+    let status = final_status(raw_session(&bad, vec![hello]).await.unwrap()).await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // A result with an unknown outcome, after a valid Hello.
+    let batch = up(Up::Results(pb::ResultBatch {
+        seq: 1,
+        results: vec![pb::ProbeResult {
+            result_id: "r-1".into(),
+            route: pb::Route::Direct as i32,
+            outcome: 4242,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }));
+    let status = final_status(
+        raw_session(&bad, vec![hello_for(&bad), batch])
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("outcome"), "{status:?}");
+    assert_eq!(
+        lab.core().store().count_all_results().unwrap(),
+        0,
+        "nothing invalid was stored"
+    );
+
+    // A result without an id.
+    let batch = up(Up::Results(pb::ResultBatch {
+        seq: 2,
+        results: vec![pb::ProbeResult {
+            route: pb::Route::Direct as i32,
+            outcome: pb::Outcome::Ok as i32,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }));
+    let status = final_status(
+        raw_session(&bad, vec![hello_for(&bad), batch])
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("result_id"), "{status:?}");
+
+    // The well-behaved agent was never disturbed: it still runs plans.
+    let mut events = lab.core().subscribe();
+    let plan_id = lab
+        .core()
+        .run_plan(
+            &["good-1".to_string()],
+            vec![pb::ProbeSpec {
+                url: origin.url("/"),
+                route: pb::Route::Direct as i32,
+                attempts: 3,
+                ..Default::default()
+            }],
+        )
+        .await
+        .unwrap();
+    vantage_lab::lab::wait_coordinator_event(&mut events, Duration::from_secs(30), |e| {
+        matches!(e, vantage::registry::AgentEvent::PlanFinished { plan_id: p, .. } if *p == plan_id)
+    })
+    .await
+    .unwrap();
+    assert_eq!(lab.core().store().count_results(&plan_id).unwrap(), 3);
+    good.stop().await.unwrap();
+    origin.stop().await;
+    lab.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_with_absurd_fields_is_rejected() {
+    let lab = LabCoordinator::builder().start().await.unwrap();
+    let token = lab.token("eu").await.unwrap();
+    let decoded = vantage_proto::token::EnrollmentToken::decode(&token).unwrap();
+    let config = vantage_agent::tls::pinned_client_config(std::sync::Arc::new(
+        vantage_agent::tls::PinnedCaVerifier::new(&decoded.ca_sha256),
+    ))
+    .unwrap();
+    let channel = vantage_agent::tls::TlsConnector::new(&decoded.addrs[0], config, None)
+        .unwrap()
+        .channel(Duration::from_secs(5))
+        .unwrap();
+    let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
+    let base = pb::EnrollRequest {
+        token: decoded.secret.clone(),
+        csr_pem: "not a csr".into(),
+        name: "n1".into(),
+        ..Default::default()
+    };
+    let cases = [
+        (
+            pb::EnrollRequest {
+                name: String::new(),
+                ..base.clone()
+            },
+            "name",
+        ),
+        (
+            pb::EnrollRequest {
+                role: "overlord".into(),
+                ..base.clone()
+            },
+            "role",
+        ),
+        (base.clone(), "certificate signing request"),
+    ];
+    for (request, expected) in cases {
+        let status = client.enroll(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(expected), "{status:?}");
+    }
+    // None of the refusals spent the token.
+    vantage_lab::lab::enroll_identity(&token, "n1")
+        .await
+        .unwrap();
+    lab.stop().await.unwrap();
+}
