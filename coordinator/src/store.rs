@@ -757,15 +757,23 @@ impl Store {
         Ok(inserted)
     }
 
-    /// Every stored result of a plan, decoded, in the order received.
-    pub fn results_for_plan(&self, plan_id: &str) -> Result<Vec<ProbeResult>, StoreError> {
+    /// Every stored result of a plan with the id of the agent that sent it,
+    /// decoded, in the order received.
+    pub fn results_for_plan(
+        &self,
+        plan_id: &str,
+    ) -> Result<Vec<(String, ProbeResult)>, StoreError> {
         let conn = self.lock()?;
-        let mut statement =
-            conn.prepare_cached("SELECT body FROM results WHERE plan_id = ?1 ORDER BY rowid")?;
-        let bodies = statement.query_map([plan_id], |row| row.get::<_, Vec<u8>>(0))?;
+        let mut statement = conn.prepare_cached(
+            "SELECT agent_id, body FROM results WHERE plan_id = ?1 ORDER BY rowid",
+        )?;
+        let rows = statement.query_map([plan_id], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
+        })?;
         let mut results = Vec::new();
-        for body in bodies {
-            results.push(ProbeResult::decode(body?.as_slice())?);
+        for row in rows {
+            let (agent_id, body) = row?;
+            results.push((agent_id, ProbeResult::decode(body.as_slice())?));
         }
         Ok(results)
     }

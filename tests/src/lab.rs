@@ -138,6 +138,7 @@ pub struct AgentBuilder {
     spool_max: u64,
     state_dir: Option<PathBuf>,
     allow_private: bool,
+    bind_ip: Option<std::net::IpAddr>,
 }
 
 impl AgentBuilder {
@@ -150,6 +151,7 @@ impl AgentBuilder {
             spool_max: 64 * 1024 * 1024,
             state_dir: None,
             allow_private: true,
+            bind_ip: None,
         }
     }
 
@@ -162,6 +164,13 @@ impl AgentBuilder {
     /// Spool limit in bytes (0 makes the spool permanently full).
     pub fn spool_max(mut self, bytes: u64) -> Self {
         self.spool_max = bytes;
+        self
+    }
+
+    /// Source address for probes and the coordinator link (`127.0.N.1`
+    /// makes each lab region distinct).
+    pub fn bind_ip(mut self, ip: std::net::IpAddr) -> Self {
+        self.bind_ip = Some(ip);
         self
     }
 
@@ -190,7 +199,7 @@ impl AgentBuilder {
             state_dir,
             name: self.name.clone(),
             labels: self.labels,
-            bind_ip: None,
+            bind_ip: self.bind_ip,
             spool_max: self.spool_max,
             policy: TargetPolicy {
                 allow_private: self.allow_private,

@@ -3,6 +3,8 @@
 //! tests under `tests/`, and the `vantage-lab` binary (the demo and the
 //! benchmarks).
 
+pub mod bench;
+pub mod demo;
 pub mod lab;
 pub mod origin;
 pub mod process;

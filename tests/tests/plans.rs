@@ -107,7 +107,13 @@ async fn run_and_collect(
     )
     .await
     .unwrap();
-    lab.core().store().results_for_plan(&plan_id).unwrap()
+    lab.core()
+        .store()
+        .results_for_plan(&plan_id)
+        .unwrap()
+        .into_iter()
+        .map(|(_, result)| result)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,274 @@
+//! Benchmarks that need more than `cargo bench`: the coordinator's ingest
+//! through the real gRPC + mTLS path into SQLite with many simulated agent
+//! sessions (against the store alone as its peer, in the same run), and the
+//! agent's footprint. Figures go to docs/BENCHMARKS.md.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use vantage::store::Store;
+use vantage_proto::pb;
+use vantage_proto::pb::agent_message::Body as Up;
+use vantage_proto::pb::coordinator_message::Body as Down;
+
+use crate::lab::{
+    enroll_identity, hello_for, raw_session, spawn_agent_process, wait_agent_connected,
+    CoordinatorProcess,
+};
+
+/// A synthetic but realistic result (~400 bytes encoded).
+pub fn synthetic_result(agent: usize, index: u64) -> pb::ProbeResult {
+    pb::ProbeResult {
+        result_id: format!("{agent:04}-{index:012}-bench"),
+        plan_id: "bench-plan".into(),
+        probe_id: format!("p{}", index % 16),
+        attempt: 1,
+        route: pb::Route::Direct as i32,
+        variant: "baseline".into(),
+        url: "http://www.example.com/asset.js".into(),
+        nonce: format!("n{agent}-{index}"),
+        outcome: pb::Outcome::Ok as i32,
+        timings: Some(pb::Timings {
+            dns_us: 10,
+            connect_us: 300,
+            tls_us: 300,
+            ttfb_us: 1_200,
+            total_us: 1_500,
+        }),
+        remote_addr: "192.0.2.10:80".into(),
+        local_addr: "198.51.100.7:41234".into(),
+        http_version: "HTTP/1.1".into(),
+        status: 200,
+        headers: vec![
+            pb::Header {
+                name: "server".into(),
+                value: b"nginx".to_vec(),
+            },
+            pb::Header {
+                name: "content-type".into(),
+                value: b"application/javascript".to_vec(),
+            },
+            pb::Header {
+                name: "eo-log-uuid".into(),
+                value: b"4f1c2d7e9a0b4c3d8e7f6a5b4c3d2e1f".to_vec(),
+            },
+        ],
+        body_bytes: 4096,
+        body_sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+        body_head: b"<!doctype html><title>bench</title>".to_vec(),
+        title: "bench".into(),
+        started_at_unix_ms: 1_700_000_000_000 + i64::try_from(index).unwrap_or(0),
+        ..Default::default()
+    }
+}
+
+/// Parameters of the ingest benchmark.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestParams {
+    /// Simulated agent sessions.
+    pub agents: usize,
+    /// Results each agent sends.
+    pub results_per_agent: u64,
+    /// Results per batch.
+    pub batch: u64,
+    /// Batches in flight per session.
+    pub window: usize,
+}
+
+/// What the ingest benchmark measured.
+#[derive(Debug, Clone)]
+pub struct IngestReport {
+    /// Results per second through gRPC into SQLite.
+    pub grpc_rate: f64,
+    /// Results per second straight into the store (the peer).
+    pub store_rate: f64,
+    /// Results stored (must equal what was sent).
+    pub stored: u64,
+    /// Peak RSS of the coordinator process, KiB.
+    pub coordinator_peak_kib: u64,
+}
+
+/// Reads `VmHWM` (peak RSS) or `VmRSS` of a process, in KiB.
+pub fn proc_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+async fn drive_session(
+    identity: vantage_agent::identity::Identity,
+    agent: usize,
+    params: IngestParams,
+    start: Arc<tokio::sync::Barrier>,
+) -> anyhow::Result<()> {
+    let session = raw_session(&identity, vec![hello_for(&identity)]).await?;
+    let mut inbound = session.inbound?;
+    match inbound.message().await? {
+        Some(pb::CoordinatorMessage {
+            body: Some(Down::Welcome(_)),
+        }) => {}
+        other => bail!("expected Welcome, got {other:?}"),
+    }
+    let batches = params.results_per_agent.div_ceil(params.batch);
+    // Build every batch before the clock starts: the benchmark measures the
+    // coordinator, not result generation.
+    let prepared: Vec<pb::AgentMessage> = (0..batches)
+        .map(|seq| {
+            let first = seq * params.batch;
+            let last = (first + params.batch).min(params.results_per_agent);
+            pb::AgentMessage {
+                body: Some(Up::Results(pb::ResultBatch {
+                    seq: seq + 1,
+                    results: (first..last).map(|i| synthetic_result(agent, i)).collect(),
+                    ..Default::default()
+                })),
+            }
+        })
+        .collect();
+    start.wait().await;
+    let mut queue = prepared.into_iter();
+    let mut in_flight = 0usize;
+    let mut acked = 0u64;
+    for message in queue.by_ref().take(params.window) {
+        session.tx.send(message).await?;
+        in_flight += 1;
+    }
+    while acked < batches {
+        match inbound.message().await? {
+            Some(pb::CoordinatorMessage {
+                body: Some(Down::Ack(_)),
+            }) => {
+                acked += 1;
+                in_flight -= 1;
+                if let Some(message) = queue.next() {
+                    session.tx.send(message).await?;
+                    in_flight += 1;
+                }
+            }
+            Some(_) => {}
+            None => bail!("coordinator closed the session after {acked} acks"),
+        }
+    }
+    let _ = in_flight;
+    Ok(())
+}
+
+/// Runs the ingest benchmark against a `vantage serve` process.
+pub async fn ingest(params: IngestParams) -> anyhow::Result<IngestReport> {
+    let data = tempfile::tempdir()?;
+    let coordinator =
+        CoordinatorProcess::start(data.path(), "127.0.0.1:0".parse()?, Duration::from_secs(10))
+            .await?;
+    let mut control = coordinator.control()?;
+    let token = control
+        .create_enrollment_token(pb::CreateEnrollmentTokenRequest {
+            region: "bench".into(),
+            ttl_seconds: 600,
+            uses: u32::try_from(params.agents)?,
+        })
+        .await?
+        .into_inner()
+        .token;
+    let mut identities = Vec::with_capacity(params.agents);
+    for agent in 0..params.agents {
+        identities.push(enroll_identity(&token, &format!("bench-{agent:03}")).await?);
+    }
+    let start = Arc::new(tokio::sync::Barrier::new(params.agents + 1));
+    let mut sessions = tokio::task::JoinSet::new();
+    for (agent, identity) in identities.into_iter().enumerate() {
+        sessions.spawn(drive_session(identity, agent, params, start.clone()));
+    }
+    start.wait().await;
+    let began = Instant::now();
+    while let Some(done) = sessions.join_next().await {
+        done.context("session task")??;
+    }
+    let elapsed = began.elapsed();
+    let total = params.results_per_agent * params.agents as u64;
+    let pid = coordinator.process.pid().context("coordinator pid")?;
+    let coordinator_peak_kib = proc_kib(pid, "VmHWM:").unwrap_or(0);
+    drop(coordinator);
+    let stored = Store::open(&data.path().join("vantage.db"))?.count_all_results()?;
+
+    let store_rate = store_only(params, &data.path().join("peer.db"))?;
+    Ok(IngestReport {
+        grpc_rate: total as f64 / elapsed.as_secs_f64(),
+        store_rate,
+        stored,
+        coordinator_peak_kib,
+    })
+}
+
+/// The peer: the same results, in the same batches, written straight into a
+/// fresh store with no network, TLS or protobuf decoding in between.
+fn store_only(params: IngestParams, path: &Path) -> anyhow::Result<f64> {
+    let store = Store::open(path)?;
+    let batches: Vec<Vec<pb::ProbeResult>> = (0..params.agents)
+        .flat_map(|agent| {
+            let per = params.results_per_agent;
+            (0..per.div_ceil(params.batch)).map(move |b| {
+                let first = b * params.batch;
+                (first..(first + params.batch).min(per))
+                    .map(|i| synthetic_result(agent, i))
+                    .collect()
+            })
+        })
+        .collect();
+    let began = Instant::now();
+    for batch in &batches {
+        store.insert_results(&[("bench", batch.as_slice())], 0)?;
+    }
+    let total = params.results_per_agent * params.agents as u64;
+    Ok(total as f64 / began.elapsed().as_secs_f64())
+}
+
+/// What the footprint benchmark measured.
+#[derive(Debug, Clone)]
+pub struct FootprintReport {
+    /// Agent RSS after enrolling and idling connected, KiB.
+    pub agent_idle_kib: u64,
+    /// Coordinator RSS idle with that one agent, KiB.
+    pub coordinator_idle_kib: u64,
+    /// Size of the agent binary, bytes.
+    pub agent_binary_bytes: u64,
+    /// Size of the coordinator binary, bytes.
+    pub coordinator_binary_bytes: u64,
+}
+
+/// Enrolls one real agent process, lets it idle, and reads its RSS.
+pub async fn footprint(idle: Duration) -> anyhow::Result<FootprintReport> {
+    let data = tempfile::tempdir()?;
+    let coordinator =
+        CoordinatorProcess::start(data.path(), "127.0.0.1:0".parse()?, Duration::from_secs(1))
+            .await?;
+    let token = coordinator
+        .cli(&["token", "create", "--region", "bench"])
+        .await?;
+    let token = String::from_utf8(token.stdout)?;
+    let state = tempfile::tempdir()?;
+    let mut agent =
+        spawn_agent_process(state.path(), &["--token", token.trim(), "--name", "idle-1"])?;
+    wait_agent_connected(&mut agent).await?;
+    // Idle through several heartbeats so steady-state buffers are allocated.
+    tokio::time::sleep(idle).await;
+    let agent_pid = agent.pid().context("agent pid")?;
+    let coordinator_pid = coordinator.process.pid().context("coordinator pid")?;
+    let size = |name: &str| {
+        std::fs::metadata(crate::process::bin_path(name))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    Ok(FootprintReport {
+        agent_idle_kib: proc_kib(agent_pid, "VmRSS:").unwrap_or(0),
+        coordinator_idle_kib: proc_kib(coordinator_pid, "VmRSS:").unwrap_or(0),
+        agent_binary_bytes: size("vantage-agent"),
+        coordinator_binary_bytes: size("vantage"),
+    })
+}
