@@ -255,7 +255,28 @@ pub fn main(
     args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
     env: &dyn Env,
 ) -> ExitCode {
-    let cli = match Cli::try_parse_from(args) {
+    run_main(args, env, |cli: Cli| async move {
+        match cli.command {
+            Command::Run(args) => run(args, env).await,
+        }
+    })
+}
+
+/// The shared shape of every vantage binary: parse `args` into `C` (usage
+/// errors exit 2, `--help` exits 0), set up logging and the crypto provider,
+/// run `body` on a multi-threaded runtime, and print an error as one line,
+/// `error: …`, with exit code 2.
+pub fn run_main<C, F, Fut>(
+    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+    env: &dyn Env,
+    body: F,
+) -> ExitCode
+where
+    C: Parser,
+    F: FnOnce(C) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let cli = match C::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -274,12 +295,7 @@ pub fn main(
             return ExitCode::from(2);
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Run(args) => run(args, env).await,
-        }
-    });
-    match result {
+    match runtime.block_on(body(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

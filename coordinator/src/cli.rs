@@ -327,32 +327,7 @@ pub fn main(
     args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
     env: &dyn Env,
 ) -> ExitCode {
-    let cli = match Cli::try_parse_from(args) {
-        Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-        }
-    };
-    vantage_agent::cli::init_tracing(env);
-    vantage_agent::tls::crypto_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(dispatch(cli, env)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    vantage_agent::cli::run_main(args, env, |cli: Cli| dispatch(cli, env))
 }
 
 #[cfg(test)]

@@ -248,13 +248,9 @@ pub async fn footprint(idle: Duration) -> anyhow::Result<FootprintReport> {
     let coordinator =
         CoordinatorProcess::start(data.path(), "127.0.0.1:0".parse()?, Duration::from_secs(1))
             .await?;
-    let token = coordinator
-        .cli(&["token", "create", "--region", "bench"])
-        .await?;
-    let token = String::from_utf8(token.stdout)?;
+    let token = coordinator.create_token("bench").await?;
     let state = tempfile::tempdir()?;
-    let mut agent =
-        spawn_agent_process(state.path(), &["--token", token.trim(), "--name", "idle-1"])?;
+    let mut agent = spawn_agent_process(state.path(), &["--token", &token, "--name", "idle-1"])?;
     wait_agent_connected(&mut agent).await?;
     // Idle through several heartbeats so steady-state buffers are allocated.
     tokio::time::sleep(idle).await;

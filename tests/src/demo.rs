@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use vantage::cli::{agents_table, AgentJson};
-use vantage::registry::AgentEvent;
 use vantage_proto::domain::Outcome;
 use vantage_proto::pb;
 
-use crate::lab::{wait_coordinator_event, AgentBuilder, LabCoordinator};
+use crate::lab::{wait_plan_finished, AgentBuilder, LabCoordinator};
 use crate::origin::Origin;
 
 /// Agent name, region, and the loopback source address that stands for the region.
@@ -104,16 +103,7 @@ pub async fn run(out: &mut impl std::io::Write) -> anyhow::Result<()> {
     let names: Vec<String> = REGIONS.iter().map(|(n, _, _)| n.to_string()).collect();
     let mut events = lab.core().subscribe();
     let plan_id = lab.core().run_plan(&names, probes).await?;
-    let mut finished = 0;
-    while finished < names.len() {
-        wait_coordinator_event(
-            &mut events,
-            Duration::from_secs(60),
-            |e| matches!(e, AgentEvent::PlanFinished { plan_id: p, .. } if *p == plan_id),
-        )
-        .await?;
-        finished += 1;
-    }
+    wait_plan_finished(&mut events, &plan_id, names.len(), Duration::from_secs(60)).await?;
     let results = lab.core().store().results_for_plan(&plan_id)?;
     let status = lab.core().plan_status(&plan_id).await?;
     writeln!(

@@ -312,6 +312,29 @@ pub async fn wait_coordinator_event(
     }
 }
 
+/// Waits until `agents` agents have durably finished `plan_id`; returns their names.
+pub async fn wait_plan_finished(
+    events: &mut broadcast::Receiver<AgentEvent>,
+    plan_id: &str,
+    agents: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<String>> {
+    let mut finished = Vec::with_capacity(agents);
+    while finished.len() < agents {
+        let event = wait_coordinator_event(
+            events,
+            timeout,
+            |e| matches!(e, AgentEvent::PlanFinished { plan_id: p, .. } if p == plan_id),
+        )
+        .await?;
+        if let AgentEvent::PlanFinished { agent, .. } = event {
+            finished.push(agent);
+        }
+    }
+    finished.sort();
+    Ok(finished)
+}
+
 /// A `vantage serve` process.
 #[derive(Debug)]
 pub struct CoordinatorProcess {
@@ -374,6 +397,18 @@ impl CoordinatorProcess {
     /// A control client.
     pub fn control(&self) -> anyhow::Result<ControlClient> {
         client::connect(&Target::discover(None, &self.data_dir, &MapEnv::default())?)
+    }
+
+    /// Creates a one-use enrollment token with `vantage token create`.
+    pub async fn create_token(&self, region: &str) -> anyhow::Result<String> {
+        let out = self.cli(&["token", "create", "--region", region]).await?;
+        if !out.status.success() {
+            bail!(
+                "token create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
     }
 
     /// Runs the `vantage` CLI against this coordinator.

@@ -39,14 +39,10 @@ async fn kill_9_coordinator_loses_nothing_and_stores_each_result_once() {
     )
     .await
     .unwrap();
-    let out = coordinator
-        .cli(&["token", "create", "--region", "ap-south"])
-        .await
-        .unwrap();
-    let token = String::from_utf8(out.stdout).unwrap();
+    let token = coordinator.create_token("ap-south").await.unwrap();
     let state = tempfile::tempdir().unwrap();
     let mut agent =
-        spawn_agent_process(state.path(), &["--token", token.trim(), "--name", "bom-1"]).unwrap();
+        spawn_agent_process(state.path(), &["--token", &token, "--name", "bom-1"]).unwrap();
     wait_agent_connected(&mut agent).await.unwrap();
 
     let probes = (0..PROBES)

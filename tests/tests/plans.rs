@@ -7,7 +7,8 @@ use std::time::Duration;
 use vantage::registry::AgentEvent;
 use vantage_agent::session::SessionEvent;
 use vantage_lab::lab::{
-    enroll_identity, hello_for, raw_session, wait_coordinator_event, AgentBuilder, LabCoordinator,
+    enroll_identity, hello_for, raw_session, wait_coordinator_event, wait_plan_finished,
+    AgentBuilder, LabCoordinator,
 };
 use vantage_lab::origin::Origin;
 use vantage_proto::domain::Outcome;
@@ -50,20 +51,9 @@ async fn plan_runs_on_every_chosen_agent_and_every_result_is_stored() {
         )
         .await
         .unwrap();
-    let mut finished = Vec::new();
-    while finished.len() < 2 {
-        let event = wait_coordinator_event(
-            &mut events,
-            Duration::from_secs(30),
-            |e| matches!(e, AgentEvent::PlanFinished { plan_id: p, .. } if *p == plan_id),
-        )
+    let finished = wait_plan_finished(&mut events, &plan_id, 2, Duration::from_secs(30))
         .await
         .unwrap();
-        if let AgentEvent::PlanFinished { agent, .. } = event {
-            finished.push(agent);
-        }
-    }
-    finished.sort();
     assert_eq!(finished, ["eu-1", "us-1"]);
 
     let status = lab.core().plan_status(&plan_id).await.unwrap();

@@ -133,11 +133,9 @@ async fn absurd_messages_are_rejected_and_others_keep_being_served() {
         )
         .await
         .unwrap();
-    vantage_lab::lab::wait_coordinator_event(&mut events, Duration::from_secs(30), |e| {
-        matches!(e, vantage::registry::AgentEvent::PlanFinished { plan_id: p, .. } if *p == plan_id)
-    })
-    .await
-    .unwrap();
+    vantage_lab::lab::wait_plan_finished(&mut events, &plan_id, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(lab.core().store().count_results(&plan_id).unwrap(), 3);
     good.stop().await.unwrap();
     origin.stop().await;

@@ -15,14 +15,10 @@ async fn revoked_agent_is_dropped_and_refused_as_fatal() {
     )
     .await
     .unwrap();
-    let out = coordinator
-        .cli(&["token", "create", "--region", "us-east"])
-        .await
-        .unwrap();
-    let token = String::from_utf8(out.stdout).unwrap();
+    let token = coordinator.create_token("us-east").await.unwrap();
     let state = tempfile::tempdir().unwrap();
     let mut agent =
-        spawn_agent_process(state.path(), &["--token", token.trim(), "--name", "iad-1"]).unwrap();
+        spawn_agent_process(state.path(), &["--token", &token, "--name", "iad-1"]).unwrap();
     wait_agent_connected(&mut agent).await.unwrap();
 
     let out = coordinator
