@@ -29,7 +29,7 @@ use crate::tls::{TlsConnector, TlsError};
 /// How long the coordinator has to answer `Hello` with `Welcome`.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
 /// Batches sent but not yet acknowledged, at most.
-const WINDOW: usize = 32;
+const WINDOW: usize = 8;
 
 /// Whether a failed call is worth retrying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use crate::store::Store;
 use crate::time::now_ms;
 
 /// Jobs queued at most; a full queue makes sessions wait (backpressure).
-const QUEUE: usize = 1024;
+const QUEUE: usize = 32;
 /// Results stored per transaction, at most.
 const MAX_RESULTS_PER_COMMIT: usize = 50_000;
 
