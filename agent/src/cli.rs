@@ -214,6 +214,7 @@ pub async fn load_or_enroll(config: &RunConfig) -> anyhow::Result<Identity> {
 
 /// Builds the agent for a validated configuration.
 pub async fn build_agent(config: &RunConfig) -> anyhow::Result<Agent> {
+    let lock = crate::identity::lock_state_dir(&config.state_dir)?;
     let identity = load_or_enroll(config).await?;
     let spool_dir = config.state_dir.join("spool");
     let spool = Spool::open(&spool_dir, config.spool_max)
@@ -237,7 +238,8 @@ pub async fn build_agent(config: &RunConfig) -> anyhow::Result<Agent> {
         },
         Arc::new(spool),
         runner,
-    ))
+    )
+    .hold_state_lock(lock))
 }
 
 async fn run(args: RunArgs, env: &dyn Env) -> anyhow::Result<()> {

@@ -41,6 +41,12 @@ pub enum IdentityError {
         /// The cause.
         source: serde_json::Error,
     },
+    /// Another agent process uses this state directory.
+    #[error("{path} is in use by another vantage-agent process (one state directory per agent)")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// The stored certificate or key is unusable.
     #[error("stored credentials are unusable: {0}")]
     Tls(#[from] TlsError),
@@ -113,6 +119,25 @@ pub fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
         builder.mode(0o700);
     }
     builder.create(dir).map_err(io_err(dir))
+}
+
+/// Takes the state directory's lock for the life of the returned file, so two
+/// agent processes never share one identity and spool (they would evict each
+/// other's sessions and race on the spool).
+pub fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, IdentityError> {
+    create_private_dir(state_dir)?;
+    let path = state_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(IdentityError::Locked { path }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+    }
 }
 
 impl Identity {

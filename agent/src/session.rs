@@ -157,6 +157,7 @@ pub struct Agent {
     spooled: Arc<Notify>,
     events: broadcast::Sender<SessionEvent>,
     plans: Arc<Mutex<HashMap<String, tokio::task::AbortHandle>>>,
+    state_lock: Option<std::fs::File>,
 }
 
 fn message(body: Up) -> pb::AgentMessage {
@@ -182,7 +183,19 @@ impl Agent {
             spooled: Arc::new(Notify::new()),
             events,
             plans: Arc::default(),
+            state_lock: None,
         }
+    }
+
+    /// Keeps the state directory's lock for as long as this agent lives.
+    pub fn hold_state_lock(mut self, lock: std::fs::File) -> Self {
+        self.state_lock = Some(lock);
+        self
+    }
+
+    /// Whether this agent holds its state directory's lock.
+    pub fn holds_state_lock(&self) -> bool {
+        self.state_lock.is_some()
     }
 
     /// Events of this agent's session, from now on.

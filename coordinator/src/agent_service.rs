@@ -331,8 +331,14 @@ async fn handle(
         Some(Up::Hello(_)) => Err(Status::invalid_argument(
             "Hello may only be the first message",
         )),
-        // Witness observations arrive with the witness role (a later capability).
-        Some(Up::Observation(_)) => Ok(()),
+        Some(Up::Observation(_)) if record.role != "witness" => Err(Status::invalid_argument(
+            "observations are accepted from witnesses only",
+        )),
+        // Storing witness observations comes with campaigns; refusing them
+        // loudly beats dropping them silently.
+        Some(Up::Observation(_)) => Err(Status::unimplemented(
+            "this coordinator does not store witness observations yet",
+        )),
         None => Err(Status::invalid_argument("empty message")),
     }
 }

@@ -36,7 +36,7 @@ pub struct IngestJob {
 pub fn spawn(
     store: Arc<Store>,
     registry: Arc<Registry>,
-) -> (mpsc::Sender<IngestJob>, std::thread::JoinHandle<()>) {
+) -> std::io::Result<(mpsc::Sender<IngestJob>, std::thread::JoinHandle<()>)> {
     let (tx, mut rx) = mpsc::channel::<IngestJob>(QUEUE);
     let handle = std::thread::Builder::new()
         .name("vantage-ingest".into())
@@ -55,9 +55,8 @@ pub fn spawn(
                 }
                 commit(&store, &registry, jobs);
             }
-        })
-        .unwrap_or_else(|e| panic!("cannot start the ingest thread: {e}"));
-    (tx, handle)
+        })?;
+    Ok((tx, handle))
 }
 
 fn commit(store: &Store, registry: &Registry, jobs: Vec<IngestJob>) {

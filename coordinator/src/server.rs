@@ -57,6 +57,12 @@ pub struct ServeConfig {
 /// Errors starting the coordinator.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// A setting is out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// The ingest writer thread could not start.
+    #[error("cannot start the ingest thread: {0}")]
+    Thread(std::io::Error),
     /// The data dir is unusable.
     #[error("data directory {path}: {reason}")]
     DataDir {
@@ -203,6 +209,13 @@ fn names_and_addrs(bound: SocketAddr, advertise: &[String]) -> (Vec<String>, Vec
 /// Prepares the data dir and starts serving.
 pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError> {
     vantage_agent::tls::crypto_provider();
+    if config.heartbeat < Duration::from_millis(100) || config.heartbeat > Duration::from_secs(600)
+    {
+        return Err(ServeError::Invalid(format!(
+            "--heartbeat {}: must be between 100ms and 10m",
+            humantime::format_duration(config.heartbeat)
+        )));
+    }
     let dir = &config.data_dir;
     if dir.exists() && !dir.is_dir() {
         return Err(data_dir_error(dir, "exists and is not a directory"));
@@ -248,7 +261,8 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
     let server_cert = pki.issue_server_cert(&names)?;
     let store = Arc::new(store);
     let registry = Arc::new(Registry::default());
-    let (ingest, _ingest_thread) = crate::ingest::spawn(store.clone(), registry.clone());
+    let (ingest, _ingest_thread) =
+        crate::ingest::spawn(store.clone(), registry.clone()).map_err(ServeError::Thread)?;
     let core = Arc::new(Coordinator {
         store,
         pki,

@@ -82,7 +82,7 @@ CREATE INDEX plans_campaign ON plans (campaign_id) WHERE campaign_id IS NOT NULL
 CREATE TABLE plan_agents (
     plan_id  TEXT    NOT NULL REFERENCES plans (plan_id) ON DELETE CASCADE,
     agent_id TEXT    NOT NULL,
-    state    TEXT    NOT NULL CHECK (state IN ('sent', 'rejected', 'finished')),
+    state    TEXT    NOT NULL CHECK (state IN ('sent', 'rejected', 'finished', 'lost')),
     reason   TEXT,
     expected INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (plan_id, agent_id)

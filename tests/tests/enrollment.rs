@@ -88,6 +88,17 @@ async fn enrolled_agent_is_listed_connected_and_reuses_its_certificate() {
         .unwrap()
         .starts_with("127.0.0.1:"));
 
+    // A second process on the same state dir is refused: it would fight the
+    // first one for the session and the spool.
+    let mut twin = spawn_agent_process(state.path(), &[]).unwrap();
+    let status = twin.wait_exit(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        twin.output().contains("in use by another vantage-agent"),
+        "{}",
+        twin.output()
+    );
+
     // Second start: no token, same state dir, same certificate.
     agent.terminate(Duration::from_secs(10)).await.unwrap();
     let mut again = spawn_agent_process(state.path(), &[]).unwrap();
