@@ -220,10 +220,7 @@ pub async fn build_agent(config: &RunConfig) -> anyhow::Result<Agent> {
     let spool = Spool::open(&spool_dir, config.spool_max)
         .with_context(|| format!("cannot open spool {}", spool_dir.display()))?;
     let runner = Runner::new(
-        ProbeEngine {
-            policy: config.policy,
-            bind_ip: config.bind_ip,
-        },
+        ProbeEngine::new(config.policy, config.bind_ip),
         RunnerLimits {
             max_concurrency: config.max_concurrency,
             ..RunnerLimits::default()

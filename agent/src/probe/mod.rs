@@ -25,13 +25,20 @@ const DEFAULT_BODY_CAPTURE: usize = 1024;
 /// Agent-side cap on captured body bytes; a plan cannot raise it.
 const MAX_BODY_CAPTURE: usize = 64 * 1024;
 
-/// Runs single requests. Cheap to share: it holds only settings.
+/// Runs single requests. Cheap to clone: it holds only settings.
 #[derive(Debug, Clone, Default)]
 pub struct ProbeEngine {
-    /// Which targets are allowed.
-    pub policy: TargetPolicy,
-    /// Source address for every probe.
-    pub bind_ip: Option<IpAddr>,
+    policy: TargetPolicy,
+    bind_ip: Option<IpAddr>,
+    extra_ca_pem: Option<std::sync::Arc<str>>,
+}
+
+/// A probe engine setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeSetupError {
+    /// The extra CA file is not usable PEM.
+    #[error("CA certificates: {0}")]
+    Ca(String),
 }
 
 /// One request of a spec: which attempt and which burst slot.
@@ -124,6 +131,25 @@ fn classify_response_error(err: &hyper::Error) -> Outcome {
 }
 
 impl ProbeEngine {
+    /// An engine that enforces `policy` and sends from `bind_ip`.
+    pub fn new(policy: TargetPolicy, bind_ip: Option<IpAddr>) -> Self {
+        ProbeEngine {
+            policy,
+            bind_ip,
+            extra_ca_pem: None,
+        }
+    }
+
+    /// Also trusts the CA certificates in `pem` (like `curl --cacert`, but in
+    /// addition to the system roots).
+    pub fn with_ca_pem(mut self, pem: &str) -> Result<Self, ProbeSetupError> {
+        if crate::tls::first_cert_der(pem).is_err() {
+            return Err(ProbeSetupError::Ca("no PEM certificate found".into()));
+        }
+        self.extra_ca_pem = Some(std::sync::Arc::from(pem));
+        Ok(self)
+    }
+
     /// Runs one request of `spec` and describes what happened.
     pub async fn run(
         &self,
