@@ -1,36 +1,79 @@
-//! The minimal probe engine of the foundation: plain-HTTP GET probes with
-//! phase timings, the SSRF guard, and the failure classes that can be told
-//! apart from socket events. The curl-grade engine (TLS, HTTP/2, the whole
-//! outcome taxonomy) replaces this module in the probe-engine issue; the
-//! interface — a spec in, a [`pb::ProbeResult`] out — stays.
+//! The probe engine — the curl of vantage. One request of a probe spec runs
+//! as explicit phases on a socket this module connects itself: resolve (or
+//! take the `--resolve`-style override), connect (from `--bind-ip`), TLS
+//! (rustls; the chain is always captured, then verified), then HTTP/1.1 or
+//! HTTP/2 (by ALPN) on hyper's connection-level client. Timings are
+//! cumulative from the start with curl's meanings, and every failure is
+//! named from the socket, TLS and HTTP events that a [`record::Recorder`]
+//! saw, with the exit code curl gives for the same failure.
+
+pub mod classify;
+pub mod evidence;
+pub mod record;
+pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
+use rustls::pki_types::ServerName;
 use sha2::{Digest, Sha256};
 use tokio::net::{TcpSocket, TcpStream};
 use vantage_proto::domain::{Outcome, Stage};
 use vantage_proto::pb;
 
 use crate::safety::TargetPolicy;
+use classify::Failure;
+use record::{Events, Recorder};
 
 /// Default per-phase limits when a spec leaves them at 0.
 const DEFAULT_CONNECT: Duration = Duration::from_secs(10);
+const DEFAULT_TLS: Duration = Duration::from_secs(10);
 const DEFAULT_FIRST_BYTE: Duration = Duration::from_secs(30);
+const DEFAULT_BODY_STALL: Duration = Duration::from_secs(30);
 const DEFAULT_TOTAL: Duration = Duration::from_secs(60);
 /// Body bytes kept as evidence when the spec does not say.
 const DEFAULT_BODY_CAPTURE: usize = 1024;
-/// Agent-side cap on captured body bytes; a plan cannot raise it.
-const MAX_BODY_CAPTURE: usize = 64 * 1024;
+/// Raw reply bytes kept to explain a malformed answer.
+const RAW_CAPTURE: usize = 4096;
+
+/// Agent-side limits that a plan cannot raise.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeLimits {
+    /// Largest response head accepted (curl's limit is 100 KiB).
+    pub max_header_bytes: usize,
+    /// Body bytes read at most; the rest is not downloaded.
+    pub max_body_bytes: u64,
+    /// Body bytes kept as evidence at most.
+    pub max_body_capture: usize,
+}
+
+impl Default for ProbeLimits {
+    fn default() -> Self {
+        ProbeLimits {
+            max_header_bytes: 100 * 1024,
+            max_body_bytes: 64 * 1024 * 1024,
+            max_body_capture: 64 * 1024,
+        }
+    }
+}
 
 /// Runs single requests. Cheap to clone: it holds only settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ProbeEngine {
     policy: TargetPolicy,
     bind_ip: Option<IpAddr>,
-    extra_ca_pem: Option<std::sync::Arc<str>>,
+    limits: ProbeLimits,
+    tls: Arc<std::sync::OnceLock<Result<tls::ProbeTls, String>>>,
+    extra_ca_pem: Option<Arc<str>>,
+}
+
+impl Default for ProbeEngine {
+    fn default() -> Self {
+        ProbeEngine::new(TargetPolicy::default(), None)
+    }
 }
 
 /// A probe engine setting that cannot be used.
@@ -58,8 +101,8 @@ fn ms(value: u32, default: Duration) -> Duration {
     }
 }
 
-fn micros(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+fn micros(since: Instant, at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(since).as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The nonce of one request: the spec's base nonce plus the slot, so that
@@ -82,52 +125,59 @@ fn with_nonce(path_and_query: &str, param: &str, nonce: &str) -> String {
     format!("{path_and_query}{sep}{param}={nonce}")
 }
 
-struct Failure {
-    outcome: Outcome,
-    stage: Stage,
-    error: String,
+/// Everything one exchange needs, resolved from the spec.
+struct Target {
+    uri: http::Uri,
+    host: String,
+    port: u16,
+    tls: bool,
 }
 
-impl Failure {
-    fn new(outcome: Outcome, stage: Stage, error: impl Into<String>) -> Self {
-        Failure {
-            outcome,
-            stage,
-            error: error.into(),
+fn parse_target(url: &str) -> Result<Target, Failure> {
+    let uri: http::Uri = url.parse().map_err(|e| {
+        Failure::with_exit(
+            Outcome::DnsFailure,
+            Stage::Dns,
+            3,
+            format!("bad URL {url:?}: {e}"),
+        )
+    })?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        other => {
+            return Err(Failure::with_exit(
+                Outcome::DnsFailure,
+                Stage::Dns,
+                1,
+                format!("unsupported scheme {other:?}: use http:// or https://"),
+            ))
         }
-    }
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| Failure::with_exit(Outcome::DnsFailure, Stage::Dns, 3, "URL has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    Ok(Target {
+        uri,
+        host,
+        port,
+        tls,
+    })
 }
 
-fn classify_connect_error(err: &std::io::Error) -> Outcome {
-    match err.kind() {
-        std::io::ErrorKind::ConnectionRefused => Outcome::ConnectRefused,
-        std::io::ErrorKind::TimedOut => Outcome::ConnectTimeout,
-        _ => Outcome::NetworkUnreachable,
-    }
-}
+/// A connection after connect (and TLS): plain or TLS, one type for hyper.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
-fn io_cause(err: &hyper::Error) -> Option<std::io::ErrorKind> {
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
-        }
-        source = cause.source();
-    }
-    None
-}
-
-fn classify_response_error(err: &hyper::Error) -> Outcome {
-    if err.is_parse() || err.is_parse_status() {
-        return Outcome::MalformedResponse;
-    }
-    match io_cause(err) {
-        Some(std::io::ErrorKind::ConnectionReset) | Some(std::io::ErrorKind::BrokenPipe) => {
-            Outcome::Reset
-        }
-        _ if err.is_incomplete_message() => Outcome::EmptyReply,
-        _ => Outcome::Reset,
-    }
+/// The recorded connection and what was negotiated on it.
+struct Wire {
+    io: Recorder<Box<dyn Io>>,
+    tls: bool,
+    h2: bool,
 }
 
 impl ProbeEngine {
@@ -136,6 +186,8 @@ impl ProbeEngine {
         ProbeEngine {
             policy,
             bind_ip,
+            limits: ProbeLimits::default(),
+            tls: Arc::default(),
             extra_ca_pem: None,
         }
     }
@@ -146,8 +198,31 @@ impl ProbeEngine {
         if crate::tls::first_cert_der(pem).is_err() {
             return Err(ProbeSetupError::Ca("no PEM certificate found".into()));
         }
-        self.extra_ca_pem = Some(std::sync::Arc::from(pem));
+        self.extra_ca_pem = Some(Arc::from(pem));
+        self.tls = Arc::default();
         Ok(self)
+    }
+
+    /// Replaces the agent-side limits.
+    pub fn with_limits(mut self, limits: ProbeLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The TLS setup, built on first use (loading system roots is not free).
+    fn probe_tls(&self) -> Result<&tls::ProbeTls, Failure> {
+        self.tls
+            .get_or_init(|| {
+                tls::ProbeTls::new(self.extra_ca_pem.as_deref()).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| {
+                Failure::new(
+                    Outcome::TlsHandshakeFailed,
+                    Stage::Tls,
+                    format!("TLS setup: {e}"),
+                )
+            })
     }
 
     /// Runs one request of `spec` and describes what happened.
@@ -173,6 +248,7 @@ impl ProbeEngine {
             url: spec.url.clone(),
             nonce: nonce.clone(),
             started_at_unix_ms,
+            timings: Some(pb::Timings::default()),
             ..Default::default()
         };
         let start = Instant::now();
@@ -186,85 +262,67 @@ impl ProbeEngine {
         )
         .await
         {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(failure)) => Err(failure),
-            Err(_) => Err(Failure::new(
-                if result.status == 0 {
-                    Outcome::ResponseTimeout
-                } else {
-                    Outcome::BodyTimeout
-                },
-                if result.status == 0 {
-                    Stage::Read
-                } else {
-                    Stage::Content
-                },
-                format!("no complete answer within {total:?}"),
-            )),
+            Ok(outcome) => outcome,
+            Err(_) => Err(classify::total_timeout(&result, total)),
         };
-        let timings = result.timings.get_or_insert_with(Default::default);
-        timings.total_us = micros(start);
+        if let Some(t) = result.timings.as_mut() {
+            t.total_us = micros(start, Instant::now());
+        }
         match outcome {
             Ok(()) => {
                 result.outcome = pb::Outcome::from(Outcome::Ok) as i32;
                 result.curl_exit = 0;
             }
-            Err(failure) => {
-                result.outcome = pb::Outcome::from(failure.outcome) as i32;
-                result.curl_exit = failure.outcome.curl_exit();
-                result.stage = pb::Stage::from(failure.stage) as i32;
-                result.error = failure.error;
-            }
+            Err(failure) => failure.apply(&mut result),
         }
         result
     }
 
-    async fn target(
+    async fn resolve(
         &self,
         spec: &pb::ProbeSpec,
-        uri: &http::Uri,
+        target: &Target,
         start: Instant,
         result: &mut pb::ProbeResult,
     ) -> Result<SocketAddr, Failure> {
-        let host = uri
-            .host()
-            .ok_or_else(|| Failure::new(Outcome::MalformedResponse, Stage::Dns, "URL has no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = uri.port_u16().unwrap_or(80);
         let addr = if !spec.address_override.is_empty() {
-            parse_override(&spec.address_override, port).ok_or_else(|| {
-                Failure::new(
+            parse_override(&spec.address_override, target.port).ok_or_else(|| {
+                Failure::with_exit(
                     Outcome::DnsFailure,
                     Stage::Dns,
-                    format!("bad address override {:?}", spec.address_override),
+                    3,
+                    format!(
+                        "bad address override {:?}: expected IP or IP:PORT",
+                        spec.address_override
+                    ),
                 )
             })?
-        } else if let Ok(ip) = host.parse::<IpAddr>() {
-            SocketAddr::new(ip, port)
+        } else if let Ok(ip) = target.host.parse::<IpAddr>() {
+            SocketAddr::new(ip, target.port)
         } else {
-            let mut answers = tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map_err(|e| {
-                    Failure::new(
-                        Outcome::DnsFailure,
-                        Stage::Dns,
-                        format!("cannot resolve {host}: {e}"),
-                    )
-                })?;
-            answers.next().ok_or_else(|| {
+            let answers: Vec<SocketAddr> =
+                tokio::net::lookup_host((target.host.as_str(), target.port))
+                    .await
+                    .map_err(|e| {
+                        Failure::new(
+                            Outcome::DnsFailure,
+                            Stage::Dns,
+                            format!("cannot resolve {}: {e}", target.host),
+                        )
+                    })?
+                    .collect();
+            result.dns_answers = answers.iter().map(|a| a.ip().to_string()).collect();
+            *answers.first().ok_or_else(|| {
                 Failure::new(
                     Outcome::DnsFailure,
                     Stage::Dns,
-                    format!("{host} has no address"),
+                    format!("{} has no address", target.host),
                 )
             })?
         };
-        result.timings.get_or_insert_with(Default::default).dns_us = micros(start);
-        self.policy
-            .check(addr.ip())
-            .map_err(|e| Failure::new(Outcome::BlockedByPolicy, Stage::Connect, e.to_string()))?;
+        if let Some(t) = result.timings.as_mut() {
+            t.dns_us = micros(start, Instant::now());
+        }
         Ok(addr)
     }
 
@@ -277,26 +335,83 @@ impl ProbeEngine {
         .map_err(|e| Failure::new(Outcome::NetworkUnreachable, Stage::Connect, e.to_string()))?;
         if let Some(ip) = self.bind_ip {
             socket.bind(SocketAddr::new(ip, 0)).map_err(|e| {
-                Failure::new(
+                Failure::with_exit(
                     Outcome::NetworkUnreachable,
                     Stage::Connect,
+                    45,
                     format!("cannot bind {ip}: {e}"),
                 )
             })?;
         }
         match tokio::time::timeout(timeout, socket.connect(addr)).await {
             Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(e)) => Err(Failure::new(
-                classify_connect_error(&e),
-                Stage::Connect,
-                format!("connect {addr}: {e}"),
-            )),
+            Ok(Err(e)) => Err(classify::connect_error(&e, addr)),
             Err(_) => Err(Failure::new(
                 Outcome::ConnectTimeout,
                 Stage::Connect,
                 format!("connect {addr}: no answer within {timeout:?}"),
             )),
         }
+    }
+
+    async fn handshake(
+        &self,
+        spec: &pb::ProbeSpec,
+        target: &Target,
+        stream: TcpStream,
+        timeout: Duration,
+        result: &mut pb::ProbeResult,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Failure> {
+        let probe_tls = self.probe_tls()?;
+        let name = ServerName::try_from(target.host.clone()).map_err(|e| {
+            Failure::new(
+                Outcome::TlsHandshakeFailed,
+                Stage::Tls,
+                format!("bad TLS server name: {e}"),
+            )
+        })?;
+        let connector = tokio_rustls::TlsConnector::from(probe_tls.config());
+        let tls = match tokio::time::timeout(timeout, connector.connect(name.clone(), stream)).await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Err(classify::tls_error(&e)),
+            Err(_) => {
+                return Err(Failure::with_exit(
+                    Outcome::TlsHandshakeFailed,
+                    Stage::Tls,
+                    28,
+                    format!("TLS handshake: no answer within {timeout:?}"),
+                ))
+            }
+        };
+        let (_, session) = tls.get_ref();
+        let chain: Vec<_> = session
+            .peer_certificates()
+            .map(<[_]>::to_vec)
+            .unwrap_or_default();
+        let mut peer = tls::describe(&chain);
+        peer.protocol_version = session
+            .protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default();
+        peer.alpn = session
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
+        let verified = probe_tls.verify(&chain, &name);
+        peer.verified = verified.is_ok();
+        peer.verify_error = verified.as_ref().err().cloned().unwrap_or_default();
+        result.tls = Some(peer);
+        if spec.verify_tls {
+            if let Err(reason) = verified {
+                return Err(Failure::new(
+                    Outcome::TlsCertInvalid,
+                    Stage::Tls,
+                    format!("certificate not trusted for {}: {reason}", target.host),
+                ));
+            }
+        }
+        Ok(tls)
     }
 
     async fn exchange(
@@ -306,28 +421,24 @@ impl ProbeEngine {
         start: Instant,
         result: &mut pb::ProbeResult,
     ) -> Result<(), Failure> {
-        let uri: http::Uri = spec.url.parse().map_err(|e| {
-            Failure::new(
-                Outcome::MalformedResponse,
-                Stage::Dns,
-                format!("bad URL {:?}: {e}", spec.url),
-            )
-        })?;
-        if uri.scheme_str() != Some("http") {
-            return Err(Failure::new(
-                Outcome::TlsHandshakeFailed,
-                Stage::Tls,
-                "this agent's engine probes plain http:// only",
-            ));
+        let target = parse_target(&spec.url)?;
+        let addr = self.resolve(spec, &target, start, result).await?;
+        if spec.route == pb::Route::Dns as i32 {
+            if result.dns_answers.is_empty() {
+                result.dns_answers.push(addr.ip().to_string());
+            }
+            return Ok(());
         }
-        let addr = self.target(spec, &uri, start, result).await?;
+        self.policy
+            .check(addr.ip())
+            .map_err(|e| Failure::new(Outcome::BlockedByPolicy, Stage::Connect, e.to_string()))?;
         let timeouts = spec.timeouts.unwrap_or_default();
         let stream = self
             .connect(addr, ms(timeouts.connect_ms, DEFAULT_CONNECT))
             .await?;
-        let timings = result.timings.get_or_insert_with(Default::default);
-        timings.connect_us = micros(start);
-        timings.tls_us = timings.connect_us;
+        if let Some(t) = result.timings.as_mut() {
+            t.connect_us = micros(start, Instant::now());
+        }
         result.remote_addr = addr.to_string();
         result.local_addr = stream
             .local_addr()
@@ -335,100 +446,190 @@ impl ProbeEngine {
             .unwrap_or_default();
         let _ = stream.set_nodelay(true);
 
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| Failure::new(Outcome::SendFailed, Stage::Write, e.to_string()))?;
-        let driver = tokio::spawn(connection);
+        let (wire, events) = if target.tls {
+            let tls = self
+                .handshake(
+                    spec,
+                    &target,
+                    stream,
+                    ms(timeouts.tls_ms, DEFAULT_TLS),
+                    result,
+                )
+                .await?;
+            if let Some(t) = result.timings.as_mut() {
+                t.tls_us = micros(start, Instant::now());
+            }
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let (io, events) = Recorder::new(Box::new(tls) as Box<dyn Io>, RAW_CAPTURE);
+            (Wire { io, tls: true, h2 }, events)
+        } else {
+            let (io, events) = Recorder::new(Box::new(stream) as Box<dyn Io>, RAW_CAPTURE);
+            (
+                Wire {
+                    io,
+                    tls: false,
+                    h2: false,
+                },
+                events,
+            )
+        };
+        let outcome = self
+            .http(spec, &target, nonce, wire, &events, start, result)
+            .await;
+        if let Err(failure) = &outcome {
+            if failure.outcome == Outcome::MalformedResponse && result.body_head.is_empty() {
+                // Keep the raw reply: a block page or a middlebox's junk is evidence.
+                result.body_head = events.snapshot().head;
+            }
+        }
+        outcome
+    }
 
+    #[allow(clippy::too_many_arguments)]
+    async fn http(
+        &self,
+        spec: &pb::ProbeSpec,
+        target: &Target,
+        nonce: &str,
+        wire: Wire,
+        events: &Events,
+        start: Instant,
+        result: &mut pb::ProbeResult,
+    ) -> Result<(), Failure> {
         let param = if spec.nonce_param.is_empty() {
             "__vantage"
         } else {
             spec.nonce_param.as_str()
         };
         let path = with_nonce(
-            uri.path_and_query().map_or("/", |p| p.as_str()),
+            target.uri.path_and_query().map_or("/", |p| p.as_str()),
             param,
             nonce,
         );
-        let authority = uri.authority().map_or_else(String::new, |a| a.to_string());
+        let authority = target
+            .uri
+            .authority()
+            .map_or_else(String::new, |a| a.to_string());
         let method = if spec.method.is_empty() {
             "GET"
         } else {
             spec.method.as_str()
         };
+        let timeouts = spec.timeouts.unwrap_or_default();
+        let is_tls = wire.tls;
+        let fail = |e: hyper::Error| classify::http_error(&e, &events.snapshot(), is_tls);
+
         let mut request = http::Request::builder()
             .method(method)
-            .uri(path)
-            .header(http::header::HOST, authority)
             .header(
                 http::header::USER_AGENT,
                 concat!("vantage/", env!("CARGO_PKG_VERSION")),
-            );
+            )
+            .header(http::header::ACCEPT, "*/*");
+        // HTTP/2 carries the authority in the request URI; HTTP/1.1 in Host.
+        request = if wire.h2 {
+            request.uri(format!("https://{authority}{path}"))
+        } else {
+            request
+                .uri(path.as_str())
+                .header(http::header::HOST, authority.as_str())
+        };
         for header in &spec.headers {
             request = request.header(header.name.as_str(), header.value.as_slice());
         }
         let request = request.body(Empty::<Bytes>::new()).map_err(|e| {
-            Failure::new(
+            Failure::with_exit(
                 Outcome::SendFailed,
                 Stage::Write,
+                43,
                 format!("bad request: {e}"),
             )
         })?;
 
+        let io = hyper_util::rt::TokioIo::new(wire.io);
+        let (send, driver): (
+            std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>,
+            _,
+        ) = if wire.h2 {
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .map_err(fail)?;
+            let driver = tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            (
+                Box::pin(async move { sender.send_request(request).await }),
+                driver,
+            )
+        } else {
+            let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+                .max_buf_size(self.limits.max_header_bytes.max(8192))
+                .handshake(io)
+                .await
+                .map_err(fail)?;
+            let driver = tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            (
+                Box::pin(async move { sender.send_request(request).await }),
+                driver,
+            )
+        };
+        let _guard = AbortOnDrop(Some(driver));
+
         let first_byte = ms(timeouts.first_byte_ms, DEFAULT_FIRST_BYTE);
-        let response = match tokio::time::timeout(first_byte, sender.send_request(request)).await {
+        let response = match tokio::time::timeout(first_byte, send).await {
             Ok(Ok(response)) => response,
-            Ok(Err(e)) => {
-                driver.abort();
-                return Err(Failure::new(
-                    classify_response_error(&e),
-                    Stage::Read,
-                    e.to_string(),
-                ));
-            }
+            Ok(Err(e)) => return Err(fail(e)),
             Err(_) => {
-                driver.abort();
                 return Err(Failure::new(
                     Outcome::ResponseTimeout,
                     Stage::Read,
                     format!("no response within {first_byte:?}"),
-                ));
+                ))
             }
         };
-        result.timings.get_or_insert_with(Default::default).ttfb_us = micros(start);
+        let wire_now = events.snapshot();
+        if let Some(t) = result.timings.as_mut() {
+            t.ttfb_us = micros(start, wire_now.first_byte_at.unwrap_or_else(Instant::now));
+        }
         result.status = u32::from(response.status().as_u16());
-        result.http_version = format!("{:?}", response.version());
-        result.headers = response
-            .headers()
-            .iter()
-            .map(|(name, value)| pb::Header {
-                name: name.as_str().to_string(),
-                value: value.as_bytes().to_vec(),
-            })
-            .collect();
+        result.http_version = match response.version() {
+            http::Version::HTTP_2 => "HTTP/2".into(),
+            http::Version::HTTP_10 => "HTTP/1.0".into(),
+            _ => "HTTP/1.1".into(),
+        };
+        result.headers = evidence::keep_headers(response.headers());
+        result.edge_request_id = evidence::edge_request_id(response.headers());
+        result.cache_status = evidence::cache_status(response.headers());
 
         let capture = match spec.body_capture_bytes {
             0 => DEFAULT_BODY_CAPTURE,
-            n => usize::try_from(n)
-                .unwrap_or(MAX_BODY_CAPTURE)
-                .min(MAX_BODY_CAPTURE),
-        };
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        }
+        .min(self.limits.max_body_capture);
+        let stall = ms(timeouts.body_ms, DEFAULT_BODY_STALL);
         let mut body = response.into_body();
         let mut hasher = Sha256::new();
         let mut total_bytes = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                Failure::new(
-                    if e.is_incomplete_message() {
-                        Outcome::Truncated
-                    } else {
-                        classify_response_error(&e)
-                    },
-                    Stage::Content,
-                    e.to_string(),
-                )
-            })?;
+        loop {
+            let frame = match tokio::time::timeout(stall, body.frame()).await {
+                Ok(Some(Ok(frame))) => frame,
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    result.body_bytes = total_bytes;
+                    return Err(classify::body_error(&e, &events.snapshot(), is_tls));
+                }
+                Err(_) => {
+                    result.body_bytes = total_bytes;
+                    return Err(Failure::new(
+                        Outcome::BodyTimeout,
+                        Stage::Content,
+                        format!("body stalled for {stall:?} after {total_bytes} bytes"),
+                    ));
+                }
+            };
             if let Some(data) = frame.data_ref() {
                 hasher.update(data);
                 total_bytes += data.len() as u64;
@@ -436,12 +637,28 @@ impl ProbeEngine {
                 result
                     .body_head
                     .extend_from_slice(&data[..room.min(data.len())]);
+                if total_bytes >= self.limits.max_body_bytes {
+                    result.error =
+                        format!("stopped reading after {total_bytes} body bytes (agent limit)");
+                    break;
+                }
             }
         }
-        driver.abort();
         result.body_bytes = total_bytes;
         result.body_sha256 = hex::encode(hasher.finalize());
+        result.title = evidence::title(&result.body_head);
         Ok(())
+    }
+}
+
+/// Stops the connection driver when the exchange ends, however it ends.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
     }
 }
 
