@@ -11,15 +11,18 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
-use vantage_proto::domain::{check_labels, check_name};
+use tokio::sync::mpsc;
+use vantage_proto::domain::{check_labels, check_name, Outcome};
+use vantage_proto::json::{outcome_name, result_json};
+use vantage_proto::pb;
 use vantage_proto::token::EnrollmentToken;
 
 use crate::backoff::BackoffConfig;
 use crate::enroll::{enroll, EnrollRequest};
 use crate::env::Env;
 use crate::identity::{create_private_dir, Identity};
-use crate::probe::ProbeEngine;
-use crate::runner::{Runner, RunnerLimits};
+use crate::probe::{parse_override, ProbeEngine};
+use crate::runner::{expected_requests, Runner, RunnerLimits};
 use crate::safety::TargetPolicy;
 use crate::session::{Agent, SessionConfig};
 use crate::spool::{parse_size, Spool};
@@ -30,6 +33,9 @@ use crate::spool::{parse_size, Spool};
 /// First start: `vantage-agent run --token vtk1.…` (from `vantage token create`)
 /// enrolls and stores a key and certificate in the state directory. Later
 /// starts need no token.
+///
+/// `vantage-agent probe URL` runs one curl-like probe from this host, with no
+/// coordinator, and prints what happened.
 #[derive(Debug, Parser)]
 #[command(name = "vantage-agent", version, about, long_about)]
 pub struct Cli {
@@ -43,6 +49,25 @@ pub struct Cli {
 pub enum Command {
     /// Enroll (first start only) and serve the coordinator's probe plans until stopped.
     Run(RunArgs),
+    /// Probe a URL from this host, like curl, and print what happened (no
+    /// coordinator needed).
+    ///
+    /// Each request prints curl's phase timings (cumulative milliseconds, the
+    /// meaning of curl -w's time_namelookup, time_connect, time_appconnect,
+    /// time_starttransfer, time_total), an outcome such as ok,
+    /// connect_refused, reset or empty_reply with the exit code curl would
+    /// have given, the status and the peer address. With --attempts and
+    /// --burst it repeats the request and sends several at once, then sums up
+    /// the outcomes and the time to first byte (p50/p90/p99).
+    ///
+    /// Typical use, the origin behind a CDN, bypassing the CDN:
+    /// `vantage-agent probe https://www.example.com/ --resolve-to 203.0.113.10`
+    ///
+    /// Exit status: 0 if every request ended `ok` (a complete response
+    /// arrived, whatever its HTTP status, as with curl), 1 if any request
+    /// failed, 2 on a usage or operational error — so scripts can test it
+    /// like curl.
+    Probe(ProbeArgs),
 }
 
 /// Flags of `vantage-agent run`.
@@ -249,14 +274,406 @@ async fn run(args: RunArgs, env: &dyn Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Flags of `vantage-agent probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The URL to request (http:// or https://). Every request appends its
+    /// own nonce as a query parameter (`__vantage=…`), so that it misses every
+    /// cache and can be found in the origin's access log.
+    #[arg(value_name = "URL")]
+    pub url: String,
+    /// Connect to this address instead of resolving the URL's host: an IP, or
+    /// IP:PORT ([IPv6]:PORT); without a port, the URL's port. The Host header
+    /// and the TLS SNI stay the URL's host, exactly like
+    /// `curl --resolve host:port:ADDR`. Use it to reach the origin behind a
+    /// CDN directly.
+    #[arg(long, value_name = "ADDR")]
+    pub resolve_to: Option<String>,
+    /// Add a request header, written 'Name: value', like `curl -H`
+    /// (repeatable). Replaying a CDN's pull headers this way (e.g.
+    /// 'X-Forwarded-For: 198.51.100.7') shows whether the origin's WAF
+    /// blocks them.
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// HTTP method, like `curl -X`. No request body is sent.
+    #[arg(long, short = 'X', value_name = "METHOD", default_value = "GET")]
+    pub method: String,
+    /// Repeat the request N times (1-100), one attempt after the other: each
+    /// attempt starts when the previous one has finished.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub attempts: u32,
+    /// Send N requests per attempt (1-200) at once, on separate connections —
+    /// the concurrent-curl test that shows rate limiting at the origin (empty
+    /// replies, resets, 429/503 under load).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub burst: u32,
+    /// At most C requests of a burst in flight at once (1 to --burst;
+    /// default: the whole burst). A new one starts as soon as one finishes.
+    #[arg(long, value_name = "C")]
+    pub concurrency: Option<u32>,
+    /// Give up on a request after this long in total, DNS to last body byte,
+    /// like `curl --max-time`. Written 500ms, 2s, 1m.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Send from this local address (multi-homed hosts), like
+    /// `curl --interface IP`.
+    #[arg(long, value_name = "IP")]
+    pub bind_ip: Option<IpAddr>,
+    /// Do not verify the server's TLS certificate, like `curl -k`; the
+    /// certificate is still recorded. Needed for an origin whose certificate
+    /// does not name the site.
+    #[arg(long, short = 'k')]
+    pub insecure: bool,
+    /// Also trust the CA certificate(s) in this PEM file, in addition to the
+    /// system roots (unlike `curl --cacert`, which replaces them).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Allow loopback, private, link-local and other special-purpose targets.
+    /// Without it such requests end as `blocked_by_policy`, as they would on
+    /// an agent serving a coordinator.
+    #[arg(long)]
+    pub allow_private: bool,
+    /// Print one JSON object per request (JSON Lines: timings_ms, outcome,
+    /// curl_exit, stage, status, headers, tls, error…) and nothing else on
+    /// stdout; logs go to stderr.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A validated `probe` invocation.
+#[derive(Debug)]
+pub struct ProbeConfig {
+    /// The spec to run: one attempt × burst grid of requests.
+    pub spec: pb::ProbeSpec,
+    /// Source address.
+    pub bind_ip: Option<IpAddr>,
+    /// Target policy.
+    pub policy: TargetPolicy,
+    /// Extra CA certificates to trust.
+    pub cacert: Option<PathBuf>,
+    /// JSON Lines output instead of the table.
+    pub json: bool,
+}
+
+/// The plan id that results of `vantage-agent probe` carry: they belong to
+/// no coordinator plan.
+const PROBE_PLAN_ID: &str = "local-probe";
+
+/// Checks one `--header` value and turns it into a wire header.
+fn parse_header(text: &str) -> anyhow::Result<pb::Header> {
+    let Some((name, value)) = text.split_once(':') else {
+        bail!("--header {text:?}: expected 'Name: value'");
+    };
+    let name = name.trim();
+    // Only the optional whitespace after the colon is syntax (RFC 9110
+    // §5.5); anything else in the value is sent as written.
+    let value = value.trim_start_matches([' ', '\t']);
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        bail!("--header {text:?}: {name:?} is not a valid header name (expected 'Name: value')");
+    }
+    if http::HeaderValue::from_str(value).is_err() {
+        bail!("--header {text:?}: the value must not contain control characters such as newlines");
+    }
+    Ok(pb::Header {
+        name: name.to_string(),
+        value: value.as_bytes().to_vec(),
+    })
+}
+
+impl ProbeArgs {
+    /// Checks every flag and builds the spec; nothing touches the network.
+    pub fn validate(self) -> anyhow::Result<ProbeConfig> {
+        let uri: http::Uri = self
+            .url
+            .parse()
+            .with_context(|| format!("URL {:?} is not a valid URL", self.url))?;
+        let default_port = match uri.scheme_str() {
+            Some("http") => 80,
+            Some("https") => 443,
+            _ => bail!("URL {:?}: must start with http:// or https://", self.url),
+        };
+        if uri.host().is_none_or(str::is_empty) {
+            bail!("URL {:?} has no host", self.url);
+        }
+        let port = uri.port_u16().unwrap_or(default_port);
+        if let Some(addr) = &self.resolve_to {
+            if parse_override(addr, port).is_none() {
+                bail!("--resolve-to {addr:?}: expected an IP address or IP:PORT (like 203.0.113.10 or [2001:db8::1]:8443)");
+            }
+        }
+        let headers = self
+            .headers
+            .iter()
+            .map(|h| parse_header(h))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if http::Method::from_bytes(self.method.as_bytes()).is_err() {
+            bail!(
+                "--method {:?}: not a valid HTTP method (a token such as GET or HEAD)",
+                self.method
+            );
+        }
+        let limits = RunnerLimits::default();
+        if !(1..=limits.max_attempts).contains(&self.attempts) {
+            bail!(
+                "--attempts {}: must be between 1 and {}",
+                self.attempts,
+                limits.max_attempts
+            );
+        }
+        if !(1..=limits.max_burst).contains(&self.burst) {
+            bail!(
+                "--burst {}: must be between 1 and {}",
+                self.burst,
+                limits.max_burst
+            );
+        }
+        let concurrency = self.concurrency.unwrap_or(self.burst);
+        if !(1..=self.burst).contains(&concurrency) {
+            bail!(
+                "--concurrency {concurrency}: must be between 1 and --burst ({})",
+                self.burst
+            );
+        }
+        let total_ms = u32::try_from(self.timeout.as_millis())
+            .ok()
+            .filter(|ms| *ms > 0)
+            .with_context(|| {
+                format!(
+                    "--timeout {}: must be between 1ms and 49 days",
+                    humantime::format_duration(self.timeout)
+                )
+            })?;
+        let spec = pb::ProbeSpec {
+            probe_id: "probe".into(),
+            url: self.url,
+            method: self.method,
+            headers,
+            route: if self.resolve_to.is_some() {
+                pb::Route::Direct
+            } else {
+                pb::Route::Edge
+            } as i32,
+            address_override: self.resolve_to.unwrap_or_default(),
+            timeouts: Some(pb::PhaseTimeouts {
+                total_ms,
+                ..Default::default()
+            }),
+            verify_tls: !self.insecure,
+            attempts: self.attempts,
+            burst: self.burst,
+            concurrency,
+            // One random base per invocation: each request appends its own
+            // attempt and slot, so two runs never share a nonce.
+            nonce: uuid::Uuid::new_v4().simple().to_string(),
+            ..Default::default()
+        };
+        Ok(ProbeConfig {
+            spec,
+            bind_ip: self.bind_ip,
+            policy: TargetPolicy {
+                allow_private: self.allow_private,
+            },
+            cacert: self.cacert,
+            json: self.json,
+        })
+    }
+}
+
+/// The value at percentile `pct` (0-100) of ascending `sorted` values, by
+/// the nearest-rank method: the smallest value with at least `pct`% of the
+/// values at or below it. `None` for no values.
+pub fn nearest_rank(sorted: &[u64], pct: u32) -> Option<u64> {
+    let n = sorted.len() as u64;
+    // rank = ceil(pct/100 × n), at least 1; integer arithmetic keeps p99 of
+    // 100 values the 99th, with no float rounding at the boundaries.
+    let rank = (u64::from(pct.min(100)) * n).div_ceil(100).max(1);
+    let index = usize::try_from(rank - 1).ok()?;
+    sorted.get(index).copied()
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.3}", us as f64 / 1000.0)
+}
+
+/// A phase that was not reached shows as `-`, not as a misleading 0.
+fn phase(us: u64) -> String {
+    if us == 0 {
+        "-".to_string()
+    } else {
+        ms(us)
+    }
+}
+
+/// The column titles above [`human_line`]s.
+fn human_header() -> String {
+    format!(
+        "{:<7} {:<20} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}  remote",
+        "req", "outcome", "status", "dns", "connect", "tls", "ttfb", "total"
+    )
+}
+
+/// One request as a table row: attempt/slot, outcome, status, cumulative
+/// phase times in ms, peer, and the error if it failed.
+fn human_line(result: &pb::ProbeResult) -> String {
+    let t = result.timings.unwrap_or_default();
+    let status = match result.status {
+        0 => "-".to_string(),
+        code => code.to_string(),
+    };
+    let remote = if result.remote_addr.is_empty() {
+        "-"
+    } else {
+        result.remote_addr.as_str()
+    };
+    let mut line = format!(
+        "{:<7} {:<20} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}  {remote}",
+        format!("{}/{}", result.attempt, result.burst_index),
+        outcome_name(result.outcome),
+        status,
+        phase(t.dns_us),
+        phase(t.connect_us),
+        phase(t.tls_us),
+        phase(t.ttfb_us),
+        ms(t.total_us),
+    );
+    if !result.error.is_empty() {
+        line.push_str("  ");
+        line.push_str(&result.error);
+    }
+    line
+}
+
+/// What the summary needs from each result.
+#[derive(Debug, Default)]
+struct Tally {
+    outcomes: Vec<i32>,
+    /// First-byte times of requests that got one.
+    ttfb_us: Vec<u64>,
+}
+
+impl Tally {
+    fn add(&mut self, result: &pb::ProbeResult) {
+        self.outcomes.push(result.outcome);
+        let ttfb = result.timings.map_or(0, |t| t.ttfb_us);
+        if ttfb > 0 {
+            self.ttfb_us.push(ttfb);
+        }
+    }
+
+    fn all_ok(&self) -> bool {
+        let ok = pb::Outcome::from(Outcome::Ok) as i32;
+        self.outcomes.iter().all(|o| *o == ok)
+    }
+
+    /// Counts per outcome (in protocol order, unknown last), then the ttfb
+    /// percentiles.
+    fn summary(&self) -> Vec<String> {
+        let mut counts: Vec<(&str, usize)> = Outcome::ALL
+            .into_iter()
+            .map(|o| {
+                let wire = pb::Outcome::from(o) as i32;
+                (
+                    o.as_str(),
+                    self.outcomes.iter().filter(|x| **x == wire).count(),
+                )
+            })
+            .collect();
+        let known: usize = counts.iter().map(|(_, n)| n).sum();
+        counts.push(("unknown", self.outcomes.len() - known));
+        let counts: Vec<String> = counts
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| format!("{n} {name}"))
+            .collect();
+        let mut lines = vec![format!(
+            "{} requests: {}",
+            self.outcomes.len(),
+            counts.join(", ")
+        )];
+        let mut sorted = self.ttfb_us.clone();
+        sorted.sort_unstable();
+        let pct = |p| nearest_rank(&sorted, p).map_or_else(|| "-".to_string(), ms);
+        lines.push(if sorted.is_empty() {
+            "ttfb: no request got a first byte".to_string()
+        } else {
+            format!(
+                "ttfb ms over {} requests with a first byte: p50 {}  p90 {}  p99 {}",
+                sorted.len(),
+                pct(50),
+                pct(90),
+                pct(99)
+            )
+        });
+        lines
+    }
+}
+
+/// Writes one line to stdout. Rust's stdout is line-buffered even into a
+/// pipe, so a reader sees each request as soon as it completes.
+fn emit(line: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    writeln!(std::io::stdout().lock(), "{line}").context("cannot write to stdout")
+}
+
+async fn probe(args: ProbeArgs) -> anyhow::Result<ExitCode> {
+    let config = args.validate()?;
+    let mut engine = ProbeEngine::new(config.policy, config.bind_ip);
+    if let Some(path) = &config.cacert {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("--cacert {}: cannot read it", path.display()))?;
+        engine = engine
+            .with_ca_pem(&pem)
+            .with_context(|| format!("--cacert {}", path.display()))?;
+    }
+    let runner = Runner::new(engine, RunnerLimits::default());
+    let expected = expected_requests(&config.spec, runner.limits());
+    let (tx, mut rx) = mpsc::channel(64);
+    let spec = config.spec;
+    let task = tokio::spawn(async move { runner.run_spec(PROBE_PLAN_ID, spec, tx).await });
+
+    if !config.json {
+        emit(&human_header())?;
+    }
+    let mut tally = Tally::default();
+    while let Some(result) = rx.recv().await {
+        let line = if config.json {
+            serde_json::to_string(&result_json(&result)).context("cannot encode a result")?
+        } else {
+            human_line(&result)
+        };
+        emit(&line)?;
+        tally.add(&result);
+    }
+    task.await
+        .context("the probe runner stopped unexpectedly")?;
+
+    let received = tally.outcomes.len() as u64;
+    if !config.json && received > 1 {
+        for line in tally.summary() {
+            emit(&line)?;
+        }
+    }
+    if received < expected {
+        // Only a crashed request task loses a result; count it as a failure
+        // rather than report success on partial evidence.
+        tracing::warn!(
+            "{} of {expected} requests produced no result",
+            expected - received
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::from(if tally.all_ok() { 0 } else { 1 }))
+}
+
 /// Parses `args` and runs; returns the process exit code.
 pub fn main(
     args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
     env: &dyn Env,
 ) -> ExitCode {
-    run_main(args, env, |cli: Cli| async move {
+    run_main_with_code(args, env, |cli: Cli| async move {
         match cli.command {
-            Command::Run(args) => run(args, env).await,
+            Command::Run(args) => run(args, env).await.map(|()| ExitCode::SUCCESS),
+            Command::Probe(args) => probe(args).await,
         }
     })
 }
@@ -274,6 +691,24 @@ where
     C: Parser,
     F: FnOnce(C) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    run_main_with_code(args, env, |cli: C| async move {
+        body(cli).await.map(|()| ExitCode::SUCCESS)
+    })
+}
+
+/// [`run_main`] for commands whose success has more than one exit code
+/// (`probe` exits 1 when a request failed, like curl): `body` returns the
+/// code; an error still prints one line and exits 2.
+pub fn run_main_with_code<C, F, Fut>(
+    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+    env: &dyn Env,
+    body: F,
+) -> ExitCode
+where
+    C: Parser,
+    F: FnOnce(C) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
 {
     let cli = match C::try_parse_from(args) {
         Ok(cli) => cli,
@@ -295,7 +730,7 @@ where
         }
     };
     match runtime.block_on(body(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -330,6 +765,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Run(args) => args,
+            other => panic!("parsed as {other:?}"),
         }
     }
 
@@ -376,5 +812,240 @@ mod tests {
             let err = parse(args).validate(&env).unwrap_err();
             assert!(format!("{err:#}").contains(flag), "{args:?}: {err:#}");
         }
+    }
+
+    fn probe_args(args: &[&str]) -> Result<ProbeArgs, clap::Error> {
+        let mut argv = vec!["vantage-agent", "probe"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Probe(args) => args,
+            other => panic!("parsed as {other:?}"),
+        })
+    }
+
+    fn probe_config(args: &[&str]) -> anyhow::Result<ProbeConfig> {
+        probe_args(args).unwrap().validate()
+    }
+
+    #[test]
+    fn probe_defaults_build_a_single_request_spec() {
+        let config = probe_config(&["http://example.com/a?b=1"]).unwrap();
+        let spec = &config.spec;
+        assert_eq!(spec.url, "http://example.com/a?b=1");
+        assert_eq!(spec.method, "GET");
+        assert_eq!(spec.route, pb::Route::Edge as i32);
+        assert!(spec.address_override.is_empty());
+        assert_eq!((spec.attempts, spec.burst, spec.concurrency), (1, 1, 1));
+        assert_eq!(spec.timeouts.unwrap().total_ms, 10_000);
+        assert!(spec.verify_tls);
+        assert_eq!(spec.nonce.len(), 32, "a fresh random base nonce");
+        assert!(
+            spec.nonce_param.is_empty(),
+            "the engine's default parameter"
+        );
+        assert!(!config.policy.allow_private);
+        assert!(!config.json);
+        assert!(config.bind_ip.is_none() && config.cacert.is_none());
+        let again = probe_config(&["http://example.com/"]).unwrap();
+        assert_ne!(again.spec.nonce, spec.nonce);
+    }
+
+    #[test]
+    fn probe_flags_reach_the_spec() {
+        let config = probe_config(&[
+            "https://www.example.com/",
+            "--resolve-to",
+            "203.0.113.10:8443",
+            "--header",
+            "X-Forwarded-For: 198.51.100.7",
+            "-H",
+            "CDN-Loop:TencentEdgeOne; loops=1",
+            "--method",
+            "HEAD",
+            "--attempts",
+            "3",
+            "--burst",
+            "20",
+            "--concurrency",
+            "5",
+            "--timeout",
+            "1500ms",
+            "--bind-ip",
+            "192.0.2.9",
+            "--insecure",
+            "--allow-private",
+            "--json",
+        ])
+        .unwrap();
+        let spec = &config.spec;
+        assert_eq!(spec.route, pb::Route::Direct as i32);
+        assert_eq!(spec.address_override, "203.0.113.10:8443");
+        assert_eq!(spec.method, "HEAD");
+        let headers: Vec<(&str, &[u8])> = spec
+            .headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_slice()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("X-Forwarded-For", &b"198.51.100.7"[..]),
+                ("CDN-Loop", &b"TencentEdgeOne; loops=1"[..]),
+            ]
+        );
+        assert_eq!((spec.attempts, spec.burst, spec.concurrency), (3, 20, 5));
+        assert_eq!(spec.timeouts.unwrap().total_ms, 1_500);
+        assert!(!spec.verify_tls);
+        assert_eq!(config.bind_ip, Some("192.0.2.9".parse().unwrap()));
+        assert!(config.policy.allow_private);
+        assert!(config.json);
+        // Without --concurrency the whole burst is in flight at once.
+        let config = probe_config(&["http://example.com/", "--burst", "7"]).unwrap();
+        assert_eq!(config.spec.concurrency, 7);
+        // A bare IP (v4 or v6) takes the URL's port, like curl --resolve.
+        for addr in ["203.0.113.10", "2001:db8::1", "[2001:db8::1]:8080"] {
+            assert!(probe_config(&["http://example.com/", "--resolve-to", addr]).is_ok());
+        }
+    }
+
+    #[test]
+    fn bad_probe_flags_are_named_before_any_network() {
+        let cases: [(&[&str], &str); 16] = [
+            (&["http://x/", "--header", "no colon"], "--header"),
+            (&["http://x/", "--header", ": empty name"], "--header"),
+            (&["http://x/", "--header", "Bad Name: v"], "--header"),
+            (&["http://x/", "--header", "X-A: line\nbreak"], "--header"),
+            (
+                &["http://x/", "--resolve-to", "origin.example"],
+                "--resolve-to",
+            ),
+            (
+                &["http://x/", "--resolve-to", "1.2.3.4:99999"],
+                "--resolve-to",
+            ),
+            (&["http://x/", "--method", "GE T"], "--method"),
+            (&["http://x/", "--attempts", "0"], "--attempts"),
+            (&["http://x/", "--attempts", "101"], "--attempts"),
+            (&["http://x/", "--burst", "0"], "--burst"),
+            (&["http://x/", "--burst", "201"], "--burst"),
+            (
+                &["http://x/", "--burst", "4", "--concurrency", "5"],
+                "--concurrency",
+            ),
+            (&["http://x/", "--concurrency", "0"], "--concurrency"),
+            (&["http://x/", "--timeout", "0ms"], "--timeout"),
+            (&["ftp://x/"], "URL"),
+            (&["not a url"], "URL"),
+        ];
+        for (args, flag) in cases {
+            let err = probe_config(args).unwrap_err();
+            assert!(format!("{err:#}").contains(flag), "{args:?}: {err:#}");
+        }
+        // Malformed numbers, durations and addresses are clap's usage errors,
+        // which also name the flag.
+        for (args, flag) in [
+            (&["http://x/", "--timeout", "soon"][..], "--timeout"),
+            (&["http://x/", "--attempts", "many"][..], "--attempts"),
+            (&["http://x/", "--bind-ip", "eth0"][..], "--bind-ip"),
+        ] {
+            let err = probe_args(args).unwrap_err();
+            assert!(err.to_string().contains(flag), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        assert_eq!(nearest_rank(&[], 50), None);
+        assert_eq!(nearest_rank(&[7], 0), Some(7));
+        assert_eq!(nearest_rank(&[7], 99), Some(7));
+        let hundred: Vec<u64> = (1..=100).collect();
+        assert_eq!(nearest_rank(&hundred, 50), Some(50));
+        assert_eq!(nearest_rank(&hundred, 90), Some(90));
+        assert_eq!(nearest_rank(&hundred, 99), Some(99));
+        assert_eq!(nearest_rank(&hundred, 100), Some(100));
+        // The classic example: 5 values, p30 is the 2nd, p40 the 2nd, p50 the 3rd.
+        let five = [15, 20, 35, 40, 50];
+        assert_eq!(nearest_rank(&five, 30), Some(20));
+        assert_eq!(nearest_rank(&five, 40), Some(20));
+        assert_eq!(nearest_rank(&five, 50), Some(35));
+        assert_eq!(nearest_rank(&five, 100), Some(50));
+        assert_eq!(nearest_rank(&five, 250), Some(50), "clamped to 100");
+    }
+
+    fn result(outcome: Outcome, ttfb_us: u64) -> pb::ProbeResult {
+        pb::ProbeResult {
+            attempt: 1,
+            burst_index: 4,
+            outcome: pb::Outcome::from(outcome) as i32,
+            status: if ttfb_us > 0 { 200 } else { 0 },
+            timings: Some(pb::Timings {
+                dns_us: 10,
+                connect_us: 250,
+                tls_us: 0,
+                ttfb_us,
+                total_us: ttfb_us + 1_000,
+            }),
+            remote_addr: "192.0.2.1:80".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn human_lines_and_summary() {
+        let line = human_line(&result(Outcome::Ok, 12_345));
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            columns,
+            [
+                "1/4",
+                "ok",
+                "200",
+                "0.010",
+                "0.250",
+                "-",
+                "12.345",
+                "13.345",
+                "192.0.2.1:80"
+            ]
+        );
+        assert_eq!(
+            human_header().split_whitespace().count(),
+            columns.len(),
+            "one title per column"
+        );
+        let mut failed = result(Outcome::ConnectRefused, 0);
+        failed.error = "connect 192.0.2.1:80: refused".into();
+        assert!(human_line(&failed).ends_with("192.0.2.1:80  connect 192.0.2.1:80: refused"));
+
+        let mut tally = Tally::default();
+        for r in [
+            result(Outcome::Ok, 3_000),
+            result(Outcome::Ok, 1_000),
+            result(Outcome::Ok, 2_000),
+            failed,
+            result(Outcome::EmptyReply, 0),
+        ] {
+            tally.add(&r);
+        }
+        assert!(!tally.all_ok());
+        assert_eq!(
+            tally.summary(),
+            [
+                "5 requests: 3 ok, 1 connect_refused, 1 empty_reply",
+                "ttfb ms over 3 requests with a first byte: p50 2.000  p90 3.000  p99 3.000",
+            ]
+        );
+        let mut none = Tally::default();
+        none.add(&pb::ProbeResult {
+            outcome: 999,
+            ..Default::default()
+        });
+        assert_eq!(
+            none.summary(),
+            ["1 requests: 1 unknown", "ttfb: no request got a first byte"]
+        );
+        let mut ok = Tally::default();
+        ok.add(&result(Outcome::Ok, 5));
+        assert!(ok.all_ok());
     }
 }

@@ -1,6 +1,9 @@
 //! Runs a plan on the probe engine and writes its results to the spool in
 //! batches. A plan runs independently of the session: a dropped connection
 //! does not stop it, and its results wait in the spool until acknowledged.
+//!
+//! One spec can also run on its own ([`Runner::run_spec`]), which is what
+//! `vantage-agent probe` does; plans and single specs obey the same caps.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,10 +52,46 @@ pub struct Runner {
     permits: Arc<Semaphore>,
 }
 
+/// How one probe spec runs once the agent's caps are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// Sequential attempts; the next starts when the previous one's burst is done.
+    pub attempts: u32,
+    /// Requests per attempt.
+    pub burst: u32,
+    /// Requests of one burst in flight at once (1..=burst).
+    pub concurrency: u32,
+}
+
+impl Schedule {
+    /// The caps applied to `spec`: 0 means 1 for attempts and burst, and "the
+    /// whole burst at once" for concurrency; nothing exceeds `limits`, and a
+    /// burst never has more requests in flight than the agent-wide cap.
+    pub fn of(spec: &pb::ProbeSpec, limits: &RunnerLimits) -> Schedule {
+        let attempts = spec.attempts.clamp(1, limits.max_attempts.max(1));
+        let burst = spec.burst.clamp(1, limits.max_burst.max(1));
+        let requested = if spec.concurrency == 0 {
+            burst
+        } else {
+            spec.concurrency
+        };
+        let global = u32::try_from(limits.max_concurrency).unwrap_or(u32::MAX);
+        Schedule {
+            attempts,
+            burst,
+            concurrency: requested.min(burst).min(global).max(1),
+        }
+    }
+
+    /// Requests in total: attempts × burst.
+    pub fn requests(&self) -> u64 {
+        u64::from(self.attempts) * u64::from(self.burst)
+    }
+}
+
 /// The requests one probe spec expands to, after the agent's caps.
 pub fn expected_requests(spec: &pb::ProbeSpec, limits: &RunnerLimits) -> u64 {
-    u64::from(spec.attempts.clamp(1, limits.max_attempts))
-        * u64::from(spec.burst.clamp(1, limits.max_burst))
+    Schedule::of(spec, limits).requests()
 }
 
 impl Runner {
@@ -85,7 +124,7 @@ impl Runner {
             let runner = self.clone();
             let tx = tx.clone();
             let plan_id = plan_id.clone();
-            probes.spawn(async move { runner.run_probe(&plan_id, spec, tx).await });
+            probes.spawn(async move { runner.run_spec(&plan_id, spec, tx).await });
         }
         drop(tx);
 
@@ -123,46 +162,57 @@ impl Runner {
         Ok(produced)
     }
 
-    async fn run_probe(
+    /// Runs every request of one spec outside a plan (or for one probe of a
+    /// plan) and sends each result to `tx` as soon as it completes.
+    ///
+    /// Attempts run one after the other; inside an attempt the burst's
+    /// requests overlap, at most [`Schedule::concurrency`] at a time, and
+    /// every request also holds a permit of the runner-wide budget, so many
+    /// specs together never exceed [`RunnerLimits::max_concurrency`]. Stops
+    /// early when `tx`'s receiver is gone.
+    pub async fn run_spec(
         &self,
         plan_id: &str,
         spec: pb::ProbeSpec,
         tx: mpsc::Sender<pb::ProbeResult>,
     ) {
-        let attempts = spec.attempts.clamp(1, self.limits.max_attempts);
-        let burst = spec.burst.clamp(1, self.limits.max_burst);
+        let schedule = Schedule::of(&spec, &self.limits);
         let spec = Arc::new(spec);
-        for attempt in 1..=attempts {
+        let plan_id: Arc<str> = Arc::from(plan_id);
+        let window = Arc::new(Semaphore::new(schedule.concurrency as usize));
+        for attempt in 1..=schedule.attempts {
             let mut slots = tokio::task::JoinSet::new();
-            for burst_index in 0..burst {
-                let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            for burst_index in 0..schedule.burst {
+                if tx.is_closed() {
+                    return;
+                }
+                // The spec's own window first, then the shared budget, so a
+                // request waiting for its window holds no shared permit that
+                // other specs could use.
+                let (Ok(local), Ok(global)) = (
+                    window.clone().acquire_owned().await,
+                    self.permits.clone().acquire_owned().await,
+                ) else {
                     return;
                 };
                 let engine = self.engine.clone();
                 let spec = spec.clone();
-                let plan_id = plan_id.to_string();
+                let plan_id = plan_id.clone();
+                let tx = tx.clone();
                 slots.spawn(async move {
-                    let result = engine
-                        .run(
-                            &plan_id,
-                            &spec,
-                            RequestSlot {
-                                attempt,
-                                burst_index,
-                            },
-                        )
-                        .await;
-                    drop(permit);
-                    result
+                    let slot = RequestSlot {
+                        attempt,
+                        burst_index,
+                    };
+                    let result = engine.run(&plan_id, &spec, slot).await;
+                    // Free the permits before a possibly blocking send: a slow
+                    // consumer must not stall other probes' requests.
+                    drop((local, global));
+                    // A closed receiver is noticed by the loop above.
+                    let _ = tx.send(result).await;
                 });
             }
-            while let Some(joined) = slots.join_next().await {
-                if let Ok(result) = joined {
-                    if tx.send(result).await.is_err() {
-                        return;
-                    }
-                }
-            }
+            while slots.join_next().await.is_some() {}
         }
     }
 }
@@ -179,5 +229,132 @@ async fn append(
             path: std::path::PathBuf::from("<spool>"),
             source: std::io::Error::other(join.to_string()),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::safety::TargetPolicy;
+
+    fn spec(attempts: u32, burst: u32, concurrency: u32) -> pb::ProbeSpec {
+        pb::ProbeSpec {
+            attempts,
+            burst,
+            concurrency,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn schedule_fills_in_defaults_and_applies_the_caps() {
+        let limits = RunnerLimits::default();
+        let cases = [
+            // (attempts, burst, concurrency) asked -> honoured
+            ((0, 0, 0), (1, 1, 1)),
+            ((3, 10, 0), (3, 10, 10)),
+            ((3, 10, 4), (3, 10, 4)),
+            ((1, 10, 50), (1, 10, 10)),
+            ((1_000, 1_000, 0), (100, 200, 200)),
+        ];
+        for ((a, b, c), (attempts, burst, concurrency)) in cases {
+            assert_eq!(
+                Schedule::of(&spec(a, b, c), &limits),
+                Schedule {
+                    attempts,
+                    burst,
+                    concurrency
+                },
+                "asked {a}/{b}/{c}"
+            );
+        }
+        assert_eq!(expected_requests(&spec(1_000, 1_000, 0), &limits), 20_000);
+    }
+
+    #[test]
+    fn the_agent_wide_cap_bounds_one_burst_too() {
+        let limits = RunnerLimits {
+            max_concurrency: 3,
+            ..RunnerLimits::default()
+        };
+        assert_eq!(Schedule::of(&spec(1, 50, 0), &limits).concurrency, 3);
+        let zero = RunnerLimits {
+            max_concurrency: 0,
+            ..RunnerLimits::default()
+        };
+        assert_eq!(Schedule::of(&spec(1, 50, 0), &zero).concurrency, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_burst_never_has_more_than_its_concurrency_in_flight() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let server = {
+            let (in_flight, most) = (in_flight.clone(), most.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let in_flight = in_flight.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 4096];
+                        let mut seen = Vec::new();
+                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        // Hold the request so the window fills up if it can.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        // Count it done before answering: the client frees its
+                        // permit only after the answer, so the next request
+                        // cannot be counted before this one is uncounted.
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+                            .await;
+                    });
+                }
+            })
+        };
+
+        let runner = Runner::new(
+            ProbeEngine::new(
+                TargetPolicy {
+                    allow_private: true,
+                },
+                None,
+            ),
+            RunnerLimits::default(),
+        );
+        let (tx, mut rx) = mpsc::channel(64);
+        let probe = pb::ProbeSpec {
+            url: format!("http://127.0.0.1:{port}/"),
+            route: pb::Route::Direct as i32,
+            ..spec(2, 6, 2)
+        };
+        let run = tokio::spawn(async move { runner.run_spec("plan", probe, tx).await });
+        let mut slots = Vec::new();
+        while let Some(result) = rx.recv().await {
+            assert_eq!(result.status, 200, "{result:?}");
+            slots.push((result.attempt, result.burst_index));
+        }
+        run.await.unwrap();
+        server.abort();
+        slots.sort_unstable();
+        let expected: Vec<(u32, u32)> = (1..=2).flat_map(|a| (0..6).map(move |b| (a, b))).collect();
+        assert_eq!(slots, expected);
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&most), "{most} requests were in flight");
     }
 }

@@ -5,6 +5,8 @@
 
 pub mod bench;
 pub mod demo;
+pub mod fixture;
 pub mod lab;
 pub mod origin;
+pub mod probe_bench;
 pub mod process;

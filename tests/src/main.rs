@@ -35,6 +35,45 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         window: usize,
     },
+    /// Serve the lab origin on loopback until killed (prints `listening ADDR`).
+    Origin {
+        /// Wait this long before each answer.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        delay: Option<Duration>,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+    /// Benchmark the probe engine against ab and a curl loop (throughput),
+    /// against curl's time_starttransfer (fidelity), and its memory in flight.
+    BenchProbe {
+        /// Requests for the throughput comparison.
+        #[arg(long, default_value_t = 20_000)]
+        requests: u64,
+        /// Requests in flight for the throughput comparison.
+        #[arg(long, default_value_t = 100)]
+        concurrency: u64,
+        /// Iterations of the curl shell loop.
+        #[arg(long, default_value_t = 200)]
+        curl_loop: u64,
+        /// Paired requests for the fidelity comparison.
+        #[arg(long, default_value_t = 200)]
+        fidelity: usize,
+        /// Probes in flight for the memory measurement.
+        #[arg(long, default_value_t = 1000)]
+        inflight: u64,
+    },
+    /// (Used by bench-probe) run N probes at once against URL in this fresh
+    /// process and print its idle and peak RSS in KiB.
+    #[command(hide = true)]
+    BenchInflight {
+        /// Target.
+        #[arg(long)]
+        url: String,
+        /// Probes in flight.
+        #[arg(long)]
+        n: u64,
+    },
     /// Measure the agent's idle RSS after enrollment and the binary sizes.
     BenchFootprint {
         /// How long to idle before reading RSS.
@@ -87,6 +126,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Origin { delay, listen } => {
+            let mut builder = vantage_lab::origin::Origin::builder().listen(listen);
+            if let Some(delay) = delay {
+                builder = builder.delay(delay);
+            }
+            let origin = builder.spawn().await?;
+            println!("listening {}", origin.addr());
+            let _ = tokio::signal::ctrl_c().await;
+            origin.stop().await;
+            Ok(())
+        }
+        Command::BenchProbe {
+            requests,
+            concurrency,
+            curl_loop,
+            fidelity,
+            inflight,
+        } => bench_probe(requests, concurrency, curl_loop, fidelity, inflight).await,
+        Command::BenchInflight { url, n } => {
+            let (idle, peak) = vantage_lab::probe_bench::inflight_peak_kib(&url, n).await?;
+            println!("{idle} {peak}");
+            Ok(())
+        }
         Command::BenchFootprint { idle } => {
             let r = vantage_lab::bench::footprint(idle).await?;
             let mib = |kib: u64| kib as f64 / 1024.0;
@@ -113,6 +175,76 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn bench_probe(
+    requests: u64,
+    concurrency: u64,
+    curl_loop: u64,
+    fidelity: usize,
+    inflight: u64,
+) -> anyhow::Result<()> {
+    use vantage_lab::probe_bench::{
+        ab_rate, curl_loop_rate, engine_rate, ttfb_fidelity, OriginProcess,
+    };
+    let origin = OriginProcess::start(None).await?;
+    let url = format!("http://{}/", origin.addr);
+    println!(
+        "throughput: {requests} fresh-connection requests, {concurrency} in flight, origin {url}"
+    );
+    let (ours, ours_failed) = engine_rate(&url, requests, concurrency).await?;
+    let (ab, ab_failed) = ab_rate(&url, requests, concurrency).await?;
+    let curl = curl_loop_rate(&url, curl_loop).await?;
+    println!("  vantage engine (timings + sha256): {ours:>9.0} req/s ({ours_failed} failed)");
+    println!("  ab -n {requests} -c {concurrency}          : {ab:>9.0} req/s ({ab_failed} failed)");
+    println!("  shell loop of curl ({curl_loop})       : {curl:>9.0} req/s");
+    println!(
+        "  ratio vantage/ab                 : {:>9.2} (target >= 1.0)",
+        ours / ab
+    );
+    println!(
+        "  ratio vantage/curl loop          : {:>9.1} (target >= 100)",
+        ours / curl
+    );
+
+    let slow = OriginProcess::start(Some(Duration::from_millis(50))).await?;
+    let slow_url = format!("http://{}/", slow.addr);
+    let (diff, our_median, curl_median) = ttfb_fidelity(&slow_url, fidelity).await?;
+    println!("fidelity: {fidelity} paired requests to an origin that waits 50ms");
+    println!(
+        "  median ttfb: vantage {our_median:.3} ms, curl time_starttransfer {curl_median:.3} ms"
+    );
+    println!("  median |difference|: {diff:.3} ms (target <= 1 ms)");
+
+    let held = OriginProcess::start(Some(Duration::from_secs(2))).await?;
+    let held_url = format!("http://{}/", held.addr);
+    let out = tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            "bench-inflight",
+            "--url",
+            &held_url,
+            "--n",
+            &inflight.to_string(),
+        ])
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut fields = text
+        .split_whitespace()
+        .map(|f| f.parse::<f64>().unwrap_or(0.0));
+    let (idle, peak) = (
+        fields.next().unwrap_or(0.0) / 1024.0,
+        fields.next().unwrap_or(0.0) / 1024.0,
+    );
+    if !out.status.success() {
+        anyhow::bail!(
+            "bench-inflight failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    println!("memory: {inflight} probes in flight against an origin that waits 2s");
+    println!("  engine process RSS: idle {idle:.1} MiB, peak {peak:.1} MiB (target <= 64 MiB, ratio {:.2})", peak / 64.0);
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -23,6 +23,8 @@ pub const BODY: &str = "hello from the vantage lab origin\n";
 #[derive(Debug, Default, Clone)]
 pub struct OriginBuilder {
     hold_after: Option<u64>,
+    delay: Option<Duration>,
+    addr: Option<SocketAddr>,
 }
 
 impl OriginBuilder {
@@ -33,15 +35,32 @@ impl OriginBuilder {
         self
     }
 
-    /// Binds 127.0.0.1:0 and starts serving.
+    /// Wait this long before answering each request (a slow origin).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Listen on `addr` instead of 127.0.0.1:0.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.addr = Some(addr);
+        self
+    }
+
+    /// Binds (127.0.0.1:0 unless told otherwise) and starts serving.
     pub async fn spawn(self) -> anyhow::Result<Origin> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = TcpListener::bind(
+            self.addr
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+        )
+        .await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             arrived: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             answered_changed: Notify::new(),
             hold_after: self.hold_after,
+            delay: self.delay,
             release: watch::channel(false).0,
         });
         let serving = state.clone();
@@ -71,6 +90,7 @@ struct State {
     answered: AtomicU64,
     answered_changed: Notify,
     hold_after: Option<u64>,
+    delay: Option<Duration>,
     release: watch::Sender<bool>,
 }
 
@@ -80,6 +100,10 @@ impl State {
         if self.hold_after.is_some_and(|limit| number > limit) {
             let mut released = self.release.subscribe();
             let _ = released.wait_for(|open| *open).await;
+        }
+        if let Some(delay) = self.delay {
+            // The delay is the fault being simulated, not synchronisation.
+            tokio::time::sleep(delay).await;
         }
         let response = hyper::Response::new(Full::new(Bytes::from_static(BODY.as_bytes())));
         self.answered.fetch_add(1, Ordering::SeqCst);

@@ -151,7 +151,17 @@ pub fn http_error(err: &hyper::Error, wire: &WireEvents, tls: bool) -> Failure {
             format!("connection reset: {detail}"),
         );
     }
-    if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
+    if err.is_parse_too_large() {
+        // curl caps a response header at 100 KiB and gives up with 27
+        // ("out of memory"), not with a protocol error.
+        return Failure::with_exit(
+            Outcome::MalformedResponse,
+            Stage::Read,
+            27,
+            format!("response header larger than the limit: {detail}"),
+        );
+    }
+    if err.is_parse() || err.is_parse_status() {
         return malformed(wire, detail);
     }
     if wire.bytes_read == 0 {

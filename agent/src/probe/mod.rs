@@ -9,6 +9,7 @@
 
 pub mod classify;
 pub mod evidence;
+pub mod rate;
 pub mod record;
 pub mod tls;
 
@@ -48,6 +49,8 @@ pub struct ProbeLimits {
     pub max_body_bytes: u64,
     /// Body bytes kept as evidence at most.
     pub max_body_capture: usize,
+    /// Requests per second to any one target address (None: no cap).
+    pub max_rate_per_target: Option<u32>,
 }
 
 impl Default for ProbeLimits {
@@ -56,6 +59,7 @@ impl Default for ProbeLimits {
             max_header_bytes: 100 * 1024,
             max_body_bytes: 64 * 1024 * 1024,
             max_body_capture: 64 * 1024,
+            max_rate_per_target: Some(200),
         }
     }
 }
@@ -68,6 +72,7 @@ pub struct ProbeEngine {
     limits: ProbeLimits,
     tls: Arc<std::sync::OnceLock<Result<tls::ProbeTls, String>>>,
     extra_ca_pem: Option<Arc<str>>,
+    rate: Option<Arc<rate::RateLimiter>>,
 }
 
 impl Default for ProbeEngine {
@@ -189,6 +194,9 @@ impl ProbeEngine {
             limits: ProbeLimits::default(),
             tls: Arc::default(),
             extra_ca_pem: None,
+            rate: ProbeLimits::default()
+                .max_rate_per_target
+                .map(|r| Arc::new(rate::RateLimiter::new(r))),
         }
     }
 
@@ -206,6 +214,9 @@ impl ProbeEngine {
     /// Replaces the agent-side limits.
     pub fn with_limits(mut self, limits: ProbeLimits) -> Self {
         self.limits = limits;
+        self.rate = limits
+            .max_rate_per_target
+            .map(|r| Arc::new(rate::RateLimiter::new(r)));
         self
     }
 
@@ -251,20 +262,18 @@ impl ProbeEngine {
             timings: Some(pb::Timings::default()),
             ..Default::default()
         };
-        let start = Instant::now();
+        let mut start = Instant::now();
         let total = ms(
             spec.timeouts.as_ref().map_or(0, |t| t.total_ms),
             DEFAULT_TOTAL,
         );
-        let outcome = match tokio::time::timeout(
-            total,
-            self.exchange(spec, &nonce, start, &mut result),
-        )
-        .await
-        {
-            Ok(outcome) => outcome,
-            Err(_) => Err(classify::total_timeout(&result, total)),
-        };
+        let outcome =
+            match tokio::time::timeout(total, self.exchange(spec, &nonce, &mut start, &mut result))
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => Err(classify::total_timeout(&result, total)),
+            };
         if let Some(t) = result.timings.as_mut() {
             t.total_us = micros(start, Instant::now());
         }
@@ -418,11 +427,11 @@ impl ProbeEngine {
         &self,
         spec: &pb::ProbeSpec,
         nonce: &str,
-        start: Instant,
+        start: &mut Instant,
         result: &mut pb::ProbeResult,
     ) -> Result<(), Failure> {
         let target = parse_target(&spec.url)?;
-        let addr = self.resolve(spec, &target, start, result).await?;
+        let addr = self.resolve(spec, &target, *start, result).await?;
         if spec.route == pb::Route::Dns as i32 {
             if result.dns_answers.is_empty() {
                 result.dns_answers.push(addr.ip().to_string());
@@ -432,6 +441,13 @@ impl ProbeEngine {
         self.policy
             .check(addr.ip())
             .map_err(|e| Failure::new(Outcome::BlockedByPolicy, Stage::Connect, e.to_string()))?;
+        if let Some(rate) = &self.rate {
+            // Waiting for the rate cap is not network time: the clock skips it.
+            let before = Instant::now();
+            rate.acquire(addr.ip()).await;
+            *start += before.elapsed();
+        }
+        let start = *start;
         let timeouts = spec.timeouts.unwrap_or_default();
         let stream = self
             .connect(addr, ms(timeouts.connect_ms, DEFAULT_CONNECT))
