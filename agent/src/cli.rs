@@ -21,7 +21,7 @@ use crate::backoff::BackoffConfig;
 use crate::enroll::{enroll, EnrollRequest};
 use crate::env::Env;
 use crate::identity::{create_private_dir, Identity};
-use crate::probe::{parse_override, ProbeEngine};
+use crate::probe::{parse_override, ProbeEngine, ProbeLimits};
 use crate::runner::{expected_requests, Runner, RunnerLimits};
 use crate::safety::TargetPolicy;
 use crate::session::{Agent, SessionConfig};
@@ -107,6 +107,10 @@ pub struct RunArgs {
     /// Most requests in flight at once, across all plans.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub max_concurrency: usize,
+    /// Most requests per second to any one target address, across all plans
+    /// (a coordinator cannot raise it): the agent is never a flood.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub max_rate: u32,
 }
 
 /// A validated `run` configuration.
@@ -130,6 +134,8 @@ pub struct RunConfig {
     pub backoff: BackoffConfig,
     /// Concurrency cap.
     pub max_concurrency: usize,
+    /// Per-target requests per second.
+    pub max_rate: u32,
 }
 
 fn default_name(env: &dyn Env) -> String {
@@ -171,6 +177,9 @@ impl RunArgs {
         backoff
             .validate()
             .context("--reconnect-min/--reconnect-max")?;
+        if self.max_rate == 0 || self.max_rate > 100_000 {
+            bail!("--max-rate {}: must be between 1 and 100000", self.max_rate);
+        }
         if self.max_concurrency == 0 || self.max_concurrency > 10_000 {
             bail!(
                 "--max-concurrency {}: must be between 1 and 10000",
@@ -193,6 +202,7 @@ impl RunArgs {
             },
             backoff,
             max_concurrency: self.max_concurrency,
+            max_rate: self.max_rate,
         })
     }
 }
@@ -245,7 +255,10 @@ pub async fn build_agent(config: &RunConfig) -> anyhow::Result<Agent> {
     let spool = Spool::open(&spool_dir, config.spool_max)
         .with_context(|| format!("cannot open spool {}", spool_dir.display()))?;
     let runner = Runner::new(
-        ProbeEngine::new(config.policy, config.bind_ip),
+        ProbeEngine::new(config.policy, config.bind_ip).with_limits(ProbeLimits {
+            max_rate_per_target: Some(config.max_rate),
+            ..ProbeLimits::default()
+        }),
         RunnerLimits {
             max_concurrency: config.max_concurrency,
             ..RunnerLimits::default()
@@ -333,6 +346,10 @@ pub struct ProbeArgs {
     /// an agent serving a coordinator.
     #[arg(long)]
     pub allow_private: bool,
+    /// Follow up to N redirects, like `curl -L --max-redirs N` (0: do not
+    /// follow; the agent never follows more than 10).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_redirects: u32,
     /// Print one JSON object per request (JSON Lines: timings_ms, outcome,
     /// curl_exit, stage, status, headers, tls, error…) and nothing else on
     /// stdout; logs go to stderr.
@@ -459,6 +476,7 @@ impl ProbeArgs {
                 ..Default::default()
             }),
             verify_tls: !self.insecure,
+            max_redirects: self.max_redirects.min(10),
             attempts: self.attempts,
             burst: self.burst,
             concurrency,

@@ -60,6 +60,7 @@ pub fn result_json(result: &pb::ProbeResult) -> Value {
         "cache_status": result.cache_status,
         "tls": result.tls.as_ref().map(tls_json),
         "dns_answers": result.dns_answers,
+        "redirects": result.redirects,
         "error": result.error,
         "result_id": result.result_id,
         "started_at": started_at(result.started_at_unix_ms),
@@ -227,6 +228,7 @@ mod tests {
             }),
             dns_answers: vec!["192.0.2.1".into()],
             started_at_unix_ms: 1_700_000_000_123,
+            redirects: Vec::new(),
         }
     }
 
@@ -295,6 +297,7 @@ mod tests {
                 "local_addr",
                 "nonce",
                 "outcome",
+                "redirects",
                 "remote_addr",
                 "result_id",
                 "route",

@@ -206,6 +206,7 @@ impl AgentBuilder {
             },
             backoff: fast_backoff(),
             max_concurrency: 64,
+            max_rate: 1000,
         };
         let agent = build_agent(&config).await?;
         let mut events = agent.subscribe();

@@ -51,6 +51,8 @@ pub struct ProbeLimits {
     pub max_body_capture: usize,
     /// Requests per second to any one target address (None: no cap).
     pub max_rate_per_target: Option<u32>,
+    /// Redirects followed at most, whatever a spec asks for.
+    pub max_redirects: u32,
 }
 
 impl Default for ProbeLimits {
@@ -60,6 +62,7 @@ impl Default for ProbeLimits {
             max_body_bytes: 64 * 1024 * 1024,
             max_body_capture: 64 * 1024,
             max_rate_per_target: Some(200),
+            max_redirects: 10,
         }
     }
 }
@@ -238,6 +241,39 @@ impl ProbeEngine {
 
     /// Runs one request of `spec` and describes what happened.
     pub async fn run(
+        &self,
+        plan_id: &str,
+        spec: &pb::ProbeSpec,
+        slot: RequestSlot,
+    ) -> pb::ProbeResult {
+        let allowed = spec.max_redirects.min(self.limits.max_redirects) as usize;
+        let mut current = std::borrow::Cow::Borrowed(spec);
+        let mut redirects = Vec::new();
+        loop {
+            let mut result = self.run_once(plan_id, &current, slot).await;
+            let next = (redirects.len() < allowed)
+                .then(|| redirect_target(&result))
+                .flatten();
+            let Some(next_url) = next else {
+                result.redirects = redirects;
+                return result;
+            };
+            redirects.push(current.url.clone());
+            let mut next_spec = current.into_owned();
+            // Like curl --resolve, the override applies only to its own host:port.
+            if authority_of(&next_url) != authority_of(&next_spec.url) {
+                next_spec.address_override.clear();
+            }
+            if result.status == 303 {
+                next_spec.method = "GET".into();
+            }
+            next_spec.url = next_url;
+            current = std::borrow::Cow::Owned(next_spec);
+        }
+    }
+
+    /// One request, no redirects.
+    async fn run_once(
         &self,
         plan_id: &str,
         spec: &pb::ProbeSpec,
@@ -667,6 +703,45 @@ impl ProbeEngine {
     }
 }
 
+/// Where a successful 3xx answer points, as an absolute URL.
+fn redirect_target(result: &pb::ProbeResult) -> Option<String> {
+    if result.outcome != pb::Outcome::Ok as i32
+        || !matches!(result.status, 301 | 302 | 303 | 307 | 308)
+    {
+        return None;
+    }
+    let location = result
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("location"))
+        .map(|h| String::from_utf8_lossy(&h.value).trim().to_string())?;
+    join_url(&result.url, &location)
+}
+
+/// Resolves `location` against `base` (absolute, scheme-relative,
+/// absolute-path and relative-path references).
+fn join_url(base: &str, location: &str) -> Option<String> {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return Some(location.to_string());
+    }
+    let base: http::Uri = base.parse().ok()?;
+    let scheme = base.scheme_str()?;
+    if let Some(rest) = location.strip_prefix("//") {
+        return Some(format!("{scheme}://{rest}"));
+    }
+    let authority = base.authority()?.as_str();
+    if location.starts_with('/') {
+        return Some(format!("{scheme}://{authority}{location}"));
+    }
+    let dir = base.path().rsplit_once('/').map_or("", |(dir, _)| dir);
+    Some(format!("{scheme}://{authority}{dir}/{location}"))
+}
+
+fn authority_of(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    Some(uri.authority()?.as_str().to_ascii_lowercase())
+}
+
 /// Stops the connection driver when the exchange ends, however it ends.
 struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
 
@@ -693,6 +768,31 @@ pub fn parse_override(text: &str, default_port: u16) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirect_locations_resolve_like_a_browser() {
+        let base = "http://a.test:8080/x/y?q=1";
+        assert_eq!(
+            join_url(base, "https://b.test/z").as_deref(),
+            Some("https://b.test/z")
+        );
+        assert_eq!(
+            join_url(base, "//c.test/w").as_deref(),
+            Some("http://c.test/w")
+        );
+        assert_eq!(
+            join_url(base, "/root").as_deref(),
+            Some("http://a.test:8080/root")
+        );
+        assert_eq!(
+            join_url(base, "sib").as_deref(),
+            Some("http://a.test:8080/x/sib")
+        );
+        assert_eq!(
+            authority_of("http://A.test:8080/"),
+            Some("a.test:8080".into())
+        );
+    }
 
     #[test]
     fn overrides_like_curl_resolve() {
