@@ -59,6 +59,20 @@ fn spec(url: &str) -> pb::ProbeSpec {
     }
 }
 
+/// Like [`engine_rate`], but on a single-threaded runtime of its own, the
+/// way `ab` runs: one core for the client, the other for the origin.
+pub fn engine_rate_one_core(url: &str, total: u64, concurrency: u64) -> anyhow::Result<(f64, u64)> {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(engine_rate(&url, total, concurrency))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))?
+}
+
 /// Runs `total` fresh-connection probes with `concurrency` in flight; returns
 /// (probes per second, failures).
 pub async fn engine_rate(url: &str, total: u64, concurrency: u64) -> anyhow::Result<(f64, u64)> {

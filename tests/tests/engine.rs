@@ -319,3 +319,28 @@ async fn endless_body_is_cut_at_the_agent_limit() {
     assert!(result.body_head.len() <= 1024, "evidence stays bounded");
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_route_records_the_resolvers_answers() {
+    let mut probe = spec("http://localhost:9/", None);
+    probe.route = pb::Route::Dns as i32;
+    let result = engine().run("t", &probe, SLOT).await;
+    assert_eq!(outcome(&result), Outcome::Ok, "{}", result.error);
+    assert!(
+        result
+            .dns_answers
+            .iter()
+            .any(|a| a == "127.0.0.1" || a == "::1"),
+        "{:?}",
+        result.dns_answers
+    );
+    assert!(
+        result.remote_addr.is_empty(),
+        "a DNS probe connects nowhere"
+    );
+
+    probe.url = "http://does-not-exist.invalid/".into();
+    let failed = engine().run("t", &probe, SLOT).await;
+    assert_eq!(outcome(&failed), Outcome::DnsFailure);
+    assert_eq!(failed.curl_exit, 6);
+}

@@ -579,12 +579,16 @@ impl ProbeEngine {
             )
             .header(http::header::ACCEPT, "*/*");
         // HTTP/2 carries the authority in the request URI; HTTP/1.1 in Host.
+        // A probe's connection serves one request, so say so: the server
+        // closes first and keeps the TIME_WAIT, not the agent, whose
+        // ephemeral ports would otherwise run low under a burst.
         request = if wire.h2 {
             request.uri(format!("https://{authority}{path}"))
         } else {
             request
                 .uri(path.as_str())
                 .header(http::header::HOST, authority.as_str())
+                .header(http::header::CONNECTION, "close")
         };
         for header in &spec.headers {
             request = request.header(header.name.as_str(), header.value.as_slice());
@@ -599,20 +603,16 @@ impl ProbeEngine {
         })?;
 
         let io = hyper_util::rt::TokioIo::new(wire.io);
-        let (send, driver): (
-            std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>,
-            _,
-        ) = if wire.h2 {
+        // The connection is driven inside this task, not a spawned one: no
+        // cross-task wake-ups per request (they dominated the profile).
+        let (send, mut conn): (BoxFuture<_>, ConnFuture) = if wire.h2 {
             let (mut sender, connection) =
                 hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
                     .await
                     .map_err(fail)?;
-            let driver = tokio::spawn(async move {
-                let _ = connection.await;
-            });
             (
                 Box::pin(async move { sender.send_request(request).await }),
-                driver,
+                Box::pin(connection),
             )
         } else {
             let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
@@ -620,28 +620,26 @@ impl ProbeEngine {
                 .handshake(io)
                 .await
                 .map_err(fail)?;
-            let driver = tokio::spawn(async move {
-                let _ = connection.await;
-            });
             (
                 Box::pin(async move { sender.send_request(request).await }),
-                driver,
+                Box::pin(connection),
             )
         };
-        let _guard = AbortOnDrop(Some(driver));
+        let mut conn_done = false;
 
         let first_byte = ms(timeouts.first_byte_ms, DEFAULT_FIRST_BYTE);
-        let response = match tokio::time::timeout(first_byte, send).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(e)) => return Err(fail(e)),
-            Err(_) => {
-                return Err(Failure::new(
-                    Outcome::ResponseTimeout,
-                    Stage::Read,
-                    format!("no response within {first_byte:?}"),
-                ))
-            }
-        };
+        let response =
+            match tokio::time::timeout(first_byte, drive(send, &mut conn, &mut conn_done)).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) => return Err(fail(e)),
+                Err(_) => {
+                    return Err(Failure::new(
+                        Outcome::ResponseTimeout,
+                        Stage::Read,
+                        format!("no response within {first_byte:?}"),
+                    ))
+                }
+            };
         let wire_now = events.snapshot();
         if let Some(t) = result.timings.as_mut() {
             t.ttfb_us = micros(start, wire_now.first_byte_at.unwrap_or_else(Instant::now));
@@ -666,22 +664,25 @@ impl ProbeEngine {
         let mut hasher = Sha256::new();
         let mut total_bytes = 0u64;
         loop {
-            let frame = match tokio::time::timeout(stall, body.frame()).await {
-                Ok(Some(Ok(frame))) => frame,
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
-                    result.body_bytes = total_bytes;
-                    return Err(classify::body_error(&e, &events.snapshot(), is_tls));
-                }
-                Err(_) => {
-                    result.body_bytes = total_bytes;
-                    return Err(Failure::new(
-                        Outcome::BodyTimeout,
-                        Stage::Content,
-                        format!("body stalled for {stall:?} after {total_bytes} bytes"),
-                    ));
-                }
-            };
+            let frame =
+                match tokio::time::timeout(stall, drive(body.frame(), &mut conn, &mut conn_done))
+                    .await
+                {
+                    Ok(Some(Ok(frame))) => frame,
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => {
+                        result.body_bytes = total_bytes;
+                        return Err(classify::body_error(&e, &events.snapshot(), is_tls));
+                    }
+                    Err(_) => {
+                        result.body_bytes = total_bytes;
+                        return Err(Failure::new(
+                            Outcome::BodyTimeout,
+                            Stage::Content,
+                            format!("body stalled for {stall:?} after {total_bytes} bytes"),
+                        ));
+                    }
+                };
             if let Some(data) = frame.data_ref() {
                 hasher.update(data);
                 total_bytes += data.len() as u64;
@@ -742,13 +743,27 @@ fn authority_of(url: &str) -> Option<String> {
     Some(uri.authority()?.as_str().to_ascii_lowercase())
 }
 
-/// Stops the connection driver when the exchange ends, however it ends.
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+/// hyper's connection task, polled alongside the request it serves.
+type ConnFuture = BoxFuture<Result<(), hyper::Error>>;
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
-            task.abort();
+/// Awaits `fut` while also driving the connection. When the connection ends
+/// (cleanly or not), hyper hands its error to the pending request, so `fut`
+/// alone decides the result.
+async fn drive<T>(
+    fut: impl std::future::Future<Output = T>,
+    conn: &mut ConnFuture,
+    done: &mut bool,
+) -> T {
+    tokio::pin!(fut);
+    loop {
+        if *done {
+            return fut.await;
+        }
+        tokio::select! {
+            biased;
+            out = &mut fut => return out,
+            _ = conn.as_mut() => *done = true,
         }
     }
 }
