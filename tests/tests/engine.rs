@@ -344,3 +344,24 @@ async fn dns_route_records_the_resolvers_answers() {
     assert_eq!(outcome(&failed), Outcome::DnsFailure);
     assert_eq!(failed.curl_exit, 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_ip_sets_the_source_address() {
+    let origin = Origin::builder().spawn().await.unwrap();
+    let source: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let result = ProbeEngine::new(
+        TargetPolicy {
+            allow_private: true,
+        },
+        Some(source),
+    )
+    .run("t", &spec(&origin.url("/src"), None), SLOT)
+    .await;
+    assert_eq!(outcome(&result), Outcome::Ok, "{}", result.error);
+    assert!(
+        result.local_addr.starts_with("127.0.0.2:"),
+        "{}",
+        result.local_addr
+    );
+    origin.stop().await;
+}
