@@ -6,6 +6,7 @@
 //! at the edge, so that a missing or absurd field is rejected once, with a
 //! clear reason, and never reaches the store or the probe engine.
 
+pub mod cdn;
 pub mod domain;
 pub mod json;
 pub mod token;
