@@ -11,6 +11,7 @@ pub mod control_service;
 pub mod coordinator;
 pub mod ingest;
 pub mod pki;
+pub mod plan;
 pub mod registry;
 pub mod server;
 pub mod store;
