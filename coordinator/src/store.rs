@@ -104,11 +104,68 @@ CREATE TABLE results (
 
 CREATE INDEX results_plan_agent ON results (plan_id, agent_id);
 "#,
+    // 3: campaigns (the report is kept so it can be rendered again) and the
+    // origin witness's sightings of probe nonces.
+    r#"
+CREATE TABLE campaigns (
+    campaign_id  TEXT    PRIMARY KEY NOT NULL,
+    created_at   INTEGER NOT NULL,
+    finished_at  INTEGER,
+    target_json  TEXT    NOT NULL,
+    regions_json TEXT    NOT NULL,
+    status       TEXT    NOT NULL
+        CHECK (status IN ('running', 'healthy', 'faulty', 'inconclusive')),
+    report_json  TEXT
+);
+
+CREATE INDEX campaigns_created ON campaigns (created_at);
+
+CREATE TABLE observations (
+    nonce    TEXT    NOT NULL,
+    agent_id TEXT    NOT NULL,
+    peer     TEXT    NOT NULL,
+    seen_at  INTEGER NOT NULL,
+    uri      TEXT    NOT NULL,
+    PRIMARY KEY (nonce, agent_id, peer)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The schema version this binary writes and understands: the number of
 /// embedded migrations.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// A campaign as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CampaignRow {
+    /// Its id.
+    pub campaign_id: String,
+    /// Start, unix milliseconds.
+    pub created_at_ms: i64,
+    /// End, unix milliseconds, once finished.
+    pub finished_at_ms: Option<i64>,
+    /// The target as JSON.
+    pub target_json: String,
+    /// Regions it ran in.
+    pub regions: Vec<String>,
+    /// `running`, or the report's status.
+    pub status: String,
+    /// The report (JSON), once finished.
+    pub report_json: Option<String>,
+}
+
+/// One sighting of a probe nonce in the origin's access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sighting {
+    /// The nonce.
+    pub nonce: String,
+    /// The client address the origin logged (the edge's pull IP for edge probes).
+    pub peer: String,
+    /// When the witness saw it, unix milliseconds.
+    pub seen_at_ms: i64,
+    /// The logged request URI.
+    pub uri: String,
+}
 
 /// Everything that can go wrong talking to the store.
 ///
@@ -382,6 +439,49 @@ pub fn migrate_to(conn: &mut Connection, version: u32) -> Result<(), StoreError>
         tx.commit()?;
         tracing::info!(version = next, "applied store migration");
     }
+}
+
+type RawCampaign = (
+    String,
+    i64,
+    Option<i64>,
+    String,
+    String,
+    String,
+    Option<String>,
+);
+
+fn campaign_from_row(row: &Row<'_>) -> rusqlite::Result<RawCampaign> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+    ))
+}
+
+fn finish_campaign_row(raw: RawCampaign) -> Result<CampaignRow, StoreError> {
+    let (
+        campaign_id,
+        created_at_ms,
+        finished_at_ms,
+        target_json,
+        regions_json,
+        status,
+        report_json,
+    ) = raw;
+    Ok(CampaignRow {
+        campaign_id,
+        created_at_ms,
+        finished_at_ms,
+        target_json,
+        regions: serde_json::from_str(&regions_json)?,
+        status,
+        report_json,
+    })
 }
 
 impl Store {
@@ -757,6 +857,118 @@ impl Store {
         Ok(inserted)
     }
 
+    /// Records a campaign as running.
+    pub fn insert_campaign(
+        &self,
+        campaign_id: &str,
+        created_at_ms: i64,
+        target_json: &str,
+        regions: &[String],
+    ) -> Result<(), StoreError> {
+        let regions_json = serde_json::to_string(regions)?;
+        let conn = self.lock()?;
+        conn.prepare_cached(
+            "INSERT INTO campaigns (campaign_id, created_at, target_json, regions_json, status) \
+             VALUES (?1, ?2, ?3, ?4, 'running')",
+        )?
+        .execute(params![
+            campaign_id,
+            created_at_ms,
+            target_json,
+            regions_json
+        ])?;
+        Ok(())
+    }
+
+    /// Stores a campaign's report and final status.
+    pub fn finish_campaign(
+        &self,
+        campaign_id: &str,
+        finished_at_ms: i64,
+        status: &str,
+        report_json: &str,
+    ) -> Result<(), StoreError> {
+        let conn = self.lock()?;
+        conn.prepare_cached(
+            "UPDATE campaigns SET finished_at = ?2, status = ?3, report_json = ?4 WHERE campaign_id = ?1",
+        )?
+        .execute(params![campaign_id, finished_at_ms, status, report_json])?;
+        Ok(())
+    }
+
+    /// One campaign.
+    pub fn campaign(&self, campaign_id: &str) -> Result<Option<CampaignRow>, StoreError> {
+        let conn = self.lock()?;
+        let row = conn
+            .prepare_cached(
+                "SELECT campaign_id, created_at, finished_at, target_json, regions_json, status, report_json \
+                 FROM campaigns WHERE campaign_id = ?1",
+            )?
+            .query_row([campaign_id], campaign_from_row)
+            .optional()?;
+        row.map(finish_campaign_row).transpose()
+    }
+
+    /// The newest `limit` campaigns, newest first.
+    pub fn list_campaigns(&self, limit: u32) -> Result<Vec<CampaignRow>, StoreError> {
+        let conn = self.lock()?;
+        let mut statement = conn.prepare_cached(
+            "SELECT campaign_id, created_at, finished_at, target_json, regions_json, status, report_json \
+             FROM campaigns ORDER BY created_at DESC, campaign_id LIMIT ?1",
+        )?;
+        let rows = statement.query_map([limit], campaign_from_row)?;
+        rows.map(|row| finish_campaign_row(row?)).collect()
+    }
+
+    /// Stores witness sightings; a repeated sighting is stored once.
+    pub fn insert_sightings(
+        &self,
+        agent_id: &str,
+        sightings: &[Sighting],
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut inserted = 0u64;
+        {
+            let mut statement = tx.prepare_cached(
+                "INSERT OR IGNORE INTO observations (nonce, agent_id, peer, seen_at, uri) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for s in sightings {
+                inserted +=
+                    statement.execute(params![s.nonce, agent_id, s.peer, s.seen_at_ms, s.uri])?
+                        as u64;
+            }
+        }
+        tx.commit()?;
+        Ok(inserted)
+    }
+
+    /// Sightings of nonces that start with `prefix` (a campaign's nonces share one).
+    pub fn sightings_with_prefix(&self, prefix: &str) -> Result<Vec<Sighting>, StoreError> {
+        // GLOB is case-sensitive and can use the primary key; escape its metacharacters.
+        let pattern: String = prefix
+            .chars()
+            .flat_map(|c| match c {
+                '*' | '?' | '[' => vec!['[', c, ']'],
+                _ => vec![c],
+            })
+            .chain(std::iter::once('*'))
+            .collect();
+        let conn = self.lock()?;
+        let mut statement = conn.prepare_cached(
+            "SELECT nonce, peer, seen_at, uri FROM observations WHERE nonce GLOB ?1 ORDER BY seen_at",
+        )?;
+        let rows = statement.query_map([pattern], |row| {
+            Ok(Sighting {
+                nonce: row.get(0)?,
+                peer: row.get(1)?,
+                seen_at_ms: row.get(2)?,
+                uri: row.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
     /// Every stored result of a plan with the id of the agent that sent it,
     /// decoded, in the order received.
     pub fn results_for_plan(
@@ -870,7 +1082,7 @@ mod tests {
 
     #[test]
     fn schema_version_matches_migrations() {
-        assert_eq!(SCHEMA_VERSION, 2);
+        assert_eq!(SCHEMA_VERSION, 3);
         assert_eq!(SCHEMA_VERSION as usize, MIGRATIONS.len());
     }
 
@@ -882,7 +1094,15 @@ mod tests {
         assert_eq!(read_user_version(&conn).unwrap(), SCHEMA_VERSION);
         assert_eq!(
             table_names(&conn),
-            ["agents", "plan_agents", "plans", "results", "tokens"]
+            [
+                "agents",
+                "campaigns",
+                "observations",
+                "plan_agents",
+                "plans",
+                "results",
+                "tokens"
+            ]
         );
         // Running again finds nothing to do.
         migrate(&mut conn).unwrap();
@@ -932,7 +1152,7 @@ mod tests {
         }
 
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 2);
+        assert_eq!(store.schema_version().unwrap(), 3);
         let agent = store.agent_by_name("nyc-1").unwrap().unwrap();
         assert_eq!(agent.agent_id, "a-1");
         assert_eq!(agent.role, "witness");
@@ -959,7 +1179,7 @@ mod tests {
 
         // Reopening an up-to-date database changes nothing.
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 2);
+        assert_eq!(store.schema_version().unwrap(), 3);
         assert_eq!(store.count_all_results().unwrap(), 1);
     }
 
@@ -1381,5 +1601,70 @@ mod tests {
             store.count_all_results(),
             Err(StoreError::Poisoned)
         ));
+    }
+
+    #[test]
+    fn campaigns_round_trip_and_list_newest_first() {
+        let store = Store::open_in_memory().unwrap();
+        let regions = vec!["eu".to_string(), "us".to_string()];
+        store
+            .insert_campaign("c1", 10, "{\"url\":\"http://a/\"}", &regions)
+            .unwrap();
+        store
+            .insert_campaign("c2", 20, "{}", &regions[..1])
+            .unwrap();
+        let running = store.campaign("c1").unwrap().unwrap();
+        assert_eq!(running.status, "running");
+        assert_eq!(running.regions, regions);
+        assert!(running.report_json.is_none());
+        store
+            .finish_campaign("c1", 15, "faulty", "{\"schema\":\"vantage.report.v1\"}")
+            .unwrap();
+        let done = store.campaign("c1").unwrap().unwrap();
+        assert_eq!(
+            (done.status.as_str(), done.finished_at_ms),
+            ("faulty", Some(15))
+        );
+        assert!(done.report_json.unwrap().contains("vantage.report.v1"));
+        let listed: Vec<String> = store
+            .list_campaigns(10)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.campaign_id)
+            .collect();
+        assert_eq!(listed, ["c2", "c1"]);
+        assert!(store.campaign("nope").unwrap().is_none());
+        assert!(
+            store.finish_campaign("c2", 30, "bogus", "{}").is_err(),
+            "status is constrained"
+        );
+    }
+
+    #[test]
+    fn sightings_are_idempotent_and_found_by_prefix() {
+        let store = Store::open_in_memory().unwrap();
+        let sighting = |nonce: &str, peer: &str| Sighting {
+            nonce: nonce.into(),
+            peer: peer.into(),
+            seen_at_ms: 7,
+            uri: format!("/x?__vantage={nonce}"),
+        };
+        let batch = vec![
+            sighting("abc-eu-0-1-0", "192.0.2.1"),
+            sighting("abc-us-3-1-0", "192.0.2.2"),
+            sighting("zzz-eu-0-1-0", "192.0.2.1"),
+        ];
+        assert_eq!(store.insert_sightings("w1", &batch).unwrap(), 3);
+        assert_eq!(
+            store.insert_sightings("w1", &batch).unwrap(),
+            0,
+            "replays are stored once"
+        );
+        let found = store.sightings_with_prefix("abc-").unwrap();
+        assert_eq!(found.len(), 2);
+        assert!(
+            store.sightings_with_prefix("a*").unwrap().is_empty(),
+            "GLOB metacharacters are literal"
+        );
     }
 }
