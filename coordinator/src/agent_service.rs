@@ -22,7 +22,7 @@ use crate::coordinator::Coordinator;
 use crate::ingest::IngestJob;
 use crate::pki::agent_id_of;
 use crate::registry::AgentEvent;
-use crate::store::{AgentRecord, NewAgent, StoreError, TokenRejection};
+use crate::store::{AgentRecord, NewAgent, Sighting, StoreError, TokenRejection};
 use crate::time::now_ms;
 
 /// How long an agent has to send `Hello` after opening the stream.
@@ -285,6 +285,36 @@ async fn serve_session(
     }
 }
 
+/// Checks a witness observation at the edge and turns it into a sighting.
+fn sighting_of(observation: pb::Observation) -> Result<Sighting, Status> {
+    if observation.nonce.is_empty() || observation.nonce.len() > 128 {
+        return Err(Status::invalid_argument(
+            "observation nonce must be 1 to 128 bytes",
+        ));
+    }
+    if observation.peer_addr.parse::<std::net::IpAddr>().is_err() {
+        return Err(Status::invalid_argument(format!(
+            "observation peer {:?} is not an IP address",
+            observation.peer_addr.chars().take(64).collect::<String>()
+        )));
+    }
+    if observation.uri.len() > 4096 {
+        return Err(Status::invalid_argument(
+            "observation uri longer than 4096 bytes",
+        ));
+    }
+    Ok(Sighting {
+        nonce: observation.nonce,
+        peer: observation.peer_addr,
+        seen_at_ms: if observation.seen_at_unix_ms > 0 {
+            observation.seen_at_unix_ms
+        } else {
+            now_ms()
+        },
+        uri: observation.uri,
+    })
+}
+
 async fn handle(
     core: &Arc<Coordinator>,
     record: &AgentRecord,
@@ -334,11 +364,13 @@ async fn handle(
         Some(Up::Observation(_)) if record.role != "witness" => Err(Status::invalid_argument(
             "observations are accepted from witnesses only",
         )),
-        // Storing witness observations comes with campaigns; refusing them
-        // loudly beats dropping them silently.
-        Some(Up::Observation(_)) => Err(Status::unimplemented(
-            "this coordinator does not store witness observations yet",
-        )),
+        Some(Up::Observation(observation)) => {
+            let sighting = sighting_of(observation)?;
+            let id = record.agent_id.clone();
+            core.db(move |s| s.insert_sightings(&id, &[sighting]))
+                .await?;
+            Ok(())
+        }
         None => Err(Status::invalid_argument("empty message")),
     }
 }

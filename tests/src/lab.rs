@@ -461,13 +461,22 @@ pub async fn enroll_identity(
     token: &str,
     name: &str,
 ) -> anyhow::Result<vantage_agent::identity::Identity> {
+    enroll_identity_as(token, name, "agent").await
+}
+
+/// Enrolls `name` with `role` (`agent` or `witness`).
+pub async fn enroll_identity_as(
+    token: &str,
+    name: &str,
+    role: &str,
+) -> anyhow::Result<vantage_agent::identity::Identity> {
     let token = EnrollmentToken::decode(token)?;
     Ok(vantage_agent::enroll::enroll(
         &token,
         &vantage_agent::enroll::EnrollRequest {
             name: name.into(),
             labels: BTreeMap::new(),
-            role: "agent".into(),
+            role: role.into(),
         },
     )
     .await?)

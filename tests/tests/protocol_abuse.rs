@@ -190,3 +190,61 @@ async fn enrollment_with_absurd_fields_is_rejected() {
         .unwrap();
     lab.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn witness_observations_are_stored_and_checked() {
+    let lab = LabCoordinator::builder().start().await.unwrap();
+    let witness =
+        vantage_lab::lab::enroll_identity_as(&lab.token("origin").await.unwrap(), "w-1", "witness")
+            .await
+            .unwrap();
+    let observation = |nonce: &str, peer: &str| {
+        up(Up::Observation(pb::Observation {
+            nonce: nonce.into(),
+            peer_addr: peer.into(),
+            seen_at_unix_ms: 42,
+            uri: format!("/a?__vantage={nonce}"),
+        }))
+    };
+    let session = raw_session(
+        &witness,
+        vec![
+            hello_for(&witness),
+            observation("camp1-eu-0-1-0", "192.0.2.7"),
+            observation("camp1-eu-0-1-0", "192.0.2.7"),
+            observation("camp1-us-4-1-0", "2001:db8::9"),
+        ],
+    )
+    .await
+    .unwrap();
+    // A bad observation ends the session; everything before it is stored.
+    session
+        .tx
+        .send(observation("camp1-eu-9-1-0", "not-an-ip"))
+        .await
+        .unwrap();
+    let status = final_status(session).await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("not an IP"), "{status:?}");
+    let seen = lab.core().store().sightings_with_prefix("camp1-").unwrap();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen
+        .iter()
+        .any(|s| s.peer == "2001:db8::9" && s.seen_at_ms == 42));
+
+    // Plain agents may not report observations.
+    let agent = enroll_identity(&lab.token("eu").await.unwrap(), "a-1")
+        .await
+        .unwrap();
+    let status = final_status(
+        raw_session(
+            &agent,
+            vec![hello_for(&agent), observation("camp1-x-0-1-0", "192.0.2.1")],
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    lab.stop().await.unwrap();
+}
