@@ -158,6 +158,17 @@ pub struct Agent {
     events: broadcast::Sender<SessionEvent>,
     plans: Arc<Mutex<HashMap<String, tokio::task::AbortHandle>>>,
     state_lock: Option<std::fs::File>,
+    observations: tokio::sync::Mutex<Option<mpsc::Receiver<pb::Observation>>>,
+}
+
+/// The next witness observation, or never when this agent is no witness.
+async fn next_observation(
+    observations: &mut Option<mpsc::Receiver<pb::Observation>>,
+) -> Option<pb::Observation> {
+    match observations {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn message(body: Up) -> pb::AgentMessage {
@@ -184,6 +195,16 @@ impl Agent {
             events,
             plans: Arc::default(),
             state_lock: None,
+            observations: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Forwards these witness observations to the coordinator while
+    /// connected (they wait in the channel while the link is down).
+    pub fn with_observations(self, observations: mpsc::Receiver<pb::Observation>) -> Self {
+        Agent {
+            observations: tokio::sync::Mutex::new(Some(observations)),
+            ..self
         }
     }
 
@@ -325,6 +346,9 @@ impl Agent {
         let mut in_flight = BTreeSet::new();
         let mut ticker = tokio::time::interval(live.heartbeat);
         let mut last_heard = Instant::now();
+        // Only the live session reads witness observations; holding the lock
+        // for the connection's life keeps unsent ones queued across reconnects.
+        let mut observations = self.observations.lock().await;
         loop {
             if let Err(end) = self.fill_window(&live.tx, &mut in_flight).await {
                 return end;
@@ -344,6 +368,11 @@ impl Agent {
                     }
                 }
                 _ = self.spooled.notified() => {}
+                Some(observation) = next_observation(&mut observations) => {
+                    if live.tx.send(message(Up::Observation(observation))).await.is_err() {
+                        return End::Transient("session stream closed".into());
+                    }
+                }
                 _ = ticker.tick() => {
                     if last_heard.elapsed() > live.heartbeat * 3 {
                         return End::Transient("no word from the coordinator for three heartbeats".into());
