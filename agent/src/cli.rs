@@ -68,6 +68,53 @@ pub enum Command {
     /// failed, 2 on a usage or operational error — so scripts can test it
     /// like curl.
     Probe(ProbeArgs),
+    /// Run on the origin host: follow the web server's access log and report
+    /// every probe nonce it shows, with the client address that sent it.
+    ///
+    /// This is the seed's "capture packets on the origin" step as data: a
+    /// request that the origin never logged did not reach it (a carrier or
+    /// the edge stopped it), and the client addresses of edge requests are
+    /// the CDN's pull IPs (what an origin allowlist must contain). Enroll it
+    /// with its own token, e.g. `vantage token create --region origin`.
+    Witness(WitnessArgs),
+}
+
+/// Flags of `vantage-agent witness`.
+#[derive(Debug, Args)]
+pub struct WitnessArgs {
+    /// Enrollment token from `vantage token create` (first start only; env:
+    /// VANTAGE_TOKEN).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// The web server's access log to follow (rotation by rename and
+    /// truncation are followed; the file may appear later).
+    #[arg(long, value_name = "PATH")]
+    pub access_log: PathBuf,
+    /// Log format: auto, combined, common or json (JSON Lines).
+    #[arg(long, value_name = "FORMAT", default_value = "auto")]
+    pub log_format: String,
+    /// With --log-format json: the field holding the request URI.
+    #[arg(long, value_name = "FIELD", default_value = "request_uri")]
+    pub json_uri_field: String,
+    /// With --log-format json: the field holding the client address.
+    #[arg(long, value_name = "FIELD", default_value = "remote_addr")]
+    pub json_client_field: String,
+    /// Query parameter that carries the probe nonce.
+    #[arg(long, value_name = "NAME", default_value = "__vantage")]
+    pub nonce_param: String,
+    /// Read the log from its start instead of only new lines.
+    #[arg(long)]
+    pub from_start: bool,
+    /// How often to look for new log lines.
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub poll: Duration,
+    /// Directory for the witness's key and certificate (env:
+    /// VANTAGE_AGENT_STATE_DIR; default ./vantage-witness).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Witness name, unique per coordinator (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
 }
 
 /// Flags of `vantage-agent run`.
@@ -136,6 +183,8 @@ pub struct RunConfig {
     pub max_concurrency: usize,
     /// Per-target requests per second.
     pub max_rate: u32,
+    /// `agent` or `witness`: what to enroll as.
+    pub role: &'static str,
 }
 
 fn default_name(env: &dyn Env) -> String {
@@ -203,6 +252,7 @@ impl RunArgs {
             backoff,
             max_concurrency: self.max_concurrency,
             max_rate: self.max_rate,
+            role: "agent",
         })
     }
 }
@@ -212,6 +262,15 @@ pub async fn load_or_enroll(config: &RunConfig) -> anyhow::Result<Identity> {
     create_private_dir(&config.state_dir)
         .with_context(|| format!("cannot use state directory {}", config.state_dir.display()))?;
     if let Some(identity) = Identity::load(&config.state_dir)? {
+        if identity.info.role != config.role {
+            bail!(
+                "{} holds the identity of {} {:?}; use a separate --state-dir for a {}",
+                config.state_dir.display(),
+                identity.info.role,
+                identity.info.name,
+                config.role
+            );
+        }
         if config.token.is_some() {
             tracing::info!(
                 "already enrolled as {}; ignoring --token",
@@ -231,7 +290,7 @@ pub async fn load_or_enroll(config: &RunConfig) -> anyhow::Result<Identity> {
         &EnrollRequest {
             name: config.name.clone(),
             labels: config.labels.clone(),
-            role: "agent".into(),
+            role: config.role.into(),
         },
     )
     .await
@@ -692,8 +751,99 @@ pub fn main(
         match cli.command {
             Command::Run(args) => run(args, env).await.map(|()| ExitCode::SUCCESS),
             Command::Probe(args) => probe(args).await,
+            Command::Witness(args) => witness(args, env).await.map(|()| ExitCode::SUCCESS),
         }
     })
+}
+
+fn log_format(args: &WitnessArgs) -> anyhow::Result<crate::witness::parse::LogFormat> {
+    use crate::witness::parse::LogFormat;
+    Ok(match args.log_format.to_ascii_lowercase().as_str() {
+        "auto" => LogFormat::Auto,
+        "combined" => LogFormat::Combined,
+        "common" => LogFormat::Common,
+        "json" => LogFormat::JsonLines {
+            uri_field: args.json_uri_field.clone(),
+            client_field: args.json_client_field.clone(),
+            time_field: None,
+        },
+        other => bail!("--log-format {other:?}: expected auto, combined, common or json"),
+    })
+}
+
+async fn witness(args: WitnessArgs, env: &dyn Env) -> anyhow::Result<()> {
+    let format = log_format(&args)?;
+    check_name("nonce-param", &args.nonce_param).context("--nonce-param")?;
+    if args.poll < Duration::from_millis(10) || args.poll > Duration::from_secs(60) {
+        bail!("--poll must be between 10ms and 1m");
+    }
+    if args.access_log.is_dir() {
+        bail!(
+            "--access-log {}: is a directory, not a log file",
+            args.access_log.display()
+        );
+    }
+    // The witness shares the agent's settings (backoff, spool) at their defaults.
+    let Command::Run(run_args) = Cli::try_parse_from(["vantage-agent", "run"])
+        .context("default settings")?
+        .command
+    else {
+        bail!("default settings are not a run command");
+    };
+    let mut config = RunArgs {
+        token: args.token.clone(),
+        state_dir: args.state_dir.clone().or_else(|| {
+            Some(
+                env.var("VANTAGE_AGENT_STATE_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("vantage-witness")),
+            )
+        }),
+        name: args.name.clone(),
+        ..run_args
+    }
+    .validate(env)?;
+    config.role = "witness";
+    let witness = crate::witness::Witness::open(
+        &args.access_log,
+        args.from_start,
+        format,
+        args.nonce_param.clone(),
+    )
+    .with_context(|| format!("cannot follow {}", args.access_log.display()))?;
+    let (observations, queued) = tokio::sync::mpsc::channel(10_000);
+    let agent = build_agent(&config).await?.with_observations(queued);
+    let (sightings_tx, mut sightings) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(crate::witness::run(witness, args.poll, sightings_tx));
+    tokio::spawn(async move {
+        while let Some(sighting) = sightings.recv().await {
+            // Only addresses are evidence of who connected; a log that
+            // records host names cannot name pull IPs.
+            if sighting.peer.parse::<IpAddr>().is_err() {
+                tracing::warn!(peer = %sighting.peer, "log line's client is not an IP address; skipped");
+                continue;
+            }
+            let observation = vantage_proto::pb::Observation {
+                nonce: sighting.nonce,
+                peer_addr: sighting.peer,
+                seen_at_unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                    .unwrap_or(0),
+                uri: sighting.uri.chars().take(4096).collect(),
+            };
+            if observations.send(observation).await.is_err() {
+                return;
+            }
+        }
+    });
+    tracing::info!(log = %args.access_log.display(), "witness following the access log");
+    agent
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
 }
 
 /// The shared shape of every vantage binary: parse `args` into `C` (usage

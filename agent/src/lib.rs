@@ -16,3 +16,4 @@ pub mod safety;
 pub mod session;
 pub mod spool;
 pub mod tls;
+pub mod witness;

@@ -207,6 +207,7 @@ impl AgentBuilder {
             backoff: fast_backoff(),
             max_concurrency: 64,
             max_rate: 1000,
+            role: "agent",
         };
         let agent = build_agent(&config).await?;
         let mut events = agent.subscribe();

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod edge;
 pub mod fixture;
 pub mod lab;
 pub mod origin;
