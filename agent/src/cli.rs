@@ -257,6 +257,30 @@ impl RunArgs {
     }
 }
 
+/// The configuration of an embedded agent (`vantage diagnose --local`):
+/// lab defaults, enrolling with `token` into `state_dir`.
+pub fn local_agent_config(
+    token: &str,
+    state_dir: &std::path::Path,
+    allow_private: bool,
+    env: &dyn Env,
+) -> anyhow::Result<RunConfig> {
+    let Command::Run(args) = Cli::try_parse_from(["vantage-agent", "run"])
+        .context("default settings")?
+        .command
+    else {
+        bail!("default settings are not a run command");
+    };
+    RunArgs {
+        token: Some(token.to_string()),
+        state_dir: Some(state_dir.to_path_buf()),
+        name: Some("local".into()),
+        allow_private,
+        ..args
+    }
+    .validate(env)
+}
+
 /// Loads the identity from the state dir, enrolling first if there is none.
 pub async fn load_or_enroll(config: &RunConfig) -> anyhow::Result<Identity> {
     create_private_dir(&config.state_dir)
@@ -856,7 +880,7 @@ pub fn run_main<C, F, Fut>(
     body: F,
 ) -> ExitCode
 where
-    C: Parser,
+    C: Parser + LogDefault,
     F: FnOnce(C) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
@@ -874,7 +898,7 @@ pub fn run_main_with_code<C, F, Fut>(
     body: F,
 ) -> ExitCode
 where
-    C: Parser,
+    C: Parser + LogDefault,
     F: FnOnce(C) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
 {
@@ -885,7 +909,7 @@ where
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    init_tracing(env);
+    init_tracing(env, cli.default_log());
     crate::tls::crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -906,9 +930,29 @@ where
     }
 }
 
-/// Logs to stderr; `VANTAGE_LOG` (e.g. `debug`) sets the filter.
-pub fn init_tracing(env: &dyn Env) {
-    let filter = env.var("VANTAGE_LOG").unwrap_or_else(|| "info".to_string());
+/// The log level a command runs with unless `VANTAGE_LOG` says otherwise:
+/// daemons narrate (`info`), one-shot commands keep stderr for what matters.
+pub trait LogDefault {
+    /// The default filter for this invocation.
+    fn default_log(&self) -> &'static str {
+        "warn"
+    }
+}
+
+impl LogDefault for Cli {
+    fn default_log(&self) -> &'static str {
+        match self.command {
+            Command::Run(_) | Command::Witness(_) => "info",
+            Command::Probe(_) => "warn",
+        }
+    }
+}
+
+/// Logs to stderr; `VANTAGE_LOG` (e.g. `debug`) overrides `default`.
+pub fn init_tracing(env: &dyn Env, default: &str) {
+    let filter = env
+        .var("VANTAGE_LOG")
+        .unwrap_or_else(|| default.to_string());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

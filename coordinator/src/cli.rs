@@ -39,6 +39,15 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl vantage_agent::cli::LogDefault for Cli {
+    fn default_log(&self) -> &'static str {
+        match self.command {
+            Command::Serve(_) => "info",
+            _ => "warn",
+        }
+    }
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -49,6 +58,14 @@ pub enum Command {
     Token(TokenCommand),
     /// List enrolled agents, or revoke one.
     Agents(AgentsArgs),
+    /// Diagnose a URL behind a CDN from every region at once: origin fault,
+    /// edge fault or regional carrier interference, with the evidence and
+    /// the curl commands that prove it. Exit: 0 healthy, 1 findings,
+    /// 3 inconclusive, 2 error.
+    Diagnose(crate::diagnose_cli::DiagnoseArgs),
+    /// List, show or follow campaigns.
+    #[command(subcommand)]
+    Campaign(crate::diagnose_cli::CampaignCommand),
 }
 
 /// Flags of `vantage serve`.
@@ -300,11 +317,42 @@ async fn agents(args: AgentsArgs, target: Target) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn dispatch(cli: Cli, env: &dyn Env) -> anyhow::Result<()> {
-    let data_dir = client::data_dir(cli.data_dir, env);
+async fn dispatch(cli: Cli, env: &dyn Env) -> anyhow::Result<ExitCode> {
+    let data_dir = client::data_dir(cli.data_dir.clone(), env);
     match cli.command {
+        Command::Diagnose(args) if args.local => {
+            crate::diagnose_cli::diagnose_local(args, env).await
+        }
+        Command::Diagnose(args) => {
+            crate::diagnose_cli::diagnose_remote(
+                args,
+                Target::discover(cli.coordinator, &data_dir, env)?,
+            )
+            .await
+        }
+        Command::Campaign(command) => {
+            crate::diagnose_cli::campaign(
+                command,
+                Target::discover(cli.coordinator, &data_dir, env)?,
+            )
+            .await
+        }
+        other => dispatch_admin(other, cli.coordinator, data_dir, env)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+    }
+}
+
+async fn dispatch_admin(
+    command: Command,
+    coordinator: Option<String>,
+    data_dir: PathBuf,
+    env: &dyn Env,
+) -> anyhow::Result<()> {
+    let cli_coordinator = coordinator;
+    match command {
         Command::Serve(args) => {
-            if cli.coordinator.is_some() {
+            if cli_coordinator.is_some() {
                 bail!("--coordinator is for client commands; `serve` runs the coordinator itself");
             }
             serve(args, data_dir).await
@@ -314,11 +362,12 @@ async fn dispatch(cli: Cli, env: &dyn Env) -> anyhow::Result<()> {
             if args.uses == 0 {
                 bail!("--uses must be at least 1");
             }
-            token_create(args, Target::discover(cli.coordinator, &data_dir, env)?).await
+            token_create(args, Target::discover(cli_coordinator, &data_dir, env)?).await
         }
         Command::Agents(args) => {
-            agents(args, Target::discover(cli.coordinator, &data_dir, env)?).await
+            agents(args, Target::discover(cli_coordinator, &data_dir, env)?).await
         }
+        Command::Diagnose(_) | Command::Campaign(_) => bail!("not an administrative command"),
     }
 }
 
@@ -327,7 +376,7 @@ pub fn main(
     args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
     env: &dyn Env,
 ) -> ExitCode {
-    vantage_agent::cli::run_main(args, env, |cli: Cli| dispatch(cli, env))
+    vantage_agent::cli::run_main_with_code(args, env, |cli: Cli| dispatch(cli, env))
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 use vantage_proto::pb;
 
+use crate::campaign::{CampaignEvent, CampaignRequest};
 use crate::coordinator::Coordinator;
 use crate::time::rfc3339;
+use vantage_proto::cdn::CdnProfile;
 
 /// Default enrollment-token lifetime.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -36,8 +38,175 @@ impl ControlService {
     }
 }
 
+/// Default attempts per baseline probe.
+pub const DEFAULT_ATTEMPTS: u32 = 3;
+/// Default burst size.
+pub const DEFAULT_BURST: u32 = 20;
+
+fn event_pb(event: CampaignEvent) -> pb::CampaignEvent {
+    match event {
+        CampaignEvent::PlanSent {
+            region,
+            agent,
+            expected,
+        } => pb::CampaignEvent {
+            kind: "plan_sent".into(),
+            region,
+            agent,
+            expected,
+            ..Default::default()
+        },
+        CampaignEvent::RegionDone { region } => pb::CampaignEvent {
+            kind: "region_done".into(),
+            region,
+            ..Default::default()
+        },
+        CampaignEvent::RegionLost { region, reason } => pb::CampaignEvent {
+            kind: "region_lost".into(),
+            region,
+            detail: reason,
+            ..Default::default()
+        },
+        CampaignEvent::ReportReady { status } => pb::CampaignEvent {
+            kind: "report_ready".into(),
+            detail: status,
+            ..Default::default()
+        },
+    }
+}
+
+type EventStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::CampaignEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::control_service_server::ControlService for ControlService {
+    async fn start_campaign(
+        &self,
+        request: Request<pb::StartCampaignRequest>,
+    ) -> Result<Response<pb::StartCampaignResponse>, Status> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let cdn = if req.cdn.is_empty() {
+            CdnProfile::EdgeOne
+        } else {
+            req.cdn
+                .parse()
+                .map_err(|e: vantage_proto::cdn::UnknownProfile| {
+                    Status::invalid_argument(e.to_string())
+                })?
+        };
+        let handle = self
+            .core
+            .start_campaign(CampaignRequest {
+                url: req.url,
+                origins: req.origins,
+                edges: req.edges,
+                regions: req.regions,
+                cdn,
+                edge_timeout: (req.edge_timeout_ms > 0)
+                    .then(|| Duration::from_millis(u64::from(req.edge_timeout_ms))),
+                burst: if req.burst == 0 {
+                    DEFAULT_BURST
+                } else {
+                    req.burst
+                },
+                attempts: if req.attempts == 0 {
+                    DEFAULT_ATTEMPTS
+                } else {
+                    req.attempts
+                },
+            })
+            .await?;
+        Ok(Response::new(pb::StartCampaignResponse {
+            campaign_id: handle.campaign_id,
+            regions: handle
+                .regions
+                .into_iter()
+                .map(|(region, agent)| pb::RegionAgent { region, agent })
+                .collect(),
+        }))
+    }
+
+    type WatchCampaignStream = EventStream;
+
+    async fn watch_campaign(
+        &self,
+        request: Request<pb::WatchCampaignRequest>,
+    ) -> Result<Response<Self::WatchCampaignStream>, Status> {
+        self.authorize(&request)?;
+        let id = request.into_inner().campaign_id;
+        let live = self.core.watch_campaign(&id);
+        // Subscribe first, then read the stored status: a campaign that ends
+        // in between is seen as ended, never missed.
+        let owned = id.clone();
+        let row = self
+            .core
+            .db(move |s| s.campaign(&owned))
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no campaign {id}")))?;
+        if row.status != "running" || live.is_none() {
+            let done = pb::CampaignEvent {
+                kind: "report_ready".into(),
+                detail: row.status,
+                ..Default::default()
+            };
+            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(done)]))));
+        }
+        let Some(live) = live else {
+            return Err(Status::internal("campaign feed vanished"));
+        };
+        // The feed closes when the campaign's task ends, right after report_ready.
+        let stream = tokio_stream::StreamExt::filter_map(
+            tokio_stream::wrappers::BroadcastStream::new(live),
+            |event| event.ok().map(|e| Ok(event_pb(e))),
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_report(
+        &self,
+        request: Request<pb::GetReportRequest>,
+    ) -> Result<Response<pb::GetReportResponse>, Status> {
+        self.authorize(&request)?;
+        let id = request.into_inner().campaign_id;
+        let owned = id.clone();
+        let row = self
+            .core
+            .db(move |s| s.campaign(&owned))
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no campaign {id}")))?;
+        Ok(Response::new(pb::GetReportResponse {
+            status: row.status,
+            report_json: row.report_json.unwrap_or_default(),
+        }))
+    }
+
+    async fn list_campaigns(
+        &self,
+        request: Request<pb::ListCampaignsRequest>,
+    ) -> Result<Response<pb::ListCampaignsResponse>, Status> {
+        self.authorize(&request)?;
+        let limit = match request.into_inner().limit {
+            0 => 20,
+            n => n.min(1000),
+        };
+        let rows = self.core.db(move |s| s.list_campaigns(limit)).await?;
+        let campaigns = rows
+            .into_iter()
+            .map(|row| pb::CampaignSummary {
+                url: serde_json::from_str::<serde_json::Value>(&row.target_json)
+                    .ok()
+                    .and_then(|t| t["url"].as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                campaign_id: row.campaign_id,
+                created_at: rfc3339(row.created_at_ms),
+                status: row.status,
+                regions: row.regions,
+            })
+            .collect();
+        Ok(Response::new(pb::ListCampaignsResponse { campaigns }))
+    }
+
     async fn list_agents(
         &self,
         request: Request<pb::ListAgentsRequest>,

@@ -35,6 +35,10 @@ pub struct Coordinator {
     pub(crate) admin_hash: String,
     pub(crate) token_addrs: Vec<String>,
     pub(crate) heartbeat: Duration,
+    /// Progress feeds of the campaigns running now.
+    pub(crate) campaigns: std::sync::Mutex<
+        std::collections::HashMap<String, broadcast::Sender<crate::campaign::CampaignEvent>>,
+    >,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -169,6 +173,16 @@ impl Coordinator {
     pub async fn run_plan(
         &self,
         agents: &[String],
+        probes: Vec<pb::ProbeSpec>,
+    ) -> Result<String, Status> {
+        self.run_plan_in(None, agents, probes).await
+    }
+
+    /// Sends a plan that belongs to a campaign (or none) to the named agents.
+    pub async fn run_plan_in(
+        &self,
+        campaign_id: Option<&str>,
+        agents: &[String],
         mut probes: Vec<pb::ProbeSpec>,
     ) -> Result<String, Status> {
         if agents.is_empty() {
@@ -212,11 +226,12 @@ impl Coordinator {
             .map(|(id, _)| (id.clone(), expected))
             .collect();
         let id = plan_id.clone();
-        self.db(move |s| s.insert_plan(&id, None, now_ms(), &probes_json, &rows))
+        let campaign = campaign_id.map(str::to_string);
+        self.db(move |s| s.insert_plan(&id, campaign.as_deref(), now_ms(), &probes_json, &rows))
             .await?;
         let plan = pb::Plan {
             plan_id: plan_id.clone(),
-            campaign_id: String::new(),
+            campaign_id: campaign_id.unwrap_or_default().to_string(),
             probes,
         };
         for (agent_id, outbound) in targets {

@@ -5,14 +5,18 @@
 //! modes start [`server::start`] in-process and use [`coordinator::Coordinator`].
 
 pub mod agent_service;
+pub mod campaign;
 pub mod cli;
 pub mod client;
 pub mod control_service;
 pub mod coordinator;
+pub mod diagnose_cli;
+pub mod diagnosis;
 pub mod ingest;
 pub mod pki;
 pub mod plan;
 pub mod registry;
+pub mod report;
 pub mod server;
 pub mod store;
 pub mod time;

@@ -194,6 +194,16 @@ fn display_addr(addr: &SocketAddr) -> String {
     }
 }
 
+/// What every nonce of a campaign starts with (the witness's sightings of a
+/// campaign are found by it).
+pub fn nonce_prefix(campaign_id: &str) -> String {
+    campaign_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(12)
+        .collect()
+}
+
 /// The probes one region runs for `target`. Nonces are unique per campaign,
 /// region and probe (the engine appends attempt and burst slot).
 pub fn build_probes(
@@ -201,11 +211,7 @@ pub fn build_probes(
     campaign_id: &str,
     region: &str,
 ) -> Vec<pb::ProbeSpec> {
-    let short: String = campaign_id
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .take(12)
-        .collect();
+    let short = nonce_prefix(campaign_id);
     let mut probes = Vec::new();
     let mut add = |mut spec: pb::ProbeSpec| {
         spec.nonce = format!("{short}-{region}-{}", probes.len());

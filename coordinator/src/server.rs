@@ -271,6 +271,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
         admin_hash: hash_secret(&admin_token),
         token_addrs,
         heartbeat: config.heartbeat,
+        campaigns: std::sync::Mutex::default(),
     });
 
     let tls = ServerTlsConfig::new()

@@ -14,6 +14,8 @@ struct Cli {
     command: Command,
 }
 
+impl vantage_agent::cli::LogDefault for Cli {}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start a coordinator, three regional agents and a loopback origin, enroll

@@ -1,0 +1,488 @@
+//! Campaigns: one target probed from every selected region at once. This
+//! module owns the run — choose one connected agent per region, send each
+//! region its plan (built by [`crate::plan`]), follow the plans to their end
+//! (finished, refused, or the agent lost), bounded in time, collect the
+//! results and the witness's sightings into the evidence matrix, diagnose,
+//! and persist the report so it can be rendered again later.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tonic::Status;
+use vantage_proto::cdn::CdnProfile;
+use vantage_proto::domain::{Outcome, Route};
+use vantage_proto::pb;
+
+use crate::coordinator::Coordinator;
+use crate::diagnosis::{
+    self, Evidence, Observation, RegionEvidence, Target, Variant, WitnessEvidence,
+};
+use crate::plan::{build_probes, CampaignTarget};
+use crate::registry::AgentEvent;
+use crate::time::now_ms;
+
+/// Margin on top of the longest probe before a region is declared lost.
+const MARGIN: Duration = Duration::from_secs(3);
+/// How long to wait for a witness's last sightings after the plans end.
+const WITNESS_GRACE: Duration = Duration::from_millis(1500);
+
+/// What to diagnose.
+#[derive(Debug, Clone)]
+pub struct CampaignRequest {
+    /// The site URL.
+    pub url: String,
+    /// Origin addresses.
+    pub origins: Vec<String>,
+    /// Edge addresses (empty: the agents' resolvers).
+    pub edges: Vec<String>,
+    /// Regions to run in (empty or `all`: every region with a connected agent).
+    pub regions: Vec<String>,
+    /// The CDN in front.
+    pub cdn: CdnProfile,
+    /// Overrides the profile's edge timeout.
+    pub edge_timeout: Option<Duration>,
+    /// Concurrent requests in the burst probe.
+    pub burst: u32,
+    /// Attempts per baseline probe.
+    pub attempts: u32,
+}
+
+/// Progress of a running campaign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CampaignEvent {
+    /// A region's plan went to its agent.
+    PlanSent {
+        /// Region.
+        region: String,
+        /// Agent.
+        agent: String,
+        /// Requests expected.
+        expected: u64,
+    },
+    /// A region's agent finished its plan.
+    RegionDone {
+        /// Region.
+        region: String,
+    },
+    /// A region could not finish (agent lost, plan refused, or out of time).
+    RegionLost {
+        /// Region.
+        region: String,
+        /// Why.
+        reason: String,
+    },
+    /// The report is stored.
+    ReportReady {
+        /// Its status.
+        status: String,
+    },
+}
+
+/// A started campaign.
+#[derive(Debug)]
+pub struct CampaignHandle {
+    /// Its id.
+    pub campaign_id: String,
+    /// Region → agent chosen.
+    pub regions: Vec<(String, String)>,
+    /// Progress events (subscribed before the plans were sent).
+    pub events: broadcast::Receiver<CampaignEvent>,
+    /// Ends with the report JSON.
+    pub done: tokio::task::JoinHandle<Result<String, Status>>,
+}
+
+struct RegionRun {
+    region: String,
+    agent: String,
+    plan_id: String,
+    state: RegionState,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum RegionState {
+    Running,
+    Done,
+    Lost(String),
+}
+
+/// Chooses one connected agent per requested region.
+async fn choose_agents(
+    core: &Coordinator,
+    regions: &[String],
+) -> Result<Vec<(String, String)>, Status> {
+    let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for view in core.list_agents().await? {
+        if view.connected && !view.record.revoked && view.record.role == "agent" {
+            by_region
+                .entry(view.record.region.clone())
+                .or_default()
+                .push(view.record.name.clone());
+        }
+    }
+    let wanted: Vec<String> = if regions.is_empty() || regions.iter().any(|r| r == "all") {
+        by_region.keys().cloned().collect()
+    } else {
+        regions.to_vec()
+    };
+    if wanted.is_empty() {
+        return Err(Status::failed_precondition(
+            "no agent is connected: start `vantage-agent run` in at least one region",
+        ));
+    }
+    wanted
+        .into_iter()
+        .map(|region| {
+            let agent = by_region
+                .get(&region)
+                .and_then(|agents| agents.first().cloned())
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!("region {region} has no connected agent"))
+                })?;
+            Ok((region, agent))
+        })
+        .collect()
+}
+
+impl Coordinator {
+    /// Progress of a running campaign; `None` once it has ended (or never ran).
+    pub fn watch_campaign(&self, campaign_id: &str) -> Option<broadcast::Receiver<CampaignEvent>> {
+        self.campaigns
+            .lock()
+            .ok()
+            .and_then(|running| running.get(campaign_id).map(broadcast::Sender::subscribe))
+    }
+
+    /// Starts a campaign; the returned handle follows it to its report.
+    pub async fn start_campaign(
+        self: &Arc<Self>,
+        request: CampaignRequest,
+    ) -> Result<CampaignHandle, Status> {
+        let target = CampaignTarget::new(
+            &request.url,
+            &request.origins,
+            &request.edges,
+            request.cdn,
+            request.edge_timeout,
+            request.attempts,
+            request.burst,
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let chosen = choose_agents(self, &request.regions).await?;
+        let campaign_id = uuid::Uuid::new_v4().to_string();
+        let target_json = serde_json::json!({
+            "url": target.url,
+            "origin": request.origins,
+            "edge": request.edges,
+            "cdn": target.cdn.name(),
+            "edge_timeout_ms": target.edge_timeout.as_millis() as u64,
+        })
+        .to_string();
+        let regions: Vec<String> = chosen.iter().map(|(r, _)| r.clone()).collect();
+        let (id, json, list) = (campaign_id.clone(), target_json, regions.clone());
+        self.db(move |s| s.insert_campaign(&id, now_ms(), &json, &list))
+            .await?;
+
+        let (events_tx, events) = broadcast::channel(1024);
+        if let Ok(mut running) = self.campaigns.lock() {
+            running.insert(campaign_id.clone(), events_tx.clone());
+        }
+        let mut agent_events = self.subscribe();
+        let mut runs = Vec::new();
+        for (region, agent) in &chosen {
+            let probes = build_probes(&target, &campaign_id, region);
+            let expected = probes
+                .iter()
+                .map(|p| u64::from(p.attempts.max(1)) * u64::from(p.burst.max(1)))
+                .sum();
+            let plan_id = self
+                .run_plan_in(Some(&campaign_id), std::slice::from_ref(agent), probes)
+                .await?;
+            let _ = events_tx.send(CampaignEvent::PlanSent {
+                region: region.clone(),
+                agent: agent.clone(),
+                expected,
+            });
+            runs.push(RegionRun {
+                region: region.clone(),
+                agent: agent.clone(),
+                plan_id,
+                state: RegionState::Running,
+            });
+        }
+        let deadline =
+            tokio::time::Instant::now() + target.longest_probe() * target.attempts + MARGIN;
+        let core = self.clone();
+        let id = campaign_id.clone();
+        let done = tokio::spawn(async move {
+            follow(&mut runs, &mut agent_events, &events_tx, deadline).await;
+            let report = core.conclude(&id, &target, &request, &runs).await;
+            if let Ok(mut running) = core.campaigns.lock() {
+                running.remove(&id);
+            }
+            let (status, json) = report?;
+            let _ = events_tx.send(CampaignEvent::ReportReady { status });
+            Ok(json)
+        });
+        Ok(CampaignHandle {
+            campaign_id,
+            regions: chosen,
+            events,
+            done,
+        })
+    }
+
+    /// Gathers the evidence, diagnoses and stores the report; returns
+    /// (status, report JSON).
+    async fn conclude(
+        &self,
+        campaign_id: &str,
+        target: &CampaignTarget,
+        request: &CampaignRequest,
+        runs: &[RegionRun],
+    ) -> Result<(String, String), Status> {
+        let witness_connected = self
+            .list_agents()
+            .await?
+            .iter()
+            .any(|v| v.connected && v.record.role == "witness");
+        let prefix = format!("{}-", crate::plan::nonce_prefix(campaign_id));
+        let witness = if witness_connected {
+            // The witness polls its log: give the last requests time to show.
+            let mut last = usize::MAX;
+            let give_up = tokio::time::Instant::now() + WITNESS_GRACE;
+            let mut tick = tokio::time::interval(Duration::from_millis(150));
+            loop {
+                tick.tick().await;
+                let p = prefix.clone();
+                let count = self.db(move |s| s.sightings_with_prefix(&p)).await?.len();
+                if count == last || tokio::time::Instant::now() >= give_up {
+                    break;
+                }
+                last = count;
+            }
+            let p = prefix.clone();
+            let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for sighting in self.db(move |s| s.sightings_with_prefix(&p)).await? {
+                seen.entry(sighting.nonce).or_default().push(sighting.peer);
+            }
+            Some(WitnessEvidence { seen })
+        } else {
+            None
+        };
+        let mut regions = Vec::new();
+        let mut blocked_headers = Vec::new();
+        for run in runs {
+            let plan = run.plan_id.clone();
+            let results = self.db(move |s| s.results_for_plan(&plan)).await?;
+            let (observations, single_header) =
+                observations_of(results.into_iter().map(|(_, r)| r));
+            for header in failing_single_headers(&observations, &single_header) {
+                if !blocked_headers.contains(&header) {
+                    blocked_headers.push(header);
+                }
+            }
+            regions.push(RegionEvidence {
+                region: run.region.clone(),
+                agents: vec![run.agent.clone()],
+                lost: run.state != RegionState::Done,
+                observations,
+            });
+        }
+        let evidence = Evidence {
+            target: Target {
+                url: target.url.clone(),
+                host: target.host.clone(),
+                port: target.port,
+                scheme: target.scheme.clone(),
+                path: request
+                    .url
+                    .parse::<http::Uri>()
+                    .ok()
+                    .and_then(|u| u.path_and_query().map(|p| p.to_string()))
+                    .unwrap_or_else(|| "/".into()),
+                origins: target.origins.iter().map(|a| a.to_string()).collect(),
+                edges: target.edges.iter().map(|a| a.to_string()).collect(),
+                cdn: target.cdn,
+                edge_timeout: target.edge_timeout,
+            },
+            regions,
+            witness,
+            blocked_headers,
+        };
+        let diagnosis = diagnosis::diagnose(&evidence);
+        let report = crate::report::build(campaign_id, &evidence, &diagnosis);
+        let json =
+            serde_json::to_string_pretty(&report).map_err(|e| Status::internal(e.to_string()))?;
+        let status = diagnosis.status.as_str().to_string();
+        let (id, st, js) = (campaign_id.to_string(), status.clone(), json.clone());
+        self.db(move |s| s.finish_campaign(&id, now_ms(), &st, &js))
+            .await?;
+        Ok((status, json))
+    }
+}
+
+/// Follows every region's plan until done, lost, or the deadline.
+async fn follow(
+    runs: &mut [RegionRun],
+    agent_events: &mut broadcast::Receiver<AgentEvent>,
+    events: &broadcast::Sender<CampaignEvent>,
+    deadline: tokio::time::Instant,
+) {
+    let settle = |runs: &mut [RegionRun], index: usize, state: RegionState| {
+        if runs[index].state == RegionState::Running {
+            let region = runs[index].region.clone();
+            let _ = events.send(match &state {
+                RegionState::Lost(reason) => CampaignEvent::RegionLost {
+                    region,
+                    reason: reason.clone(),
+                },
+                _ => CampaignEvent::RegionDone { region },
+            });
+            runs[index].state = state;
+        }
+    };
+    while runs.iter().any(|r| r.state == RegionState::Running) {
+        let event = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                for index in 0..runs.len() {
+                    settle(runs, index, RegionState::Lost("no complete answer before the campaign's deadline".into()));
+                }
+                return;
+            }
+            event = agent_events.recv() => event,
+        };
+        let event = match event {
+            Ok(event) => event,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let find =
+            |runs: &[RegionRun], f: &dyn Fn(&RegionRun) -> bool| runs.iter().position(f);
+        match event {
+            AgentEvent::PlanFinished { plan_id, .. } => {
+                if let Some(i) = find(runs, &|r| r.plan_id == plan_id) {
+                    settle(runs, i, RegionState::Done);
+                }
+            }
+            AgentEvent::PlanRejected {
+                plan_id, reason, ..
+            } => {
+                if let Some(i) = find(runs, &|r| r.plan_id == plan_id) {
+                    settle(
+                        runs,
+                        i,
+                        RegionState::Lost(format!("the agent refused the plan: {reason}")),
+                    );
+                }
+            }
+            AgentEvent::Disconnected { name, reason } => {
+                for i in 0..runs.len() {
+                    if runs[i].agent == name {
+                        settle(
+                            runs,
+                            i,
+                            RegionState::Lost(format!("agent {name} disconnected: {reason}")),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Splits a plan's results into the diagnosis's observations and the
+/// single-header `cdn_headers` probes (header name → outcome ok?).
+fn observations_of(
+    results: impl Iterator<Item = pb::ProbeResult>,
+) -> (Vec<Observation>, HashMap<String, Vec<bool>>) {
+    let mut observations = Vec::new();
+    let mut single: HashMap<String, Vec<bool>> = HashMap::new();
+    for r in results {
+        let outcome = Outcome::try_from(r.outcome).unwrap_or(Outcome::MalformedResponse);
+        if let Some((_, header)) = r.probe_id.split_once('#') {
+            let ok = outcome == Outcome::Ok && r.status < 500 && r.status != 403;
+            single.entry(header.to_string()).or_default().push(ok);
+            continue;
+        }
+        let Ok(route) = Route::try_from(r.route) else {
+            continue;
+        };
+        let variant = match r.variant.as_str() {
+            "cdn_headers" => Variant::CdnHeaders,
+            "burst" => Variant::Burst,
+            _ => Variant::Baseline,
+        };
+        let address = r
+            .probe_id
+            .split_once('@')
+            .map(|(_, a)| {
+                if a == "resolver" {
+                    String::new()
+                } else {
+                    a.to_string()
+                }
+            })
+            .unwrap_or_default();
+        let t = r.timings.unwrap_or_default();
+        let ms = |us: u64| us as f64 / 1000.0;
+        let tls = r.tls.clone();
+        observations.push(Observation {
+            route,
+            variant,
+            address,
+            outcome,
+            curl_exit: r.curl_exit,
+            status: (r.status != 0).then(|| u16::try_from(r.status).unwrap_or(0)),
+            timings_ms: [
+                ms(t.dns_us),
+                ms(t.connect_us),
+                ms(t.tls_us),
+                ms(t.ttfb_us),
+                ms(t.total_us),
+            ],
+            body_bytes: r.body_bytes,
+            body_sha256: r.body_sha256.clone(),
+            title: r.title.clone(),
+            header_names: r
+                .headers
+                .iter()
+                .map(|h| h.name.to_ascii_lowercase())
+                .collect(),
+            edge_request_id: r.edge_request_id.clone(),
+            nonce: r.nonce.clone(),
+            tls_sha256: tls.as_ref().map(|t| t.sha256.clone()).unwrap_or_default(),
+            tls_verified: tls.as_ref().map(|t| t.verified),
+            dns_answers: r.dns_answers.clone(),
+            sent_headers: Vec::new(),
+            error: r.error.clone(),
+        });
+    }
+    (observations, single)
+}
+
+/// Headers whose single-header probe failed while plain requests succeeded:
+/// the WAF rule's trigger.
+fn failing_single_headers(
+    observations: &[Observation],
+    single: &HashMap<String, Vec<bool>>,
+) -> Vec<String> {
+    let baseline_ok = observations.iter().any(|o| {
+        o.route == Route::Direct
+            && o.variant == Variant::Baseline
+            && o.outcome == Outcome::Ok
+            && o.status.is_some_and(|s| s < 500)
+    });
+    if !baseline_ok {
+        return Vec::new();
+    }
+    let mut failing: Vec<String> = single
+        .iter()
+        .filter(|(_, oks)| oks.iter().any(|ok| !ok))
+        .map(|(name, _)| name.clone())
+        .collect();
+    failing.sort();
+    failing
+}

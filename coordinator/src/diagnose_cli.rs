@@ -1,0 +1,378 @@
+//! `vantage diagnose` and `vantage campaign …` (DESIGN §6): start a campaign
+//! (on a coordinator, or `--local` in this process with one embedded agent),
+//! show progress on stderr when it is a terminal, then print the report as
+//! text, `--json` or `--markdown` (or write `--html FILE`). Exit codes: 0
+//! healthy, 1 findings, 3 inconclusive, 2 usage or operational error.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use vantage_agent::env::Env;
+use vantage_proto::cdn::CdnProfile;
+use vantage_proto::pb;
+
+use crate::campaign::{CampaignEvent, CampaignRequest};
+use crate::client::{self, Target};
+use crate::report::{render_markdown, render_terminal, Report};
+
+/// How the report is printed.
+#[derive(Debug, Args, Clone)]
+#[group(multiple = false)]
+pub struct OutputArgs {
+    /// Print the report as JSON (schema vantage.report.v1) and nothing else on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the report as Markdown, to paste into a support ticket (includes
+    /// the edge request ids such as EO-LOG-UUID).
+    #[arg(long)]
+    pub markdown: bool,
+    /// Write the report as a standalone HTML page to FILE (the text report
+    /// is still printed).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+}
+
+/// Flags of `vantage diagnose`.
+#[derive(Debug, Args)]
+pub struct DiagnoseArgs {
+    /// The URL as clients request it through the CDN, e.g. https://www.example.com/a.jpg
+    #[arg(value_name = "URL")]
+    pub url: String,
+    /// Origin address(es), IP or IP:PORT, comma-separated (like curl
+    /// --resolve host:port:ADDR; Host and SNI stay the URL's).
+    #[arg(
+        long = "origin",
+        value_name = "ADDR[,ADDR]",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub origins: Vec<String>,
+    /// Edge address(es), IP or IP:PORT; default: each agent's own resolver.
+    #[arg(long = "edge", value_name = "ADDR", value_delimiter = ',')]
+    pub edges: Vec<String>,
+    /// Regions to probe from, comma-separated, or `all` (default).
+    #[arg(long, value_name = "R,R|all", value_delimiter = ',')]
+    pub regions: Vec<String>,
+    /// The CDN in front: edgeone, cloudflare or generic (its pull headers and
+    /// origin-response timeout).
+    #[arg(long, value_name = "CDN", default_value = "edgeone")]
+    pub cdn: String,
+    /// The edge's origin-response timeout (default: the profile's: edgeone
+    /// 15s, cloudflare 100s, generic 60s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub edge_timeout: Option<Duration>,
+    /// Concurrent requests in the rate-limit test.
+    #[arg(long, value_name = "N", default_value_t = crate::control_service::DEFAULT_BURST)]
+    pub burst: u32,
+    /// Attempts per baseline probe.
+    #[arg(long, value_name = "N", default_value_t = crate::control_service::DEFAULT_ATTEMPTS)]
+    pub attempts: u32,
+    /// Run an embedded coordinator and one agent in this process (region
+    /// `local`): no server, no enrollment.
+    #[arg(long)]
+    pub local: bool,
+    /// With --local: allow loopback and private targets.
+    #[arg(long, requires = "local")]
+    pub allow_private: bool,
+    /// Output format.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `vantage campaign …`
+#[derive(Debug, Subcommand)]
+pub enum CampaignCommand {
+    /// List recent campaigns.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a finished campaign's report again.
+    Show {
+        /// Campaign id.
+        id: String,
+        /// Output format.
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Follow a running campaign, then print its report.
+    Watch {
+        /// Campaign id.
+        id: String,
+        /// Output format.
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// The exit code a report's status calls for.
+pub fn exit_code(status: &str) -> ExitCode {
+    match status {
+        "healthy" => ExitCode::SUCCESS,
+        "faulty" => ExitCode::from(1),
+        _ => ExitCode::from(3),
+    }
+}
+
+fn html_page(report: &Report) -> String {
+    let text = render_terminal(report, false)
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>vantage report {}</title></head>\n<body><pre>{text}</pre></body></html>\n",
+        report.campaign
+    )
+}
+
+/// Prints a report in the chosen format and returns the exit code.
+pub fn print_report(json: &str, output: &OutputArgs) -> anyhow::Result<ExitCode> {
+    let report: Report =
+        serde_json::from_str(json).context("the coordinator sent a damaged report")?;
+    let status = serde_json::to_value(&report)?["status"]
+        .as_str()
+        .unwrap_or("inconclusive")
+        .to_string();
+    if output.json {
+        println!("{json}");
+    } else if output.markdown {
+        print!("{}", render_markdown(&report));
+    } else {
+        print!(
+            "{}",
+            render_terminal(&report, std::io::stdout().is_terminal())
+        );
+    }
+    if let Some(path) = &output.html {
+        std::fs::write(path, html_page(&report))
+            .with_context(|| format!("--html {}", path.display()))?;
+    }
+    Ok(exit_code(&status))
+}
+
+fn progress(line: &str) {
+    // Progress is for people: only when stderr is a terminal.
+    if std::io::stderr().is_terminal() {
+        eprintln!("{line}");
+    }
+}
+
+fn describe(event: &pb::CampaignEvent) -> String {
+    match event.kind.as_str() {
+        "plan_sent" => format!(
+            "  {:<14} plan sent to {} ({} requests)",
+            event.region, event.agent, event.expected
+        ),
+        "region_done" => format!("  {:<14} done", event.region),
+        "region_lost" => format!("  {:<14} LOST: {}", event.region, event.detail),
+        "report_ready" => format!("  report ready: {}", event.detail),
+        other => format!("  {other}"),
+    }
+}
+
+fn parse_cdn(text: &str) -> anyhow::Result<CdnProfile> {
+    text.parse::<CdnProfile>().context("--cdn")
+}
+
+/// `vantage diagnose` against a coordinator.
+pub async fn diagnose_remote(args: DiagnoseArgs, target: Target) -> anyhow::Result<ExitCode> {
+    parse_cdn(&args.cdn)?;
+    let mut control = client::connect(&target)?;
+    let started = control
+        .start_campaign(pb::StartCampaignRequest {
+            url: args.url.clone(),
+            origins: args.origins.clone(),
+            edges: args.edges.clone(),
+            regions: args.regions.clone(),
+            cdn: args.cdn.clone(),
+            edge_timeout_ms: args
+                .edge_timeout
+                .map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX))
+                .unwrap_or(0),
+            burst: args.burst,
+            attempts: args.attempts,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    progress(&format!(
+        "campaign {} in {} region(s)",
+        started.campaign_id,
+        started.regions.len()
+    ));
+    watch_and_print(&mut control, &started.campaign_id, &args.output).await
+}
+
+async fn watch_and_print(
+    control: &mut client::ControlClient,
+    id: &str,
+    output: &OutputArgs,
+) -> anyhow::Result<ExitCode> {
+    let mut stream = control
+        .watch_campaign(pb::WatchCampaignRequest {
+            campaign_id: id.to_string(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    while let Some(event) = stream
+        .message()
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+    {
+        progress(&describe(&event));
+        if event.kind == "report_ready" {
+            break;
+        }
+    }
+    show(control, id, output).await
+}
+
+async fn show(
+    control: &mut client::ControlClient,
+    id: &str,
+    output: &OutputArgs,
+) -> anyhow::Result<ExitCode> {
+    let report = control
+        .get_report(pb::GetReportRequest {
+            campaign_id: id.to_string(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    if report.report_json.is_empty() {
+        bail!(
+            "campaign {id} is still {}: use `vantage campaign watch {id}`",
+            report.status
+        );
+    }
+    print_report(&report.report_json, output)
+}
+
+/// `vantage campaign …`.
+pub async fn campaign(command: CampaignCommand, target: Target) -> anyhow::Result<ExitCode> {
+    let mut control = client::connect(&target)?;
+    match command {
+        CampaignCommand::List { json } => {
+            let list = control
+                .list_campaigns(pb::ListCampaignsRequest { limit: 50 })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            if json {
+                let rows: Vec<serde_json::Value> = list
+                    .campaigns
+                    .iter()
+                    .map(|c| serde_json::json!({"campaign": c.campaign_id, "created_at": c.created_at, "status": c.status, "url": c.url, "regions": c.regions}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for c in &list.campaigns {
+                    println!(
+                        "{}  {}  {:<12}  {}  [{}]",
+                        c.campaign_id,
+                        c.created_at,
+                        c.status,
+                        c.url,
+                        c.regions.join(",")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCommand::Show { id, output } => show(&mut control, &id, &output).await,
+        CampaignCommand::Watch { id, output } => watch_and_print(&mut control, &id, &output).await,
+    }
+}
+
+/// `vantage diagnose --local`: an embedded coordinator and one agent.
+pub async fn diagnose_local(args: DiagnoseArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
+    let cdn = parse_cdn(&args.cdn)?;
+    let dir = tempfile::tempdir().context("temporary data dir")?;
+    let running = crate::server::start(crate::server::ServeConfig {
+        data_dir: dir.path().join("coordinator"),
+        listen: "127.0.0.1:0".parse()?,
+        http_listen: None,
+        advertise: Vec::new(),
+        heartbeat: Duration::from_secs(5),
+    })
+    .await
+    .context("embedded coordinator")?;
+    let core = running.core();
+    let (token, _) = core
+        .create_token("local", Duration::from_secs(60), 1)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    let mut events = core.subscribe();
+    let config = vantage_agent::cli::local_agent_config(
+        &token,
+        &dir.path().join("agent"),
+        args.allow_private,
+        env,
+    )?;
+    let agent = vantage_agent::cli::build_agent(&config).await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent_task = tokio::spawn(async move {
+        agent
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let connected = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(crate::registry::AgentEvent::Connected { .. }) => return true,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    if !matches!(connected, Ok(true)) {
+        bail!("the embedded agent did not connect");
+    }
+    let mut handle = core
+        .start_campaign(CampaignRequest {
+            url: args.url,
+            origins: args.origins,
+            edges: args.edges,
+            regions: vec!["local".into()],
+            cdn,
+            edge_timeout: args.edge_timeout,
+            burst: args.burst,
+            attempts: args.attempts,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    let follow = async {
+        while let Ok(event) = handle.events.recv().await {
+            let line = match event {
+                CampaignEvent::PlanSent {
+                    region,
+                    agent,
+                    expected,
+                } => format!("  {region:<14} plan sent to {agent} ({expected} requests)"),
+                CampaignEvent::RegionDone { region } => format!("  {region:<14} done"),
+                CampaignEvent::RegionLost { region, reason } => {
+                    format!("  {region:<14} LOST: {reason}")
+                }
+                CampaignEvent::ReportReady { status } => format!("  report ready: {status}"),
+            };
+            progress(&line);
+        }
+    };
+    let (report, ()) = tokio::join!(&mut handle.done, follow);
+    let json = report
+        .context("campaign task")?
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    let _ = stop.send(());
+    let _ = agent_task.await;
+    let _ = running.shutdown().await;
+    print_report(&json, &args.output)
+}

@@ -1,0 +1,274 @@
+//! Diagnosis (DESIGN §5): turns one campaign's evidence — every region's
+//! probes, the origin witness and the header bisection — into findings with
+//! their evidence, advice and the curl commands that reproduce them.
+//!
+//! The module is pure (no I/O, no clock, no async) so that every rule can be
+//! unit tested from hand-built evidence. Reasoning runs in this order:
+//!
+//! 1. Regions whose agent was lost, or that sent nothing, are excluded: they
+//!    are neither suspects nor controls.
+//! 2. Carrier interference is looked for first, per route, variant and
+//!    address, by comparing each region with the *control* regions: the ones
+//!    the witness saw, or else the unique largest group of regions that
+//!    succeeded alike. A failing region is never used as a control.
+//! 3. Origin-level rules (`origin_down`, `origin_slow`, `origin_tls_error`)
+//!    then run over the remaining (clean) regions only, so that one hijacked
+//!    region does not hide an origin fault that every other region sees.
+//! 4. Per-region origin rules (`origin_rate_limited`,
+//!    `origin_blocks_cdn_headers`) and the edge rules (`origin_blocks_edge`,
+//!    `edge_fault`) follow.
+//!
+//! Status: `faulty` when there is any finding — even one that rests on a
+//! single region, which is then reported with low confidence, because a
+//! refused or dead origin seen from the only region is still worth naming;
+//! otherwise `inconclusive` when fewer than two regions are live or no direct
+//! baseline probe came back (`missing` says what is missing), else `healthy`.
+
+mod compare;
+mod curl;
+mod rules;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use vantage_proto::cdn::CdnProfile;
+use vantage_proto::domain::{Outcome, Route};
+
+/// What a campaign probes: the URL as the client sees it and where its
+/// origin and edge are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// The full URL, e.g. `http://www.example.com/a.jpg`.
+    pub url: String,
+    /// The URL's host (Host header and SNI on every route).
+    pub host: String,
+    /// The URL's port.
+    pub port: u16,
+    /// `http` or `https`.
+    pub scheme: String,
+    /// The URL's path (with its query, if any).
+    pub path: String,
+    /// Origin addresses, each `ip` or `ip:port` (`[v6]:port`).
+    pub origins: Vec<String>,
+    /// Edge addresses, each `ip` or `ip:port`; empty means the agents' resolver.
+    pub edges: Vec<String>,
+    /// The CDN in front of the origin.
+    pub cdn: CdnProfile,
+    /// How long the edge waits for the origin's first byte.
+    pub edge_timeout: Duration,
+}
+
+/// Which of the seed's steps a probe belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Variant {
+    /// Plain requests (the seed's step 2, and step 4's client side).
+    Baseline,
+    /// Requests carrying the CDN's pull headers (step 3.3).
+    CdnHeaders,
+    /// Concurrent requests (step 3.2).
+    Burst,
+}
+
+impl Variant {
+    /// The stable name used in reports and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Baseline => "baseline",
+            Variant::CdnHeaders => "cdn_headers",
+            Variant::Burst => "burst",
+        }
+    }
+}
+
+/// One request's result, as the diagnosis needs it.
+///
+/// Timings are kept as curl's five cumulative marks in `timings_ms`
+/// (dns, connect, tls, ttfb, total) rather than separate `ttfb_ms`/`total_ms`
+/// fields, so that the report can print all five without a parallel input;
+/// a ttfb of 0 means no response byte arrived, as with curl's
+/// `time_starttransfer` (see [`Observation::ttfb_ms`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// How the request travelled.
+    pub route: Route,
+    /// Which step it belongs to.
+    pub variant: Variant,
+    /// The origin or edge address it went to (`""` = the agent's resolver).
+    pub address: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// What curl would have exited with.
+    pub curl_exit: i32,
+    /// The HTTP status, if a response head arrived.
+    pub status: Option<u16>,
+    /// Cumulative milliseconds: dns, connect, tls, ttfb, total.
+    pub timings_ms: [f64; 5],
+    /// Response body bytes read.
+    pub body_bytes: u64,
+    /// SHA-256 of the body read, hex.
+    pub body_sha256: String,
+    /// The page title, if any.
+    pub title: String,
+    /// Response header names, lowercase.
+    pub header_names: Vec<String>,
+    /// The edge's request id (e.g. `EO-LOG-UUID`), if the response had one.
+    pub edge_request_id: String,
+    /// The nonce the request carried (what the witness looks for).
+    pub nonce: String,
+    /// SHA-256 fingerprint of the peer certificate, hex (empty for http).
+    pub tls_sha256: String,
+    /// Whether the peer certificate verified (`None` for http).
+    pub tls_verified: Option<bool>,
+    /// What the region's resolver returned for the host.
+    pub dns_answers: Vec<String>,
+    /// Extra request headers sent (the CDN pull headers for `cdn_headers`).
+    pub sent_headers: Vec<(String, String)>,
+    /// The engine's error text, if any.
+    pub error: String,
+}
+
+impl Observation {
+    /// Time to first byte, if a response byte arrived.
+    pub fn ttfb_ms(&self) -> Option<f64> {
+        let ttfb = self.timings_ms[3];
+        (ttfb > 0.0).then_some(ttfb)
+    }
+
+    /// Total time spent on the request.
+    pub fn total_ms(&self) -> f64 {
+        self.timings_ms[4]
+    }
+}
+
+/// Everything one region reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionEvidence {
+    /// The region's name.
+    pub region: String,
+    /// The agents that probed from it.
+    pub agents: Vec<String>,
+    /// True when the region's agent died or disconnected before finishing;
+    /// its observations are then ignored.
+    pub lost: bool,
+    /// Its requests' results.
+    pub observations: Vec<Observation>,
+}
+
+/// What the origin witness saw.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WitnessEvidence {
+    /// Nonce → peer addresses it arrived from.
+    pub seen: BTreeMap<String, Vec<String>>,
+}
+
+impl WitnessEvidence {
+    /// Whether the origin saw the request carrying `nonce`.
+    pub fn saw(&self, nonce: &str) -> bool {
+        !nonce.is_empty() && self.seen.contains_key(nonce)
+    }
+}
+
+/// The diagnosis's whole input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evidence {
+    /// What was probed.
+    pub target: Target,
+    /// Per-region results.
+    pub regions: Vec<RegionEvidence>,
+    /// The origin witness's sightings, if a witness ran.
+    pub witness: Option<WitnessEvidence>,
+    /// Headers a bisection found to trigger the origin's refusal; empty if
+    /// none were found or no bisection ran.
+    pub blocked_headers: Vec<String>,
+}
+
+/// How sure a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Confidence {
+    /// Clear pattern from three or more regions, corroborated by the witness
+    /// where the witness can tell.
+    High,
+    /// Two regions, or no witness where one would have helped.
+    Medium,
+    /// One region, or a partial pattern.
+    Low,
+}
+
+/// One named fault (DESIGN §5 table; `code` and `kind` are a contract).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    /// The finding's code, e.g. `origin_down`.
+    pub code: String,
+    /// Its kind, where the table lists kinds, e.g. `connect_refused`.
+    pub kind: Option<String>,
+    /// The regions where it holds.
+    pub regions: Vec<String>,
+    /// How sure it is.
+    pub confidence: Confidence,
+    /// One sentence for humans.
+    pub summary: String,
+    /// The probes it rests on, one line each.
+    pub evidence: Vec<String>,
+    /// What to do about it.
+    pub advice: String,
+    /// Shell commands (curl, in the seed's style) that reproduce it.
+    pub reproduce: Vec<String>,
+}
+
+/// The overall verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Enough evidence and nothing wrong.
+    Healthy,
+    /// At least one finding.
+    Faulty,
+    /// Not enough evidence to say.
+    Inconclusive,
+}
+
+impl Status {
+    /// The stable name used in reports and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Healthy => "healthy",
+            Status::Faulty => "faulty",
+            Status::Inconclusive => "inconclusive",
+        }
+    }
+}
+
+/// The diagnosis's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Diagnosis {
+    /// The overall verdict.
+    pub status: Status,
+    /// What was found.
+    pub findings: Vec<Finding>,
+    /// What evidence is missing (set when it limits the verdict).
+    pub missing: Vec<String>,
+}
+
+/// Turns a campaign's evidence into findings (see the module docs for the
+/// order of reasoning and the status rules).
+pub fn diagnose(evidence: &Evidence) -> Diagnosis {
+    let ctx = rules::Ctx::new(evidence);
+    let missing = rules::missing(&ctx);
+    let findings = rules::all_findings(&ctx);
+    let status = if !findings.is_empty() {
+        Status::Faulty
+    } else if !missing.is_empty() {
+        Status::Inconclusive
+    } else {
+        Status::Healthy
+    };
+    Diagnosis {
+        status,
+        findings,
+        missing,
+    }
+}

@@ -1,0 +1,724 @@
+//! The campaign report (DESIGN §6, schema `vantage.report.v1`, a public
+//! contract) and its two human renderings: the terminal view and Markdown
+//! for a support ticket.
+//!
+//! The report is built from the same [`Evidence`] the diagnosis read plus the
+//! [`Diagnosis`] itself, so what it shows is exactly what the verdict rests on.
+//! Fields beyond the contract (`missing`, region `lost`, probe `address`,
+//! `edge_request_id`, `error`, `nonce`) are additions the contract allows.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::diagnosis::{Diagnosis, Evidence, Finding, Observation, Status};
+
+/// The schema identifier every report carries.
+pub const SCHEMA: &str = "vantage.report.v1";
+
+/// A campaign's report (DESIGN §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// The campaign id.
+    pub campaign: String,
+    /// What was probed.
+    pub target: ReportTarget,
+    /// The overall verdict.
+    pub status: Status,
+    /// What was found.
+    pub findings: Vec<Finding>,
+    /// What evidence is missing, when it limits the verdict.
+    pub missing: Vec<String>,
+    /// Every region's probes.
+    pub regions: Vec<ReportRegion>,
+    /// What the origin witness saw.
+    pub witness: ReportWitness,
+}
+
+/// The target as the report shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportTarget {
+    /// The URL.
+    pub url: String,
+    /// Origin addresses.
+    pub origin: Vec<String>,
+    /// Edge addresses (empty: the agents' resolver).
+    pub edge: Vec<String>,
+    /// The CDN profile's name.
+    pub cdn: String,
+    /// The edge's origin-response timeout.
+    pub edge_timeout_ms: u64,
+}
+
+/// One region's part of the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportRegion {
+    /// The region's name.
+    pub region: String,
+    /// Its agents.
+    pub agents: Vec<String>,
+    /// True when its agent was lost (its probes were not used).
+    pub lost: bool,
+    /// Its probes, one per request.
+    pub probes: Vec<ReportProbe>,
+}
+
+/// One request's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportProbe {
+    /// `direct`, `edge` or `dns`.
+    pub route: String,
+    /// `baseline`, `cdn_headers` or `burst`.
+    pub variant: String,
+    /// The address it went to (`""`: the agent's resolver).
+    pub address: String,
+    /// The outcome's stable name.
+    pub outcome: String,
+    /// What curl would have exited with.
+    pub curl_exit: i32,
+    /// The HTTP status, if any.
+    pub status: Option<u16>,
+    /// Cumulative timings, as curl's `-w` variables.
+    pub timings_ms: Timings,
+    /// The edge's request id, if any.
+    pub edge_request_id: String,
+    /// The request's nonce.
+    pub nonce: String,
+    /// The engine's error text, if any.
+    pub error: String,
+}
+
+/// Cumulative milliseconds (curl's `time_namelookup`, `time_connect`,
+/// `time_appconnect`, `time_starttransfer`, `time_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Name lookup done.
+    pub dns: f64,
+    /// TCP connected.
+    pub connect: f64,
+    /// TLS handshake done.
+    pub tls: f64,
+    /// First response byte.
+    pub ttfb: f64,
+    /// Request done.
+    pub total: f64,
+}
+
+/// The witness's part of the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportWitness {
+    /// Whether a witness ran.
+    pub present: bool,
+    /// How many of this campaign's requests it saw.
+    pub seen: usize,
+    /// The peer addresses it saw edge requests come from: what the origin's
+    /// allowlist must contain.
+    pub edge_pull_ips: Vec<String>,
+}
+
+impl From<&Observation> for ReportProbe {
+    fn from(o: &Observation) -> Self {
+        let [dns, connect, tls, ttfb, total] = o.timings_ms;
+        ReportProbe {
+            route: o.route.as_str().to_string(),
+            variant: o.variant.as_str().to_string(),
+            address: o.address.clone(),
+            outcome: o.outcome.as_str().to_string(),
+            curl_exit: o.curl_exit,
+            status: o.status,
+            timings_ms: Timings {
+                dns,
+                connect,
+                tls,
+                ttfb,
+                total,
+            },
+            edge_request_id: o.edge_request_id.clone(),
+            nonce: o.nonce.clone(),
+            error: o.error.clone(),
+        }
+    }
+}
+
+/// Builds the report of campaign `campaign` from its evidence and diagnosis.
+pub fn build(campaign: &str, evidence: &Evidence, diagnosis: &Diagnosis) -> Report {
+    let t = &evidence.target;
+    let witness = match &evidence.witness {
+        None => ReportWitness {
+            present: false,
+            seen: 0,
+            edge_pull_ips: Vec::new(),
+        },
+        Some(w) => {
+            let all = evidence.regions.iter().flat_map(|r| r.observations.iter());
+            let seen = all.clone().filter(|o| w.saw(&o.nonce)).count();
+            let edge_pull_ips: BTreeSet<String> = all
+                .filter(|o| o.route == vantage_proto::domain::Route::Edge)
+                .filter_map(|o| w.seen.get(&o.nonce))
+                .flatten()
+                .cloned()
+                .collect();
+            ReportWitness {
+                present: true,
+                seen,
+                edge_pull_ips: edge_pull_ips.into_iter().collect(),
+            }
+        }
+    };
+    Report {
+        schema: SCHEMA.to_string(),
+        campaign: campaign.to_string(),
+        target: ReportTarget {
+            url: t.url.clone(),
+            origin: t.origins.clone(),
+            edge: t.edges.clone(),
+            cdn: t.cdn.name().to_string(),
+            // Saturates only for absurd timeouts (> 584 million years).
+            edge_timeout_ms: u64::try_from(t.edge_timeout.as_millis()).unwrap_or(u64::MAX),
+        },
+        status: diagnosis.status,
+        findings: diagnosis.findings.clone(),
+        missing: diagnosis.missing.clone(),
+        regions: evidence
+            .regions
+            .iter()
+            .map(|r| ReportRegion {
+                region: r.region.clone(),
+                agents: r.agents.clone(),
+                lost: r.lost,
+                probes: r.observations.iter().map(ReportProbe::from).collect(),
+            })
+            .collect(),
+        witness,
+    }
+}
+
+/// One row of the region × probe table: a region's requests of one
+/// route/variant/address, summarised.
+struct Row {
+    region: String,
+    probe: String,
+    outcome: String,
+    status: String,
+    ttfb: String,
+    failed: bool,
+}
+
+fn rows(report: &Report) -> Vec<Row> {
+    let mut out = Vec::new();
+    for r in &report.regions {
+        let mut keys: Vec<(&str, &str, &str)> = Vec::new();
+        for p in &r.probes {
+            let key = (p.route.as_str(), p.variant.as_str(), p.address.as_str());
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        for (route, variant, address) in keys {
+            let probes: Vec<&ReportProbe> = r
+                .probes
+                .iter()
+                .filter(|p| p.route == route && p.variant == variant && p.address == address)
+                .collect();
+            let outcome = counted(probes.iter().map(|p| p.outcome.clone()));
+            let status = counted(
+                probes
+                    .iter()
+                    .map(|p| p.status.map_or_else(|| "-".to_string(), |s| s.to_string())),
+            );
+            let mut ttfbs: Vec<f64> = probes
+                .iter()
+                .map(|p| p.timings_ms.ttfb)
+                .filter(|t| *t > 0.0)
+                .collect();
+            ttfbs.sort_by(f64::total_cmp);
+            let ttfb = ttfbs
+                .get(ttfbs.len() / 2)
+                .map_or_else(|| "-".to_string(), |t| format!("{t:.0} ms"));
+            let failed = probes
+                .iter()
+                .any(|p| p.outcome != "ok" || p.status.is_some_and(|s| s >= 500));
+            let where_ = if address.is_empty() {
+                String::new()
+            } else {
+                format!(" {address}")
+            };
+            out.push(Row {
+                region: if r.lost {
+                    format!("{} (lost)", r.region)
+                } else {
+                    r.region.clone()
+                },
+                probe: format!("{route}/{variant}{where_}"),
+                outcome,
+                status,
+                ttfb,
+                failed,
+            });
+        }
+    }
+    out
+}
+
+/// `ok` or `ok ×2, reset ×1`.
+fn counted(items: impl Iterator<Item = String>) -> String {
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    for i in items {
+        match seen.iter_mut().find(|(s, _)| *s == i) {
+            Some((_, n)) => *n += 1,
+            None => seen.push((i, 1)),
+        }
+    }
+    if seen.len() == 1 {
+        return seen.remove(0).0;
+    }
+    seen.iter()
+        .map(|(s, n)| format!("{s} ×{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+const RED: &str = "\x1b[31m";
+const GREEN: &str = "\x1b[32m";
+const YELLOW: &str = "\x1b[33m";
+const BOLD: &str = "\x1b[1m";
+const RESET: &str = "\x1b[0m";
+
+/// The report for a terminal: verdict and findings first (summary, evidence,
+/// advice, reproduce), then the region × probe table. ANSI colour only when
+/// `color`.
+pub fn render_terminal(report: &Report, color: bool) -> String {
+    let paint = |code: &str, s: &str| {
+        if color {
+            format!("{code}{s}{RESET}")
+        } else {
+            s.to_string()
+        }
+    };
+    let status_colour = match report.status {
+        Status::Healthy => GREEN,
+        Status::Faulty => RED,
+        Status::Inconclusive => YELLOW,
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} {}  ({}, campaign {})",
+        paint(BOLD, "vantage:"),
+        paint(status_colour, report.status.as_str()),
+        report.target.url,
+        report.campaign
+    );
+    for f in &report.findings {
+        let title = match &f.kind {
+            Some(k) => format!("{}/{k}", f.code),
+            None => f.code.clone(),
+        };
+        let _ = writeln!(
+            out,
+            "\n{} [{}] in {}",
+            paint(&format!("{BOLD}{RED}"), &title),
+            serde_confidence(f),
+            f.regions.join(", ")
+        );
+        let _ = writeln!(out, "  {}", f.summary);
+        for e in &f.evidence {
+            let _ = writeln!(out, "    - {e}");
+        }
+        let _ = writeln!(out, "  {} {}", paint(BOLD, "advice:"), f.advice);
+        let _ = writeln!(out, "  {}", paint(BOLD, "reproduce:"));
+        for c in &f.reproduce {
+            let _ = writeln!(out, "    $ {c}");
+        }
+    }
+    if !report.missing.is_empty() {
+        let _ = writeln!(out, "\n{}", paint(YELLOW, "missing evidence:"));
+        for m in &report.missing {
+            let _ = writeln!(out, "  - {m}");
+        }
+    }
+    let rows = rows(report);
+    let w = |f: fn(&Row) -> &String, head: &str| {
+        rows.iter()
+            .map(|r| f(r).chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(head.len())
+    };
+    let (wr, wp, wo, ws) = (
+        w(|r| &r.region, "region"),
+        w(|r| &r.probe, "probe"),
+        w(|r| &r.outcome, "outcome"),
+        w(|r| &r.status, "status"),
+    );
+    let _ = writeln!(
+        out,
+        "\n{:wr$}  {:wp$}  {:wo$}  {:ws$}  ttfb",
+        "region", "probe", "outcome", "status"
+    );
+    for r in &rows {
+        // Pad before painting so that escapes do not skew the columns.
+        let outcome = format!("{:wo$}", r.outcome);
+        let outcome = if r.failed {
+            paint(RED, &outcome)
+        } else {
+            paint(GREEN, &outcome)
+        };
+        let _ = writeln!(
+            out,
+            "{:wr$}  {:wp$}  {outcome}  {:ws$}  {}",
+            r.region, r.probe, r.status, r.ttfb
+        );
+    }
+    let w = &report.witness;
+    if w.present {
+        let _ = writeln!(
+            out,
+            "\nwitness: saw {} request(s); edge pull IPs: {}",
+            w.seen,
+            if w.edge_pull_ips.is_empty() {
+                "none".to_string()
+            } else {
+                w.edge_pull_ips.join(", ")
+            }
+        );
+    } else {
+        let _ = writeln!(out, "\nwitness: none ran");
+    }
+    out
+}
+
+fn serde_confidence(f: &Finding) -> &'static str {
+    match f.confidence {
+        crate::diagnosis::Confidence::High => "high",
+        crate::diagnosis::Confidence::Medium => "medium",
+        crate::diagnosis::Confidence::Low => "low",
+    }
+}
+
+/// Escapes a table cell.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+/// The report as Markdown for a support ticket: findings, the region × probe
+/// table, and the edge's request ids (e.g. `EO-LOG-UUID`) that the CDN's
+/// support can look up.
+pub fn render_markdown(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# vantage report: {}\n", report.status.as_str());
+    let _ = writeln!(
+        out,
+        "- URL: `{}`\n- origin: {}\n- edge: {}\n- CDN: {} (origin-response timeout {} ms)\n- campaign: `{}`",
+        report.target.url,
+        report.target.origin.join(", "),
+        if report.target.edge.is_empty() {
+            "(resolver)".to_string()
+        } else {
+            report.target.edge.join(", ")
+        },
+        report.target.cdn,
+        report.target.edge_timeout_ms,
+        report.campaign
+    );
+    if !report.findings.is_empty() {
+        let _ = writeln!(out, "\n## Findings");
+    }
+    for f in &report.findings {
+        let title = match &f.kind {
+            Some(k) => format!("`{}` / `{k}`", f.code),
+            None => format!("`{}`", f.code),
+        };
+        let _ = writeln!(
+            out,
+            "\n### {title}\n\n**Regions:** {} — **confidence:** {}\n\n{}\n",
+            f.regions.join(", "),
+            serde_confidence(f),
+            f.summary
+        );
+        for e in &f.evidence {
+            let _ = writeln!(out, "- {e}");
+        }
+        let _ = writeln!(out, "\n**Advice:** {}\n\n```sh", f.advice);
+        for c in &f.reproduce {
+            let _ = writeln!(out, "{c}");
+        }
+        let _ = writeln!(out, "```");
+    }
+    if !report.missing.is_empty() {
+        let _ = writeln!(out, "\n## Missing evidence\n");
+        for m in &report.missing {
+            let _ = writeln!(out, "- {m}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n## Probes\n\n| region | probe | outcome | status | ttfb |\n|---|---|---|---|---|"
+    );
+    for r in rows(report) {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            cell(&r.region),
+            cell(&r.probe),
+            cell(&r.outcome),
+            cell(&r.status),
+            cell(&r.ttfb)
+        );
+    }
+    let id_header = report
+        .target
+        .cdn
+        .parse::<vantage_proto::cdn::CdnProfile>()
+        .map(|p| p.request_id_header())
+        .unwrap_or("request id");
+    let ids: Vec<(String, &ReportProbe)> = report
+        .regions
+        .iter()
+        .flat_map(|r| r.probes.iter().map(move |p| (r.region.clone(), p)))
+        .filter(|(_, p)| !p.edge_request_id.is_empty())
+        .collect();
+    if !ids.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n## Edge request ids ({id_header})\n\n| region | edge | status | {id_header} |\n|---|---|---|---|"
+        );
+        for (region, p) in ids {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | `{}` |",
+                cell(&region),
+                cell(if p.address.is_empty() {
+                    "(resolver)"
+                } else {
+                    &p.address
+                }),
+                p.status.map_or_else(|| "-".to_string(), |s| s.to_string()),
+                cell(&p.edge_request_id)
+            );
+        }
+    }
+    let w = &report.witness;
+    let _ = writeln!(
+        out,
+        "\n## Origin witness\n\n{}",
+        if w.present {
+            format!(
+                "Saw {} request(s); edge pull IPs: {}",
+                w.seen,
+                if w.edge_pull_ips.is_empty() {
+                    "none".to_string()
+                } else {
+                    w.edge_pull_ips.join(", ")
+                }
+            )
+        } else {
+            "No witness ran on the origin.".to_string()
+        }
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use vantage_proto::cdn::CdnProfile;
+    use vantage_proto::domain::{Outcome, Route};
+
+    use super::*;
+    use crate::diagnosis::{diagnose, RegionEvidence, Target, Variant, WitnessEvidence};
+
+    fn obs(
+        route: Route,
+        outcome: Outcome,
+        status: Option<u16>,
+        id: &str,
+        nonce: &str,
+    ) -> Observation {
+        Observation {
+            route,
+            variant: Variant::Baseline,
+            address: if route == Route::Edge {
+                "203.0.113.1"
+            } else {
+                "198.51.100.7"
+            }
+            .to_string(),
+            outcome,
+            curl_exit: outcome.curl_exit(),
+            status,
+            timings_ms: [
+                1.0,
+                2.0,
+                3.0,
+                if status.is_some() { 40.0 } else { 0.0 },
+                50.0,
+            ],
+            body_bytes: 10,
+            body_sha256: String::new(),
+            title: String::new(),
+            header_names: Vec::new(),
+            edge_request_id: id.to_string(),
+            nonce: nonce.to_string(),
+            tls_sha256: String::new(),
+            tls_verified: None,
+            dns_answers: Vec::new(),
+            sent_headers: Vec::new(),
+            error: String::new(),
+        }
+    }
+
+    /// Three regions whose origin refuses connections; the edge says 521.
+    fn evidence() -> Evidence {
+        let region = |name: &str| RegionEvidence {
+            region: name.to_string(),
+            agents: vec![format!("agent-{name}")],
+            lost: false,
+            observations: vec![
+                obs(
+                    Route::Direct,
+                    Outcome::ConnectRefused,
+                    None,
+                    "",
+                    &format!("{name}-1"),
+                ),
+                obs(
+                    Route::Edge,
+                    Outcome::Ok,
+                    Some(521),
+                    &format!("EO-LOG-{name}-5f2c"),
+                    &format!("{name}-2"),
+                ),
+            ],
+        };
+        let mut seen = std::collections::BTreeMap::new();
+        seen.insert("eu-2".to_string(), vec!["43.175.1.1".to_string()]);
+        Evidence {
+            target: Target {
+                url: "http://www.test.com/test.jpg".to_string(),
+                host: "www.test.com".to_string(),
+                port: 80,
+                scheme: "http".to_string(),
+                path: "/test.jpg".to_string(),
+                origins: vec!["198.51.100.7".to_string()],
+                edges: vec!["203.0.113.1".to_string()],
+                cdn: CdnProfile::EdgeOne,
+                edge_timeout: Duration::from_secs(15),
+            },
+            regions: vec![region("eu"), region("us"), region("ap")],
+            witness: Some(WitnessEvidence { seen }),
+            blocked_headers: Vec::new(),
+        }
+    }
+
+    fn report() -> Report {
+        let ev = evidence();
+        build("c-123", &ev, &diagnose(&ev))
+    }
+
+    fn keys(v: &serde_json::Value) -> Vec<&str> {
+        v.as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn json_has_the_contract_keys_and_schema() {
+        let json = serde_json::to_value(report()).unwrap_or_default();
+        assert_eq!(json["schema"], "vantage.report.v1");
+        assert_eq!(json["campaign"], "c-123");
+        assert_eq!(json["status"], "faulty");
+        for k in [
+            "schema", "campaign", "target", "status", "findings", "regions", "witness",
+        ] {
+            assert!(keys(&json).contains(&k), "{k}");
+        }
+        let t = &json["target"];
+        for k in ["url", "origin", "edge", "cdn", "edge_timeout_ms"] {
+            assert!(keys(t).contains(&k), "target.{k}");
+        }
+        assert_eq!(t["cdn"], "edgeone");
+        assert_eq!(t["edge_timeout_ms"], 15000);
+        let f = &json["findings"][0];
+        for k in [
+            "code",
+            "kind",
+            "regions",
+            "confidence",
+            "summary",
+            "evidence",
+            "advice",
+            "reproduce",
+        ] {
+            assert!(keys(f).contains(&k), "finding.{k}");
+        }
+        assert_eq!(f["code"], "origin_down");
+        assert_eq!(f["kind"], "connect_refused");
+        assert_eq!(f["confidence"], "high");
+        let r = &json["regions"][0];
+        assert!(
+            keys(r).contains(&"region")
+                && keys(r).contains(&"agents")
+                && keys(r).contains(&"probes")
+        );
+        let p = &r["probes"][0];
+        for k in [
+            "route",
+            "variant",
+            "outcome",
+            "curl_exit",
+            "status",
+            "timings_ms",
+        ] {
+            assert!(keys(p).contains(&k), "probe.{k}");
+        }
+        assert_eq!(p["route"], "direct");
+        assert_eq!(p["variant"], "baseline");
+        assert_eq!(p["outcome"], "connect_refused");
+        assert_eq!(p["curl_exit"], 7);
+        assert!(p["status"].is_null());
+        let mut tk = keys(&p["timings_ms"]);
+        tk.sort_unstable();
+        assert_eq!(tk, ["connect", "dns", "tls", "total", "ttfb"]);
+        let w = &json["witness"];
+        assert_eq!(w["present"], true);
+        assert_eq!(w["seen"], 1);
+        assert_eq!(w["edge_pull_ips"], serde_json::json!(["43.175.1.1"]));
+    }
+
+    #[test]
+    fn report_round_trips_through_json() {
+        let r = report();
+        let text = serde_json::to_string(&r).unwrap_or_default();
+        let back: Option<Report> = serde_json::from_str(&text).ok();
+        assert_eq!(back, Some(r));
+    }
+
+    #[test]
+    fn terminal_shows_findings_before_the_table_and_no_ansi_without_colour() {
+        let text = render_terminal(&report(), false);
+        assert!(!text.contains('\x1b'), "{text}");
+        let finding = text
+            .find("origin_down/connect_refused")
+            .unwrap_or(usize::MAX);
+        let table = text.find("region  ").unwrap_or(0);
+        assert!(finding < table, "{text}");
+        assert!(text.contains("$ curl -vo/dev/null"));
+        assert!(text.contains("advice:"));
+        assert!(render_terminal(&report(), true).contains("\x1b[31m"));
+    }
+
+    #[test]
+    fn markdown_lists_the_edge_request_ids() {
+        let md = render_markdown(&report());
+        assert!(md.contains("EO-LOG-UUID"), "{md}");
+        assert!(md.contains("`EO-LOG-ap-5f2c`"), "{md}");
+        assert!(md.contains("## Findings"));
+        assert!(md.find("## Findings") < md.find("## Probes"));
+        assert!(md.contains("```sh\ncurl -vo/dev/null"));
+    }
+}
