@@ -358,8 +358,7 @@ async fn follow(
             Err(broadcast::error::RecvError::Lagged(_)) => continue,
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        let find =
-            |runs: &[RegionRun], f: &dyn Fn(&RegionRun) -> bool| runs.iter().position(f);
+        let find = |runs: &[RegionRun], f: &dyn Fn(&RegionRun) -> bool| runs.iter().position(f);
         match event {
             AgentEvent::PlanFinished { plan_id, .. } => {
                 if let Some(i) = find(runs, &|r| r.plan_id == plan_id) {

@@ -401,6 +401,19 @@ impl CoordinatorProcess {
         client::connect(&Target::discover(None, &self.data_dir, &MapEnv::default())?)
     }
 
+    /// Starts the `vantage` CLI against this coordinator without waiting.
+    pub fn cli_spawn(&self, args: &[String]) -> anyhow::Result<tokio::process::Child> {
+        Ok(tokio::process::Command::new(bin_path("vantage"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?)
+    }
+
     /// Creates a one-use enrollment token with `vantage token create`.
     pub async fn create_token(&self, region: &str) -> anyhow::Result<String> {
         let out = self.cli(&["token", "create", "--region", region]).await?;

@@ -11,3 +11,4 @@ pub mod lab;
 pub mod origin;
 pub mod probe_bench;
 pub mod process;
+pub mod scenario;

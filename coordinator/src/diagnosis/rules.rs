@@ -844,9 +844,15 @@ fn origin_slow(ctx: &Ctx<'_>, groups: &[&Group<'_>]) -> Option<Finding> {
         .fold((0.0_f64, false), |(w, t), (ms, to)| (w.max(ms), t || to));
     let address = groups.first()?.address;
     let regions = regions_of(groups);
-    let edge_s = ctx.target().edge_timeout.as_secs();
+    let edge_ms = ctx.target().edge_timeout.as_secs_f64() * 1000.0;
+    // Sub-second timeouts (labs, scaled-down tests) keep their decimal.
+    let edge_s = if edge_ms < 10_000.0 {
+        format!("{:.1}", edge_ms / 1000.0)
+    } else {
+        format!("{:.0}", edge_ms / 1000.0)
+    };
     // Suggest headroom of half again the worst TTFB seen, in whole seconds.
-    let suggest = secs_ceil(worst * 1.5).max(edge_s + 1);
+    let suggest = secs_ceil(worst * 1.5).max(secs_ceil(edge_ms) + 1);
     let seen = if timed_out {
         format!("more than {:.1} s", worst / 1000.0)
     } else {

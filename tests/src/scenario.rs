@@ -1,0 +1,257 @@
+//! End-to-end scenarios: a real `vantage serve`, three real regional
+//! `vantage-agent run` processes (each from its own loopback source address,
+//! 127.0.N.1), a real witness following the lab origin's access log, the
+//! fault-scripted origin and optionally the edge simulator — then a real
+//! `vantage diagnose --json`, whose report the tests assert on.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::edge::{Edge, EdgeBuilder};
+use crate::fixture::{Fault, Fixture, TlsMode};
+use crate::lab::{spawn_agent_process, wait_agent_connected, CoordinatorProcess};
+use crate::process::{bin_path, ChildProcess};
+
+/// The lab's regions and the source address that stands for each.
+pub const REGIONS: [(&str, [u8; 4]); 3] = [
+    ("eu", [127, 0, 1, 1]),
+    ("us", [127, 0, 2, 1]),
+    ("ap", [127, 0, 3, 1]),
+];
+
+/// A running scenario.
+pub struct Scenario {
+    /// The coordinator process.
+    pub coordinator: CoordinatorProcess,
+    /// One agent process per region, in [`REGIONS`] order.
+    pub agents: Vec<ChildProcess>,
+    /// The witness process.
+    pub witness: ChildProcess,
+    /// The origin.
+    pub origin: Fixture,
+    /// The edge, when the scenario has one.
+    pub edge: Option<Edge>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+/// An edge in front: its profile, origin timeout, and listen addresses
+/// (each with the status it answers by itself when broken).
+type EdgeSetup = (
+    vantage_proto::cdn::CdnProfile,
+    Duration,
+    Vec<(IpAddr, Option<u16>)>,
+);
+
+/// What a scenario is made of.
+pub struct ScenarioBuilder {
+    fault: Fault,
+    tls: TlsMode,
+    edge: Option<EdgeSetup>,
+}
+
+impl ScenarioBuilder {
+    /// An origin with `fault` over `tls`.
+    pub fn new(fault: Fault, tls: TlsMode) -> Self {
+        ScenarioBuilder {
+            fault,
+            tls,
+            edge: None,
+        }
+    }
+
+    /// Puts an edge simulator in front, listening on `addrs` (each with an
+    /// optional status it answers by itself, as a broken edge node).
+    pub fn edge(
+        mut self,
+        profile: vantage_proto::cdn::CdnProfile,
+        timeout: Duration,
+        addrs: Vec<(IpAddr, Option<u16>)>,
+    ) -> Self {
+        self.edge = Some((profile, timeout, addrs));
+        self
+    }
+
+    /// Starts everything and waits until every agent and the witness are connected.
+    pub async fn start(self) -> anyhow::Result<Scenario> {
+        let data = tempfile::tempdir()?;
+        let logs = tempfile::tempdir()?;
+        let log = logs.path().join("access.log");
+        let origin = Fixture::builder(self.fault)
+            .tls(self.tls)
+            .access_log(log.clone())
+            .spawn()
+            .await?;
+        let edge = match self.edge {
+            Some((profile, timeout, addrs)) => {
+                let mut builder = EdgeBuilder::new(profile, origin.addr())
+                    .origin_timeout(timeout)
+                    .listen(addrs.iter().map(|(ip, _)| *ip).collect())
+                    .origin_tls(self.tls != TlsMode::Plain);
+                for (ip, broken) in &addrs {
+                    if let Some(status) = broken {
+                        builder = builder.broken_for(*ip, *status);
+                    }
+                }
+                Some(builder.spawn().await?)
+            }
+            None => None,
+        };
+        let coordinator =
+            CoordinatorProcess::start(data.path(), "127.0.0.1:0".parse()?, Duration::from_secs(1))
+                .await?;
+        let mut dirs = vec![data, logs];
+        let mut agents = Vec::new();
+        for (region, source) in REGIONS {
+            let token = coordinator.create_token(region).await?;
+            let state = tempfile::tempdir()?;
+            let ip = IpAddr::from(source).to_string();
+            let mut agent = spawn_agent_process(
+                state.path(),
+                &[
+                    "--token",
+                    &token,
+                    "--name",
+                    &format!("{region}-1"),
+                    "--bind-ip",
+                    &ip,
+                ],
+            )?;
+            wait_agent_connected(&mut agent)
+                .await
+                .with_context(|| format!("agent {region}"))?;
+            agents.push(agent);
+            dirs.push(state);
+        }
+        let token = coordinator.create_token("origin").await?;
+        let state = tempfile::tempdir()?;
+        let args: Vec<String> = [
+            "witness",
+            "--token",
+            &token,
+            "--access-log",
+            log.to_str().unwrap_or_default(),
+            "--state-dir",
+            state.path().to_str().unwrap_or_default(),
+            "--name",
+            "witness-1",
+            "--poll",
+            "20ms",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut witness =
+            ChildProcess::spawn("vantage-agent witness", &bin_path("vantage-agent"), &args)?;
+        wait_agent_connected(&mut witness)
+            .await
+            .context("witness")?;
+        dirs.push(state);
+        Ok(Scenario {
+            coordinator,
+            agents,
+            witness,
+            origin,
+            edge,
+            _dirs: dirs,
+        })
+    }
+}
+
+impl Scenario {
+    /// The site URL (the lab host on the origin's port).
+    pub fn url(&self, path: &str) -> String {
+        self.origin.url(path)
+    }
+
+    /// Arguments for `vantage diagnose` against this lab (origin, edges,
+    /// and `extra`), with `--json`.
+    pub fn diagnose_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "diagnose".to_string(),
+            self.url("/lab"),
+            "--origin".into(),
+            self.origin.addr().to_string(),
+            "--json".into(),
+        ];
+        if let Some(edge) = &self.edge {
+            args.push("--edge".into());
+            args.push(
+                edge.addrs()
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    /// Runs `vantage diagnose --json` and returns its exit code and report.
+    pub async fn diagnose(&self, extra: &[&str]) -> anyhow::Result<(i32, serde_json::Value)> {
+        let args = self.diagnose_args(extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.coordinator.cli(&refs).await?;
+        let code = out.status.code().unwrap_or(-1);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "diagnose printed no JSON (exit {code}); stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        Ok((code, report))
+    }
+}
+
+/// The findings of a report with `code`.
+pub fn findings<'a>(report: &'a serde_json::Value, code: &str) -> Vec<&'a serde_json::Value> {
+    report["findings"]
+        .as_array()
+        .map(|f| f.iter().filter(|x| x["code"] == code).collect())
+        .unwrap_or_default()
+}
+
+/// Regions a finding names, sorted.
+pub fn regions_of(finding: &serde_json::Value) -> Vec<String> {
+    let mut regions: Vec<String> = finding["regions"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    regions.sort();
+    regions
+}
+
+/// Checks that every `reproduce` command of every finding is a runnable
+/// command in the seed's style.
+pub fn reproduce_is_well_formed(report: &serde_json::Value) -> Result<(), String> {
+    for finding in report["findings"].as_array().into_iter().flatten() {
+        let commands = finding["reproduce"]
+            .as_array()
+            .ok_or("finding without reproduce")?;
+        if commands.is_empty() {
+            return Err(format!("{} has no reproduce command", finding["code"]));
+        }
+        for command in commands {
+            let text = command.as_str().ok_or("reproduce is not text")?;
+            let runnable =
+                text.starts_with("curl ") || text.starts_with("for ") || text.starts_with("dig ");
+            if !runnable || text.contains('\n') && !text.starts_with("for ") {
+                return Err(format!("not a runnable command: {text}"));
+            }
+            if text.starts_with("curl ")
+                && !(text.contains("--resolve")
+                    || text.contains("--connect-to")
+                    || text.contains("http"))
+            {
+                return Err(format!("curl without target: {text}"));
+            }
+        }
+    }
+    Ok(())
+}

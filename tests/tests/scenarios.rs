@@ -1,0 +1,213 @@
+//! End-to-end diagnosis scenarios with real processes (DESIGN §5, §8): each
+//! asserts the JSON report's status, finding code/kind/regions, and that the
+//! reproduce commands are well-formed.
+
+use std::time::Duration;
+
+use vantage_lab::fixture::{Fault, TlsMode};
+use vantage_lab::scenario::{findings, regions_of, reproduce_is_well_formed, ScenarioBuilder};
+use vantage_proto::cdn::CdnProfile;
+
+const ALL: [&str; 3] = ["ap", "eu", "us"];
+/// A scaled-down edge timeout keeps the slow scenarios quick.
+const EDGE_TIMEOUT: &str = "600ms";
+
+async fn origin_down(fault: Fault, kind: &str) {
+    let lab = ScenarioBuilder::new(fault, TlsMode::Plain)
+        .start()
+        .await
+        .unwrap();
+    let (code, report) = lab
+        .diagnose(&[
+            "--edge-timeout",
+            EDGE_TIMEOUT,
+            "--burst",
+            "5",
+            "--attempts",
+            "2",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(report["schema"], "vantage.report.v1");
+    assert_eq!(report["status"], "faulty", "{report:#}");
+    assert_eq!(code, 1);
+    let down = findings(&report, "origin_down");
+    assert_eq!(down.len(), 1, "{report:#}");
+    assert_eq!(down[0]["kind"], kind, "{report:#}");
+    assert_eq!(regions_of(down[0]), ALL);
+    assert!(
+        findings(&report, "carrier_interference").is_empty(),
+        "{report:#}"
+    );
+    reproduce_is_well_formed(&report).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_origin_is_healthy() {
+    let lab = ScenarioBuilder::new(Fault::Healthy, TlsMode::Plain)
+        .start()
+        .await
+        .unwrap();
+    let (code, report) = lab
+        .diagnose(&[
+            "--edge-timeout",
+            EDGE_TIMEOUT,
+            "--burst",
+            "5",
+            "--attempts",
+            "2",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(report["status"], "healthy", "{report:#}");
+    assert_eq!(code, 0);
+    assert_eq!(report["regions"].as_array().unwrap().len(), 3);
+    assert_eq!(report["witness"]["present"], true);
+    assert!(
+        report["witness"]["seen"].as_u64().unwrap() > 0,
+        "the witness saw the direct probes: {report:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_down_connect_refused() {
+    origin_down(Fault::Refuse, "connect_refused").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_down_reset() {
+    origin_down(Fault::ResetAfterRequest, "reset").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_down_empty_reply() {
+    origin_down(Fault::EmptyReply, "empty_reply").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_down_http_5xx() {
+    origin_down(Fault::Status(503), "http_5xx").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_slow_names_the_ttfb() {
+    let lab = ScenarioBuilder::new(
+        Fault::SlowFirstByte(Duration::from_millis(900)),
+        TlsMode::Plain,
+    )
+    .start()
+    .await
+    .unwrap();
+    let (code, report) = lab
+        .diagnose(&[
+            "--edge-timeout",
+            EDGE_TIMEOUT,
+            "--burst",
+            "3",
+            "--attempts",
+            "1",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{report:#}");
+    let slow = findings(&report, "origin_slow");
+    assert_eq!(slow.len(), 1, "{report:#}");
+    assert_eq!(regions_of(slow[0]), ALL);
+    let advice = slow[0]["advice"].as_str().unwrap();
+    assert!(
+        advice.contains("0.9 s") && advice.contains("from 0.6 s"),
+        "names the TTFB seen and the timeout: {advice}"
+    );
+    reproduce_is_well_formed(&report).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_tls_error_certificate() {
+    let lab = ScenarioBuilder::new(Fault::Healthy, TlsMode::Untrusted)
+        .start()
+        .await
+        .unwrap();
+    let (code, report) = lab
+        .diagnose(&[
+            "--edge-timeout",
+            EDGE_TIMEOUT,
+            "--burst",
+            "3",
+            "--attempts",
+            "1",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{report:#}");
+    let tls = findings(&report, "origin_tls_error");
+    assert_eq!(tls.len(), 1, "{report:#}");
+    assert_eq!(tls[0]["kind"], "certificate");
+    assert_eq!(regions_of(tls[0]), ALL);
+    reproduce_is_well_formed(&report).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_fault_via_one_edge_address() {
+    let lab = ScenarioBuilder::new(Fault::Healthy, TlsMode::Plain)
+        .edge(
+            CdnProfile::EdgeOne,
+            Duration::from_millis(600),
+            vec![
+                ("127.0.0.2".parse().unwrap(), None),
+                ("127.0.0.3".parse().unwrap(), Some(502)),
+            ],
+        )
+        .start()
+        .await
+        .unwrap();
+    let (code, report) = lab
+        .diagnose(&[
+            "--edge-timeout",
+            EDGE_TIMEOUT,
+            "--burst",
+            "3",
+            "--attempts",
+            "1",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{report:#}");
+    let edge = findings(&report, "edge_fault");
+    assert_eq!(edge.len(), 1, "{report:#}");
+    assert!(findings(&report, "origin_down").is_empty(), "{report:#}");
+    reproduce_is_well_formed(&report).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_agent_makes_its_region_lost_and_the_campaign_ends() {
+    let mut lab = ScenarioBuilder::new(
+        Fault::SlowFirstByte(Duration::from_millis(1500)),
+        TlsMode::Plain,
+    )
+    .start()
+    .await
+    .unwrap();
+    let args = lab.diagnose_args(&["--edge-timeout", "1s", "--burst", "3", "--attempts", "1"]);
+    let diagnose = lab.coordinator.cli_spawn(&args).unwrap();
+    // Mid-campaign: requests are arriving at the origin; kill one region's agent.
+    assert!(lab.origin.wait_requests(3, Duration::from_secs(20)).await);
+    lab.agents[2].kill9().await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), diagnose.wait_with_output())
+        .await
+        .expect("the campaign ends in bounded time")
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "no report; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let ap = report["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["region"] == "ap")
+        .unwrap()
+        .clone();
+    assert_eq!(ap["lost"], true, "{report:#}");
+}
