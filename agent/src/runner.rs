@@ -119,14 +119,26 @@ impl Runner {
     ) -> Result<u64, SpoolError> {
         let (tx, mut rx) = mpsc::channel::<pb::ProbeResult>(BATCH_RESULTS * 4);
         let plan_id: Arc<str> = Arc::from(plan.plan_id.as_str());
-        let mut probes = tokio::task::JoinSet::new();
+        let mut phases: std::collections::BTreeMap<u32, Vec<pb::ProbeSpec>> =
+            std::collections::BTreeMap::new();
         for spec in plan.probes {
-            let runner = self.clone();
-            let tx = tx.clone();
-            let plan_id = plan_id.clone();
-            probes.spawn(async move { runner.run_spec(&plan_id, spec, tx).await });
+            phases.entry(spec.phase).or_default().push(spec);
         }
-        drop(tx);
+        let runner = self.clone();
+        let run_plan_id = plan_id.clone();
+        // Phases run in order, the probes of one phase all at once.
+        let probes = tokio::spawn(async move {
+            for (_, specs) in phases {
+                let mut running = tokio::task::JoinSet::new();
+                for spec in specs {
+                    let runner = runner.clone();
+                    let tx = tx.clone();
+                    let plan_id = run_plan_id.clone();
+                    running.spawn(async move { runner.run_spec(&plan_id, spec, tx).await });
+                }
+                while running.join_next().await.is_some() {}
+            }
+        });
 
         let mut produced = 0u64;
         let mut batch = Vec::with_capacity(BATCH_RESULTS);
@@ -158,7 +170,7 @@ impl Runner {
         // durable as the results themselves.
         append(&spool, batch, Some(plan_id.to_string())).await?;
         spooled.notify_one();
-        while probes.join_next().await.is_some() {}
+        let _ = probes.await;
         Ok(produced)
     }
 

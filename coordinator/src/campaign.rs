@@ -211,8 +211,9 @@ impl Coordinator {
                 state: RegionState::Running,
             });
         }
+        // Phase 0 runs `attempts` sequential requests per probe; phase 1 the burst.
         let deadline =
-            tokio::time::Instant::now() + target.longest_probe() * target.attempts + MARGIN;
+            tokio::time::Instant::now() + target.longest_probe() * (target.attempts + 1) + MARGIN;
         let core = self.clone();
         let id = campaign_id.clone();
         let done = tokio::spawn(async move {

@@ -271,6 +271,8 @@ pub fn build_probes(
             burst: target.burst,
             concurrency: target.burst,
             attempts: 1,
+            // After the baselines: the burst must not be what makes them fail.
+            phase: 1,
             ..direct("burst", format!("direct/burst@{at}"))
         });
     }
@@ -345,6 +347,11 @@ mod tests {
         assert!(ids.contains(&"dns"));
         let burst = probes.iter().find(|p| p.variant == "burst").unwrap();
         assert_eq!((burst.burst, burst.concurrency), (20, 20));
+        assert_eq!(burst.phase, 1, "the burst runs after the baselines");
+        assert!(probes
+            .iter()
+            .filter(|p| p.variant != "burst")
+            .all(|p| p.phase == 0));
         let full = probes
             .iter()
             .find(|p| p.probe_id == "direct/cdn_headers@192.0.2.10:80")

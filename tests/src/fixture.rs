@@ -119,6 +119,21 @@ pub enum Fault {
     OversizedHeader,
     /// A normal answer with this status (e.g. 503, 429) and a small body.
     Status(u16),
+    /// Rate limiting by concurrency: each client address may have at most
+    /// `per_client` requests in progress; answers take `hold`; a request over
+    /// the limit gets an empty reply (what the seed's step 3.2 looks for).
+    ConcurrencyLimit {
+        /// Requests in progress allowed per client address.
+        per_client: u32,
+        /// How long each answer takes (so that concurrency builds up).
+        hold: Duration,
+    },
+    /// A WAF rule: a request carrying this header (any value, name
+    /// case-insensitive) gets `403 Forbidden`; others are answered healthy.
+    RejectHeader(String),
+    /// An allowlist/firewall: connections from this address are reset before
+    /// the web server reads (and logs) anything; others are answered healthy.
+    RejectClient(IpAddr),
 }
 
 /// How the fixture speaks on the wire.
@@ -338,6 +353,7 @@ impl FixtureBuilder {
             fault: self.fault.clone(),
             log: Mutex::new(log),
             requests: requests_tx,
+            in_progress: Mutex::default(),
         });
 
         let (stop, task) = if self.fault == Fault::Refuse {
@@ -479,6 +495,7 @@ struct Shared {
     fault: Fault,
     log: Mutex<File>,
     requests: watch::Sender<u64>,
+    in_progress: Mutex<std::collections::HashMap<IpAddr, u32>>,
 }
 
 /// A parsed request head: just what the access log needs.
@@ -488,6 +505,7 @@ struct RequestHead {
     version: String,
     referer: Option<String>,
     user_agent: Option<String>,
+    header_names: Vec<String>,
 }
 
 impl Shared {
@@ -554,6 +572,13 @@ async fn connection(
     acceptor: Option<TlsAcceptor>,
     http2: bool,
 ) {
+    if let Fault::RejectClient(rejected) = &shared.fault {
+        if *rejected == peer {
+            // A firewall: the web server never sees (or logs) this client.
+            let _ = tcp.set_zero_linger();
+            return;
+        }
+    }
     if shared.fault == Fault::ResetAfterRequest {
         // Set before any TLS wrapping: whenever this socket is dropped the
         // kernel sends RST instead of FIN, which is the whole fault.
@@ -615,11 +640,13 @@ fn parse_head(raw: &[u8]) -> Option<RequestHead> {
         version,
         referer: None,
         user_agent: None,
+        header_names: Vec::new(),
     };
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };
+        head.header_names.push(name.trim().to_ascii_lowercase());
         let value = Some(value.trim().to_string());
         if name.eq_ignore_ascii_case("user-agent") {
             head.user_agent = value;
@@ -727,6 +754,52 @@ where
             let body = status_body(*code);
             shared.record(peer, &head, Some(*code), body_len(body.len()));
             respond(&mut stream, *code, body.as_bytes(), head_only).await?;
+            close(stream).await
+        }
+        Fault::ConcurrencyLimit { per_client, hold } => {
+            let admitted = {
+                let mut busy = shared.in_progress.lock().unwrap_or_else(|e| e.into_inner());
+                let count = busy.entry(peer).or_insert(0);
+                if *count >= *per_client {
+                    false
+                } else {
+                    *count += 1;
+                    true
+                }
+            };
+            if !admitted {
+                shared.record(peer, &head, None, 0);
+                return close(stream).await;
+            }
+            shared.record(peer, &head, Some(200), body_len(healthy.len()));
+            tokio::time::sleep(*hold).await; // the slowness is the fault itself
+            let sent = respond(&mut stream, 200, healthy, head_only).await;
+            if let Ok(mut busy) = shared.in_progress.lock() {
+                if let Some(count) = busy.get_mut(&peer) {
+                    *count = count.saturating_sub(1);
+                }
+            }
+            sent?;
+            close(stream).await
+        }
+        Fault::RejectHeader(name) => {
+            if head
+                .header_names
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name))
+            {
+                let body = b"<html><title>403 Forbidden</title><body>Request blocked by WAF rule</body></html>\n";
+                shared.record(peer, &head, Some(403), body_len(body.len()));
+                respond(&mut stream, 403, body, head_only).await?;
+            } else {
+                shared.record(peer, &head, Some(200), body_len(healthy.len()));
+                respond(&mut stream, 200, healthy, head_only).await?;
+            }
+            close(stream).await
+        }
+        Fault::RejectClient(_) => {
+            shared.record(peer, &head, Some(200), body_len(healthy.len()));
+            respond(&mut stream, 200, healthy, head_only).await?;
             close(stream).await
         }
     }
@@ -850,6 +923,11 @@ async fn http2_answer<B>(
         version: "HTTP/2.0".to_string(), // what nginx logs for h2
         referer: header(http::header::REFERER),
         user_agent: header(http::header::USER_AGENT),
+        header_names: request
+            .headers()
+            .keys()
+            .map(|k| k.as_str().to_string())
+            .collect(),
     };
     let (status, body) = match &shared.fault {
         Fault::Status(code) => (*code, status_body(*code).into_bytes()),
@@ -1089,6 +1167,7 @@ mod tests {
             version: "HTTP/1.1".into(),
             referer: None,
             user_agent: Some("evil\" agent".into()),
+            header_names: Vec::new(),
         };
         let line = access_log_line(
             IpAddr::V4(Ipv4Addr::LOCALHOST),

@@ -33,6 +33,7 @@ pub struct Scenario {
     pub origin: Fixture,
     /// The edge, when the scenario has one.
     pub edge: Option<Edge>,
+    https: bool,
     _dirs: Vec<tempfile::TempDir>,
 }
 
@@ -49,6 +50,8 @@ pub struct ScenarioBuilder {
     fault: Fault,
     tls: TlsMode,
     edge: Option<EdgeSetup>,
+    edge_source: Option<IpAddr>,
+    https: bool,
 }
 
 impl ScenarioBuilder {
@@ -58,6 +61,8 @@ impl ScenarioBuilder {
             fault,
             tls,
             edge: None,
+            edge_source: None,
+            https: false,
         }
     }
 
@@ -70,6 +75,19 @@ impl ScenarioBuilder {
         addrs: Vec<(IpAddr, Option<u16>)>,
     ) -> Self {
         self.edge = Some((profile, timeout, addrs));
+        self
+    }
+
+    /// The edge pulls from this source address (an origin allowlist can refuse it).
+    pub fn edge_source(mut self, ip: IpAddr) -> Self {
+        self.edge_source = Some(ip);
+        self
+    }
+
+    /// Diagnose an `https://` URL even when the origin speaks plain HTTP
+    /// (a TLS handshake failure at the origin).
+    pub fn https_url(mut self) -> Self {
+        self.https = true;
         self
     }
 
@@ -89,6 +107,9 @@ impl ScenarioBuilder {
                     .origin_timeout(timeout)
                     .listen(addrs.iter().map(|(ip, _)| *ip).collect())
                     .origin_tls(self.tls != TlsMode::Plain);
+                if let Some(source) = self.edge_source {
+                    builder = builder.source_ip(source);
+                }
                 for (ip, broken) in &addrs {
                     if let Some(status) = broken {
                         builder = builder.broken_for(*ip, *status);
@@ -154,6 +175,7 @@ impl ScenarioBuilder {
             witness,
             origin,
             edge,
+            https: self.https,
             _dirs: dirs,
         })
     }
@@ -162,7 +184,15 @@ impl ScenarioBuilder {
 impl Scenario {
     /// The site URL (the lab host on the origin's port).
     pub fn url(&self, path: &str) -> String {
-        self.origin.url(path)
+        if self.https {
+            format!(
+                "https://{}:{}{path}",
+                crate::fixture::LAB_HOST,
+                self.origin.addr().port()
+            )
+        } else {
+            self.origin.url(path)
+        }
     }
 
     /// Arguments for `vantage diagnose` against this lab (origin, edges,

@@ -211,3 +211,142 @@ async fn killed_agent_makes_its_region_lost_and_the_campaign_ends() {
         .clone();
     assert_eq!(ap["lost"], true, "{report:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_rate_limited_by_concurrency() {
+    let lab = ScenarioBuilder::new(
+        Fault::ConcurrencyLimit {
+            per_client: 8,
+            hold: Duration::from_millis(150),
+        },
+        TlsMode::Plain,
+    )
+    .start()
+    .await
+    .unwrap();
+    let (code, report) = lab
+        .diagnose(&[
+            "--edge-timeout",
+            EDGE_TIMEOUT,
+            "--burst",
+            "30",
+            "--attempts",
+            "3",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{report:#}");
+    let limited = findings(&report, "origin_rate_limited");
+    assert_eq!(limited.len(), 1, "{report:#}");
+    assert_eq!(regions_of(limited[0]), ALL);
+    assert!(findings(&report, "origin_down").is_empty(), "{report:#}");
+    reproduce_is_well_formed(&report).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_blocks_cdn_headers_names_the_header() {
+    let lab = ScenarioBuilder::new(Fault::RejectHeader("EO-LOG-UUID".into()), TlsMode::Plain)
+        .start()
+        .await
+        .unwrap();
+    let (code, report) = lab
+        .diagnose(&[
+            "--edge-timeout",
+            EDGE_TIMEOUT,
+            "--burst",
+            "3",
+            "--attempts",
+            "2",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{report:#}");
+    let waf = findings(&report, "origin_blocks_cdn_headers");
+    assert_eq!(waf.len(), 1, "{report:#}");
+    let text =
+        serde_json::to_string(&waf[0]["evidence"]).unwrap() + waf[0]["summary"].as_str().unwrap();
+    assert!(
+        text.contains("EO-LOG-UUID"),
+        "the finding names the header: {report:#}"
+    );
+    assert!(
+        waf[0]["reproduce"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c.as_str().unwrap().contains("-H 'EO-LOG-UUID")),
+        "{report:#}"
+    );
+    reproduce_is_well_formed(&report).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_blocks_the_edges_pull_address() {
+    let pull_ip: std::net::IpAddr = "127.0.0.9".parse().unwrap();
+    let lab = ScenarioBuilder::new(Fault::RejectClient(pull_ip), TlsMode::Plain)
+        .edge(
+            CdnProfile::EdgeOne,
+            Duration::from_millis(600),
+            vec![("127.0.0.2".parse().unwrap(), None)],
+        )
+        .edge_source(pull_ip)
+        .start()
+        .await
+        .unwrap();
+    let (code, report) = lab
+        .diagnose(&[
+            "--edge-timeout",
+            EDGE_TIMEOUT,
+            "--burst",
+            "3",
+            "--attempts",
+            "1",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{report:#}");
+    let blocked = findings(&report, "origin_blocks_edge");
+    assert_eq!(blocked.len(), 1, "{report:#}");
+    assert_eq!(regions_of(blocked[0]), ALL);
+    reproduce_is_well_formed(&report).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_tls_error_handshake() {
+    let lab = ScenarioBuilder::new(Fault::Healthy, TlsMode::Plain)
+        .https_url()
+        .start()
+        .await
+        .unwrap();
+    let (code, report) = lab
+        .diagnose(&[
+            "--edge-timeout",
+            EDGE_TIMEOUT,
+            "--burst",
+            "3",
+            "--attempts",
+            "1",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{report:#}");
+    let tls = findings(&report, "origin_tls_error");
+    assert_eq!(tls.len(), 1, "{report:#}");
+    assert_eq!(tls[0]["kind"], "handshake", "{report:#}");
+    reproduce_is_well_formed(&report).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_without_agents_is_an_error_before_anything_runs() {
+    let lab = ScenarioBuilder::new(Fault::Healthy, TlsMode::Plain)
+        .start()
+        .await
+        .unwrap();
+    let args = lab.diagnose_args(&["--regions", "eu,mars"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.coordinator.cli(&refs).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("region mars has no connected agent"));
+    assert_eq!(lab.origin.requests(), 0, "nothing ran");
+}
