@@ -837,30 +837,7 @@ async fn witness(args: WitnessArgs, env: &dyn Env) -> anyhow::Result<()> {
     .with_context(|| format!("cannot follow {}", args.access_log.display()))?;
     let (observations, queued) = tokio::sync::mpsc::channel(10_000);
     let agent = build_agent(&config).await?.with_observations(queued);
-    let (sightings_tx, mut sightings) = tokio::sync::mpsc::channel(1024);
-    tokio::spawn(crate::witness::run(witness, args.poll, sightings_tx));
-    tokio::spawn(async move {
-        while let Some(sighting) = sightings.recv().await {
-            // Only addresses are evidence of who connected; a log that
-            // records host names cannot name pull IPs.
-            if sighting.peer.parse::<IpAddr>().is_err() {
-                tracing::warn!(peer = %sighting.peer, "log line's client is not an IP address; skipped");
-                continue;
-            }
-            let observation = vantage_proto::pb::Observation {
-                nonce: sighting.nonce,
-                peer_addr: sighting.peer,
-                seen_at_unix_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                    .unwrap_or(0),
-                uri: sighting.uri.chars().take(4096).collect(),
-            };
-            if observations.send(observation).await.is_err() {
-                return;
-            }
-        }
-    });
+    crate::witness::spawn_forwarding(witness, args.poll, observations);
     tracing::info!(log = %args.access_log.display(), "witness following the access log");
     agent
         .run(async {

@@ -190,8 +190,10 @@ impl Coordinator {
         }
         let mut agent_events = self.subscribe();
         let mut runs = Vec::new();
+        let mut longest = Duration::ZERO;
         for (region, agent) in &chosen {
             let probes = build_probes(&target, &campaign_id, region);
+            longest = longest.max(crate::plan::plan_duration(&probes));
             let expected = probes
                 .iter()
                 .map(|p| u64::from(p.attempts.max(1)) * u64::from(p.burst.max(1)))

@@ -221,6 +221,7 @@ pub fn build_probes(
     };
     let direct_timeouts = Some(pb::PhaseTimeouts {
         connect_ms: 10_000,
+        tls_ms: millis(target.direct_wait()),
         first_byte_ms: millis(target.direct_wait()),
         total_ms: millis(target.direct_wait() + Duration::from_secs(5)),
         ..Default::default()
@@ -278,6 +279,7 @@ pub fn build_probes(
     }
     let edge_timeouts = Some(pb::PhaseTimeouts {
         connect_ms: 10_000,
+        tls_ms: millis(target.edge_wait()),
         total_ms: millis(target.edge_wait()),
         ..Default::default()
     });
@@ -311,6 +313,19 @@ pub fn build_probes(
         ..Default::default()
     });
     probes
+}
+
+/// The longest a region can take to run `probes`: phases run one after
+/// another, the probes of a phase at once, the attempts of a probe in turn.
+pub fn plan_duration(probes: &[pb::ProbeSpec]) -> Duration {
+    let mut phases: std::collections::BTreeMap<u32, Duration> = std::collections::BTreeMap::new();
+    for probe in probes {
+        let total = Duration::from_millis(u64::from(probe.timeouts.map_or(60_000, |t| t.total_ms)));
+        let worst = total * probe.attempts.max(1);
+        let phase = phases.entry(probe.phase).or_default();
+        *phase = (*phase).max(worst);
+    }
+    phases.values().sum()
 }
 
 #[cfg(test)]
@@ -348,6 +363,12 @@ mod tests {
         let burst = probes.iter().find(|p| p.variant == "burst").unwrap();
         assert_eq!((burst.burst, burst.concurrency), (20, 20));
         assert_eq!(burst.phase, 1, "the burst runs after the baselines");
+        let direct_total = Duration::from_millis(u64::from(probes[0].timeouts.unwrap().total_ms));
+        assert_eq!(
+            plan_duration(&probes),
+            direct_total * 3 + direct_total,
+            "three attempts, then the burst"
+        );
         assert!(probes
             .iter()
             .filter(|p| p.variant != "burst")

@@ -1,17 +1,22 @@
-//! `vantage-lab demo`: a coordinator, three regional agents and a loopback
-//! origin, all in this process and on loopback; the agents enroll with tokens,
-//! connect over mTLS, run one plan, and the stored results are printed.
-//! Everything lives in a temporary directory that is removed at the end.
+//! `vantage-lab demo [--scenario NAME]`: the README's main job. In this one
+//! process and on loopback only: a coordinator, three regional agents (each
+//! from its own source address 127.0.N.1), an origin witness following the
+//! lab origin's access log, the fault-scripted origin, and — for edge
+//! scenarios — the edge simulator. It runs `vantage diagnose` on the
+//! scenario and prints the report. Everything lives in temporary
+//! directories that are removed at the end; no root needed.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use vantage::cli::{agents_table, AgentJson};
-use vantage_proto::domain::Outcome;
-use vantage_proto::pb;
+use anyhow::{bail, Context as _};
+use vantage::campaign::{CampaignEvent, CampaignRequest};
+use vantage::report::{render_terminal, Report};
+use vantage_proto::cdn::CdnProfile;
 
-use crate::lab::{wait_plan_finished, AgentBuilder, LabCoordinator};
-use crate::origin::Origin;
+use crate::edge::EdgeBuilder;
+use crate::fixture::{Fault, Fixture, TlsMode};
+use crate::lab::{AgentBuilder, LabAgent, LabCoordinator};
 
 /// Agent name, region, and the loopback source address that stands for the region.
 const REGIONS: [(&str, &str, [u8; 4]); 3] = [
@@ -19,159 +24,257 @@ const REGIONS: [(&str, &str, [u8; 4]); 3] = [
     ("iad-1", "us-east", [127, 0, 2, 1]),
     ("sin-1", "ap-southeast", [127, 0, 3, 1]),
 ];
+/// The edge's pull address in the allowlist scenario.
+const EDGE_PULL_IP: [u8; 4] = [127, 0, 0, 9];
+/// A scaled-down EdgeOne origin-response timeout, so slow scenarios are quick.
+const EDGE_TIMEOUT: Duration = Duration::from_millis(800);
 
-fn ms(us: u64) -> String {
-    format!("{:.1}ms", us as f64 / 1000.0)
+/// A demo scenario.
+pub struct Scenario {
+    /// Its name on the command line.
+    pub name: &'static str,
+    /// What it shows.
+    pub about: &'static str,
+    fault: Fault,
+    tls: TlsMode,
+    https_url: bool,
+    edge: bool,
+    edge_pull_ip: Option<[u8; 4]>,
 }
 
-/// Runs the demo, writing to `out`.
-pub async fn run(out: &mut impl std::io::Write) -> anyhow::Result<()> {
+/// Every scenario; the first is the default.
+pub fn scenarios() -> Vec<Scenario> {
+    let s = |name, about, fault, tls, https_url, edge, edge_pull_ip| Scenario {
+        name,
+        about,
+        fault,
+        tls,
+        https_url,
+        edge,
+        edge_pull_ip,
+    };
+    vec![
+        s(
+            "waf",
+            "the origin's WAF rejects one of the CDN's pull headers (the report names it)",
+            Fault::RejectHeader("EO-LOG-UUID".into()),
+            TlsMode::Plain,
+            false,
+            false,
+            None,
+        ),
+        s(
+            "healthy",
+            "everything works: direct, through the edge, from every region",
+            Fault::Healthy,
+            TlsMode::Plain,
+            false,
+            true,
+            None,
+        ),
+        s(
+            "origin-down",
+            "the origin refuses connections from everywhere",
+            Fault::Refuse,
+            TlsMode::Plain,
+            false,
+            false,
+            None,
+        ),
+        s(
+            "origin-reset",
+            "the origin resets connections after the request (520's cause)",
+            Fault::ResetAfterRequest,
+            TlsMode::Plain,
+            false,
+            true,
+            None,
+        ),
+        s(
+            "slow",
+            "the origin answers after the edge's timeout (524's cause)",
+            Fault::SlowFirstByte(Duration::from_millis(1300)),
+            TlsMode::Plain,
+            false,
+            true,
+            None,
+        ),
+        s(
+            "rate-limited",
+            "the origin drops requests over a concurrency limit",
+            Fault::ConcurrencyLimit {
+                per_client: 8,
+                hold: Duration::from_millis(150),
+            },
+            TlsMode::Plain,
+            false,
+            false,
+            None,
+        ),
+        s(
+            "allowlist",
+            "the origin's firewall does not allow the edge's pull IP",
+            Fault::RejectClient(IpAddr::from(EDGE_PULL_IP)),
+            TlsMode::Plain,
+            false,
+            true,
+            Some(EDGE_PULL_IP),
+        ),
+        s(
+            "tls-cert",
+            "the origin's certificate is not trusted (526's cause)",
+            Fault::Healthy,
+            TlsMode::Untrusted,
+            false,
+            false,
+            None,
+        ),
+        s(
+            "tls-handshake",
+            "the origin does not speak TLS on its https port (525's cause)",
+            Fault::Healthy,
+            TlsMode::Plain,
+            true,
+            false,
+            None,
+        ),
+    ]
+}
+
+/// Prints the scenario list.
+pub fn list(out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    writeln!(out, "scenarios (vantage-lab demo --scenario NAME):")?;
+    for (i, s) in scenarios().iter().enumerate() {
+        let default = if i == 0 { " (default)" } else { "" };
+        writeln!(out, "  {:<14} {}{default}", s.name, s.about)?;
+    }
+    Ok(())
+}
+
+/// Runs one scenario, writing the report to `out`; returns its status.
+pub async fn run(name: Option<&str>, out: &mut impl std::io::Write) -> anyhow::Result<String> {
+    let all = scenarios();
+    let scenario = match name {
+        None => &all[0],
+        Some(name) => match all.iter().find(|s| s.name == name) {
+            Some(s) => s,
+            None => bail!("no scenario {name:?}; `vantage-lab demo --list` shows them"),
+        },
+    };
+    let logs = tempfile::tempdir()?;
+    let log = logs.path().join("access.log");
+    let origin = Fixture::builder(scenario.fault.clone())
+        .tls(scenario.tls)
+        .access_log(log.clone())
+        .spawn()
+        .await
+        .context("starting the lab origin")?;
+    let edge = if scenario.edge {
+        let mut builder = EdgeBuilder::new(CdnProfile::EdgeOne, origin.addr())
+            .origin_timeout(EDGE_TIMEOUT)
+            .listen(vec![IpAddr::from([127, 0, 0, 2])]);
+        if let Some(ip) = scenario.edge_pull_ip {
+            builder = builder.source_ip(IpAddr::from(ip));
+        }
+        Some(
+            builder
+                .spawn()
+                .await
+                .context("starting the edge simulator")?,
+        )
+    } else {
+        None
+    };
     let lab = LabCoordinator::builder()
         .start()
         .await
         .context("starting the coordinator")?;
-    let origin = Origin::builder()
-        .spawn()
-        .await
-        .context("starting the lab origin")?;
-    writeln!(
-        out,
-        "vantage lab demo (everything on loopback, cleaned up on exit)"
-    )?;
-    writeln!(
-        out,
-        "  coordinator  {} (gRPC over mTLS), data dir {}",
-        lab.grpc_addr(),
-        lab.data_dir().display()
-    )?;
-    writeln!(out, "  origin       {}", origin.url("/"))?;
-
-    let mut agents = Vec::new();
+    let mut agents: Vec<LabAgent> = Vec::new();
     for (name, region, source) in REGIONS {
         let token = lab.token(region).await?;
         agents.push(
             AgentBuilder::new(name, &token)
-                .label("lab", "demo")
-                .bind_ip(std::net::IpAddr::from(source))
+                .bind_ip(IpAddr::from(source))
                 .start()
                 .await
                 .with_context(|| format!("starting agent {name}"))?,
         );
     }
-    writeln!(out, "\nEnrolled agents (`vantage agents`):")?;
-    let views: Vec<AgentJson> = lab
-        .core()
-        .list_agents()
-        .await?
-        .into_iter()
-        .map(|v| AgentJson {
-            name: v.record.name,
-            region: v.record.region,
-            labels: v.record.labels,
-            connected: v.connected,
-            last_seen: v.record.last_seen_ms.map(vantage::time::rfc3339),
-            version: v.record.version,
-            remote_addr: v.remote_addr,
-            revoked: v.record.revoked,
-        })
-        .collect();
-    write!(out, "{}", agents_table(&views))?;
+    let witness = AgentBuilder::new("origin-witness", &lab.token("origin").await?)
+        .witness(&log)
+        .start()
+        .await
+        .context("starting the witness")?;
 
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let probes = vec![
-        pb::ProbeSpec {
-            url: origin.url("/index.html"),
-            route: pb::Route::Direct as i32,
-            variant: "baseline".into(),
+    let url = if scenario.https_url {
+        format!(
+            "https://{}:{}/index.html",
+            crate::fixture::LAB_HOST,
+            origin.addr().port()
+        )
+    } else {
+        origin.url("/index.html")
+    };
+    writeln!(
+        out,
+        "vantage lab demo: {} — {}",
+        scenario.name, scenario.about
+    )?;
+    writeln!(out, "  coordinator {} · origin {} · edge {} · regions eu-central, us-east, ap-southeast · witness on the origin's access log",
+        lab.grpc_addr(),
+        origin.addr(),
+        edge.as_ref().map(|e| e.addrs()[0].to_string()).unwrap_or_else(|| "none".into()))?;
+    writeln!(
+        out,
+        "  $ vantage diagnose {url} --origin {} {}--cdn edgeone --edge-timeout {}ms\n",
+        origin.addr(),
+        edge.as_ref()
+            .map(|e| format!("--edge {} ", e.addrs()[0]))
+            .unwrap_or_default(),
+        EDGE_TIMEOUT.as_millis()
+    )?;
+    let mut handle = lab
+        .core()
+        .start_campaign(CampaignRequest {
+            url,
+            origins: vec![origin.addr().to_string()],
+            edges: edge
+                .as_ref()
+                .map(|e| vec![e.addrs()[0].to_string()])
+                .unwrap_or_default(),
+            regions: Vec::new(),
+            cdn: CdnProfile::EdgeOne,
+            edge_timeout: Some(EDGE_TIMEOUT),
+            burst: 30,
             attempts: 3,
-            ..Default::default()
-        },
-        pb::ProbeSpec {
-            url: origin.url("/api"),
-            route: pb::Route::Direct as i32,
-            variant: "burst".into(),
-            burst: 5,
-            ..Default::default()
-        },
-        pb::ProbeSpec {
-            url: format!("http://{closed}/"),
-            route: pb::Route::Direct as i32,
-            variant: "baseline".into(),
-            ..Default::default()
-        },
-    ];
-    let names: Vec<String> = REGIONS.iter().map(|(n, _, _)| n.to_string()).collect();
-    let mut events = lab.core().subscribe();
-    let plan_id = lab.core().run_plan(&names, probes).await?;
-    wait_plan_finished(&mut events, &plan_id, names.len(), Duration::from_secs(60)).await?;
-    let results = lab.core().store().results_for_plan(&plan_id)?;
-    let status = lab.core().plan_status(&plan_id).await?;
-    writeln!(
-        out,
-        "\nPlan {plan_id}: 3 probes (9 requests) on each of {} agents",
-        names.len()
-    )?;
-    writeln!(
-        out,
-        "{:<6} {:<5} {:<9} {:<16} {:>6} {:>4} {:>9} {:>9} {:>9}  URL",
-        "AGENT", "PROBE", "VARIANT", "OUTCOME", "STATUS", "CURL", "CONNECT", "TTFB", "TOTAL"
-    )?;
-    let agent_of: std::collections::HashMap<&str, &str> = status
-        .iter()
-        .map(|s| (s.agent_id.as_str(), s.agent_name.as_str()))
-        .collect();
-    let mut rows: Vec<(&str, &pb::ProbeResult)> = results
-        .iter()
-        .map(|(agent_id, r)| (agent_of.get(agent_id.as_str()).copied().unwrap_or("?"), r))
-        .collect();
-    rows.sort_by_key(|(agent, r)| (*agent, r.probe_id.clone(), r.attempt, r.burst_index));
-    for (agent, r) in &rows {
-        let t = r.timings.unwrap_or_default();
-        let outcome = Outcome::try_from(r.outcome)
-            .map(|o| o.as_str())
-            .unwrap_or("?");
-        writeln!(
-            out,
-            "{:<6} {:<5} {:<9} {:<16} {:>6} {:>4} {:>9} {:>9} {:>9}  {}",
-            agent,
-            r.probe_id,
-            r.variant,
-            outcome,
-            if r.status == 0 {
-                "-".to_string()
-            } else {
-                r.status.to_string()
-            },
-            r.curl_exit,
-            if t.connect_us == 0 {
-                "-".to_string()
-            } else {
-                ms(t.connect_us)
-            },
-            if t.ttfb_us == 0 {
-                "-".to_string()
-            } else {
-                ms(t.ttfb_us)
-            },
-            ms(t.total_us),
-            r.url
-        )?;
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    while let Ok(event) = handle.events.recv().await {
+        if let CampaignEvent::RegionLost { region, reason } = event {
+            writeln!(out, "  region {region} lost: {reason}")?;
+        }
     }
-    let stored: u64 = status.iter().map(|s| s.stored).sum();
-    let expected: u64 = status.iter().map(|s| s.expected).sum();
-    writeln!(out, "\n{stored} of {expected} results stored; per agent:")?;
-    for s in &status {
-        writeln!(
-            out,
-            "  {:<6} {:<9} {}/{} results",
-            s.agent_name, s.state, s.stored, s.expected
-        )?;
-    }
+    let json = (&mut handle.done)
+        .await
+        .context("campaign task")?
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    let report: Report = serde_json::from_str(&json)?;
+    let status = serde_json::to_value(&report)?["status"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    write!(out, "{}", render_terminal(&report, false))?;
     out.flush()?;
+
     for agent in agents {
-        agent.stop().await?;
+        let _ = agent.stop().await;
+    }
+    let _ = witness.stop().await;
+    if let Some(edge) = edge {
+        edge.stop().await;
     }
     origin.stop().await;
     lab.stop().await?;
-    Ok(())
+    Ok(status)
 }

@@ -139,6 +139,7 @@ pub struct AgentBuilder {
     state_dir: Option<PathBuf>,
     allow_private: bool,
     bind_ip: Option<std::net::IpAddr>,
+    witness_log: Option<PathBuf>,
 }
 
 impl AgentBuilder {
@@ -152,6 +153,7 @@ impl AgentBuilder {
             state_dir: None,
             allow_private: true,
             bind_ip: None,
+            witness_log: None,
         }
     }
 
@@ -171,6 +173,12 @@ impl AgentBuilder {
     /// makes each lab region distinct).
     pub fn bind_ip(mut self, ip: std::net::IpAddr) -> Self {
         self.bind_ip = Some(ip);
+        self
+    }
+
+    /// Make this a witness following `access_log` (role `witness`).
+    pub fn witness(mut self, access_log: &Path) -> Self {
+        self.witness_log = Some(access_log.to_path_buf());
         self
     }
 
@@ -207,9 +215,28 @@ impl AgentBuilder {
             backoff: fast_backoff(),
             max_concurrency: 64,
             max_rate: 1000,
-            role: "agent",
+            role: if self.witness_log.is_some() {
+                "witness"
+            } else {
+                "agent"
+            },
         };
-        let agent = build_agent(&config).await?;
+        let mut agent = build_agent(&config).await?;
+        if let Some(log) = &self.witness_log {
+            let witness = vantage_agent::witness::Witness::open(
+                log,
+                true,
+                vantage_agent::witness::parse::LogFormat::Auto,
+                vantage_agent::witness::DEFAULT_NONCE_PARAM,
+            )?;
+            let (observations, queued) = tokio::sync::mpsc::channel(10_000);
+            agent = agent.with_observations(queued);
+            vantage_agent::witness::spawn_forwarding(
+                witness,
+                Duration::from_millis(20),
+                observations,
+            );
+        }
         let mut events = agent.subscribe();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

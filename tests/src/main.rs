@@ -18,9 +18,17 @@ impl vantage_agent::cli::LogDefault for Cli {}
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start a coordinator, three regional agents and a loopback origin, enroll
-    /// the agents, run a plan and print its results.
-    Demo,
+    /// Run a diagnosis scenario end to end on loopback (a coordinator, three
+    /// regional agents, an origin witness, the lab origin and edge) and print
+    /// the report. No root, no network beyond loopback.
+    Demo {
+        /// Which scenario (see --list); default: waf.
+        #[arg(long, value_name = "NAME")]
+        scenario: Option<String>,
+        /// List the scenarios.
+        #[arg(long)]
+        list: bool,
+    },
     /// Benchmark result ingest through gRPC into SQLite with simulated agents
     /// (needs `cargo build --release` of the workspace).
     BenchIngest {
@@ -86,7 +94,12 @@ enum Command {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Demo => vantage_lab::demo::run(&mut std::io::stdout()).await,
+        Command::Demo { list: true, .. } => vantage_lab::demo::list(&mut std::io::stdout()),
+        Command::Demo { scenario, .. } => {
+            vantage_lab::demo::run(scenario.as_deref(), &mut std::io::stdout())
+                .await
+                .map(|_| ())
+        }
         Command::BenchIngest {
             agents,
             results_per_agent,
