@@ -216,6 +216,39 @@ pub async fn run(mut witness: Witness, every: Duration, tx: tokio::sync::mpsc::S
     }
 }
 
+/// Follows the log every `every` and forwards each sighting as a protocol
+/// observation into `observations` (the agent session sends them while
+/// connected). Sightings whose client is not an IP address are skipped: a
+/// log that records host names cannot name pull IPs.
+pub fn spawn_forwarding(
+    witness: Witness,
+    every: Duration,
+    observations: tokio::sync::mpsc::Sender<vantage_proto::pb::Observation>,
+) {
+    let (sightings_tx, mut sightings) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(run(witness, every, sightings_tx));
+    tokio::spawn(async move {
+        while let Some(sighting) = sightings.recv().await {
+            if sighting.peer.parse::<std::net::IpAddr>().is_err() {
+                tracing::warn!(peer = %sighting.peer, "log line's client is not an IP address; skipped");
+                continue;
+            }
+            let observation = vantage_proto::pb::Observation {
+                nonce: sighting.nonce,
+                peer_addr: sighting.peer,
+                seen_at_unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                    .unwrap_or(0),
+                uri: sighting.uri.chars().take(4096).collect(),
+            };
+            if observations.send(observation).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,37 +387,4 @@ mod tests {
         // `run` returns on its own once nobody listens; no sleeping needed.
         task.await.unwrap();
     }
-}
-
-/// Follows the log every `every` and forwards each sighting as a protocol
-/// observation into `observations` (the agent session sends them while
-/// connected). Sightings whose client is not an IP address are skipped: a
-/// log that records host names cannot name pull IPs.
-pub fn spawn_forwarding(
-    witness: Witness,
-    every: Duration,
-    observations: tokio::sync::mpsc::Sender<vantage_proto::pb::Observation>,
-) {
-    let (sightings_tx, mut sightings) = tokio::sync::mpsc::channel(1024);
-    tokio::spawn(run(witness, every, sightings_tx));
-    tokio::spawn(async move {
-        while let Some(sighting) = sightings.recv().await {
-            if sighting.peer.parse::<std::net::IpAddr>().is_err() {
-                tracing::warn!(peer = %sighting.peer, "log line's client is not an IP address; skipped");
-                continue;
-            }
-            let observation = vantage_proto::pb::Observation {
-                nonce: sighting.nonce,
-                peer_addr: sighting.peer,
-                seen_at_unix_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                    .unwrap_or(0),
-                uri: sighting.uri.chars().take(4096).collect(),
-            };
-            if observations.send(observation).await.is_err() {
-                return;
-            }
-        }
-    });
 }
