@@ -251,29 +251,6 @@ impl Coordinator {
             .iter()
             .any(|v| v.connected && v.record.role == "witness");
         let prefix = format!("{}-", crate::plan::nonce_prefix(campaign_id));
-        let witness = if witness_connected {
-            // The witness polls its log: give the last requests time to show.
-            let mut last = usize::MAX;
-            let give_up = tokio::time::Instant::now() + WITNESS_GRACE;
-            let mut tick = tokio::time::interval(Duration::from_millis(150));
-            loop {
-                tick.tick().await;
-                let p = prefix.clone();
-                let count = self.db(move |s| s.sightings_with_prefix(&p)).await?.len();
-                if count == last || tokio::time::Instant::now() >= give_up {
-                    break;
-                }
-                last = count;
-            }
-            let p = prefix.clone();
-            let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for sighting in self.db(move |s| s.sightings_with_prefix(&p)).await? {
-                seen.entry(sighting.nonce).or_default().push(sighting.peer);
-            }
-            Some(WitnessEvidence { seen })
-        } else {
-            None
-        };
         let mut regions = Vec::new();
         let mut blocked_headers = Vec::new();
         for run in runs {
@@ -293,6 +270,43 @@ impl Coordinator {
                 observations,
             });
         }
+        let witness = if witness_connected {
+            // The origin answered these, so its log will show them: wait for
+            // the witness (which polls the log) until it has, or until its
+            // count stops growing — bounded either way.
+            let expected: std::collections::BTreeSet<String> = regions
+                .iter()
+                .flat_map(|r: &RegionEvidence| r.observations.iter())
+                .filter(|o| o.route == Route::Direct && o.status.is_some())
+                .map(|o| o.nonce.clone())
+                .collect();
+            let give_up = tokio::time::Instant::now() + WITNESS_GRACE;
+            let mut tick = tokio::time::interval(Duration::from_millis(25));
+            let (mut last, mut last_change) = (usize::MAX, tokio::time::Instant::now());
+            let sightings = loop {
+                tick.tick().await;
+                let p = prefix.clone();
+                let sightings = self.db(move |s| s.sightings_with_prefix(&p)).await?;
+                let now = tokio::time::Instant::now();
+                if sightings.len() != last {
+                    last = sightings.len();
+                    last_change = now;
+                }
+                let all_seen = expected
+                    .iter()
+                    .all(|n| sightings.iter().any(|s| &s.nonce == n));
+                if all_seen || now >= give_up || now - last_change >= Duration::from_millis(300) {
+                    break sightings;
+                }
+            };
+            let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for sighting in sightings {
+                seen.entry(sighting.nonce).or_default().push(sighting.peer);
+            }
+            Some(WitnessEvidence { seen })
+        } else {
+            None
+        };
         let evidence = Evidence {
             target: Target {
                 url: target.url.clone(),

@@ -268,3 +268,120 @@ pub async fn footprint(idle: Duration) -> anyhow::Result<FootprintReport> {
         coordinator_binary_bytes: size("vantage"),
     })
 }
+
+/// What the diagnose benchmark measured.
+#[derive(Debug, Clone)]
+pub struct DiagnoseReport {
+    /// Median wall time of `vantage diagnose` on a healthy origin, 3 regions.
+    pub healthy_ms: f64,
+    /// The same procedure as a shell script of sequential curl commands, one region.
+    pub curl_script_ms: f64,
+    /// Wall time of a 524 scenario (origin slower than the edge timeout).
+    pub slow_ms: f64,
+    /// The edge timeout used in the 524 scenario.
+    pub edge_timeout_ms: f64,
+}
+
+async fn timed_diagnose(
+    lab: &crate::scenario::Scenario,
+    extra: &[&str],
+) -> anyhow::Result<(f64, String)> {
+    let started = Instant::now();
+    let (_, report) = lab.diagnose(extra).await?;
+    Ok((
+        started.elapsed().as_secs_f64() * 1000.0,
+        report["status"].as_str().unwrap_or("").to_string(),
+    ))
+}
+
+/// Times `vantage diagnose` (real processes: coordinator, 3 agents, witness)
+/// against a healthy origin and a slow one, and the seed's procedure as a
+/// shell script of curl commands.
+pub async fn diagnose(runs: usize) -> anyhow::Result<DiagnoseReport> {
+    use crate::fixture::{Fault, TlsMode};
+    use crate::scenario::ScenarioBuilder;
+    let healthy = ScenarioBuilder::new(Fault::Healthy, TlsMode::Plain)
+        .edge(
+            vantage_proto::cdn::CdnProfile::EdgeOne,
+            Duration::from_secs(1),
+            vec![("127.0.0.2".parse()?, None)],
+        )
+        .start()
+        .await?;
+    let args = ["--edge-timeout", "1s", "--burst", "20", "--attempts", "3"];
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let (ms, status) = timed_diagnose(&healthy, &args).await?;
+        if status != "healthy" {
+            bail!("healthy scenario diagnosed as {status}");
+        }
+        times.push(ms);
+    }
+    times.sort_by(f64::total_cmp);
+    let healthy_ms = times[times.len() / 2];
+
+    // The seed's procedure by hand, one region: baseline x3, the pull headers,
+    // a burst of 20 in the background, the edge x3.
+    let url = healthy.url("/lab");
+    let host = crate::fixture::LAB_HOST;
+    let port = healthy.origin.addr().port();
+    let edge = healthy
+        .edge
+        .as_ref()
+        .map(|e| e.addrs()[0])
+        .context("edge")?;
+    let resolve_origin = format!("{host}:{port}:127.0.0.1");
+    let resolve_edge = format!("{host}:{port}:{}", edge.ip());
+    let script = format!(
+        "set -e; for i in 1 2 3; do curl -s -o /dev/null --resolve {ro} '{url}'; done; \
+         curl -s -o /dev/null --resolve {ro} -H 'EO-Connecting-IP: 198.51.100.10' -H 'X-Forwarded-For: 198.51.100.10' -H 'X-Forwarded-Proto: http' -H 'CDN-Loop: TencentEdgeOne; loops=1' -H 'EO-LOG-UUID: x' '{url}'; \
+         for i in $(seq 20); do curl -s -o /dev/null --resolve {ro} '{url}' & done; wait; \
+         for i in 1 2 3; do curl -s -o /dev/null --connect-to {host}:{port}:{eip}:{eport} '{url}'; done",
+        ro = resolve_origin,
+        eip = edge.ip(),
+        eport = edge.port(),
+    );
+    let _ = resolve_edge;
+    let mut script_times = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let status = tokio::process::Command::new("sh")
+            .args(["-c", &script])
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("the curl script failed");
+        }
+        script_times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    script_times.sort_by(f64::total_cmp);
+    let curl_script_ms = script_times[script_times.len() / 2];
+    drop(healthy);
+
+    let edge_timeout = Duration::from_secs(1);
+    let slow = ScenarioBuilder::new(
+        Fault::SlowFirstByte(Duration::from_millis(1500)),
+        TlsMode::Plain,
+    )
+    .edge(
+        vantage_proto::cdn::CdnProfile::EdgeOne,
+        edge_timeout,
+        vec![("127.0.0.2".parse()?, None)],
+    )
+    .start()
+    .await?;
+    let (slow_ms, status) = timed_diagnose(
+        &slow,
+        &["--edge-timeout", "1s", "--burst", "5", "--attempts", "1"],
+    )
+    .await?;
+    if status != "faulty" {
+        bail!("524 scenario diagnosed as {status}");
+    }
+    Ok(DiagnoseReport {
+        healthy_ms,
+        curl_script_ms,
+        slow_ms,
+        edge_timeout_ms: edge_timeout.as_secs_f64() * 1000.0,
+    })
+}

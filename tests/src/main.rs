@@ -84,6 +84,13 @@ enum Command {
         #[arg(long)]
         n: u64,
     },
+    /// Time `vantage diagnose` (real processes) on a healthy origin and a 524
+    /// scenario, against the seed's procedure as a curl script.
+    BenchDiagnose {
+        /// Runs to take the median of.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Measure the agent's idle RSS after enrollment and the binary sizes.
     BenchFootprint {
         /// How long to idle before reading RSS.
@@ -162,6 +169,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchInflight { url, n } => {
             let (idle, peak) = vantage_lab::probe_bench::inflight_peak_kib(&url, n).await?;
             println!("{idle} {peak}");
+            Ok(())
+        }
+        Command::BenchDiagnose { runs } => {
+            let r = vantage_lab::bench::diagnose(runs.max(1)).await?;
+            println!("diagnose (3 regions + witness + edge, real processes), median of {runs}:");
+            println!(
+                "  healthy origin, CLI to report : {:>8.0} ms (target < 300 ms, ratio {:.2})",
+                r.healthy_ms,
+                r.healthy_ms / 300.0
+            );
+            println!("  the same steps as a curl script (one region): {:>8.0} ms (ratio vantage/script {:.2})", r.curl_script_ms, r.healthy_ms / r.curl_script_ms);
+            println!("  524 scenario: {:.0} ms with a {:.0} ms edge timeout (target <= timeout + 1 s: ratio {:.2})", r.slow_ms, r.edge_timeout_ms, r.slow_ms / (r.edge_timeout_ms + 1000.0));
             Ok(())
         }
         Command::BenchFootprint { idle } => {
