@@ -117,6 +117,18 @@ pub struct ReportWitness {
     /// The peer addresses it saw edge requests come from: what the origin's
     /// allowlist must contain.
     pub edge_pull_ips: Vec<String>,
+    /// Per route (`direct`, `edge`): requests sent and how many the witness saw.
+    #[serde(default)]
+    pub by_route: std::collections::BTreeMap<String, RouteSightings>,
+}
+
+/// How many of one route's requests reached the origin's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RouteSightings {
+    /// Requests sent on the route.
+    pub sent: usize,
+    /// Of those, seen by the witness.
+    pub seen: usize,
 }
 
 impl From<&Observation> for ReportProbe {
@@ -151,6 +163,7 @@ pub fn build(campaign: &str, evidence: &Evidence, diagnosis: &Diagnosis) -> Repo
             present: false,
             seen: 0,
             edge_pull_ips: Vec::new(),
+            by_route: std::collections::BTreeMap::new(),
         },
         Some(w) => {
             let all = evidence.regions.iter().flat_map(|r| r.observations.iter());
@@ -161,10 +174,23 @@ pub fn build(campaign: &str, evidence: &Evidence, diagnosis: &Diagnosis) -> Repo
                 .flatten()
                 .cloned()
                 .collect();
+            let mut by_route: std::collections::BTreeMap<String, RouteSightings> =
+                std::collections::BTreeMap::new();
+            for o in evidence.regions.iter().flat_map(|r| r.observations.iter()) {
+                if o.route == vantage_proto::domain::Route::Dns {
+                    continue;
+                }
+                let entry = by_route.entry(o.route.as_str().to_string()).or_default();
+                entry.sent += 1;
+                if w.saw(&o.nonce) {
+                    entry.seen += 1;
+                }
+            }
             ReportWitness {
                 present: true,
                 seen,
                 edge_pull_ips: edge_pull_ips.into_iter().collect(),
+                by_route,
             }
         }
     };
@@ -375,10 +401,16 @@ pub fn render_terminal(report: &Report, color: bool) -> String {
     }
     let w = &report.witness;
     if w.present {
+        let routes: Vec<String> = w
+            .by_route
+            .iter()
+            .map(|(route, n)| format!("{route} {}/{}", n.seen, n.sent))
+            .collect();
         let _ = writeln!(
             out,
-            "\nwitness: saw {} request(s); edge pull IPs: {}",
+            "\nwitness: saw {} request(s) ({}); edge pull IPs: {}",
             w.seen,
+            routes.join(", "),
             if w.edge_pull_ips.is_empty() {
                 "none".to_string()
             } else {
