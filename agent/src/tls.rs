@@ -126,6 +126,70 @@ pub fn mtls_client_config(
     Ok(with_h2(config))
 }
 
+/// Accepts any certificate chain but still verifies the handshake
+/// signatures: for callers that judge the chain themselves afterwards (the
+/// probe engine records and verifies it separately; the lab's edge mimics a
+/// CDN's non-strict origin TLS). The pinned-CA verifier reuses its signature
+/// checks.
+#[derive(Debug)]
+pub struct AnyCertificate {
+    provider: Arc<CryptoProvider>,
+}
+
+impl AnyCertificate {
+    /// A verifier using `provider`'s signature algorithms.
+    pub fn new(provider: Arc<CryptoProvider>) -> Self {
+        AnyCertificate { provider }
+    }
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// Verifies the coordinator against the CA whose SHA-256 fingerprint the
 /// enrollment token carries: the CA must be in the presented chain and must
 /// have signed the server certificate. Nothing else is trusted.
@@ -133,6 +197,7 @@ pub fn mtls_client_config(
 pub struct PinnedCaVerifier {
     fingerprint: String,
     provider: Arc<CryptoProvider>,
+    signatures: AnyCertificate,
     mismatch: AtomicBool,
     seen_ca: OnceLock<String>,
 }
@@ -143,6 +208,7 @@ impl PinnedCaVerifier {
         PinnedCaVerifier {
             fingerprint: fingerprint.to_ascii_lowercase(),
             provider: crypto_provider(),
+            signatures: AnyCertificate::new(crypto_provider()),
             mismatch: AtomicBool::new(false),
             seen_ca: OnceLock::new(),
         }
@@ -208,12 +274,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -222,18 +283,11 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.supported_verify_schemes()
     }
 }
 
