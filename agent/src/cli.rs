@@ -137,6 +137,10 @@ pub struct RunArgs {
     /// Source address for every probe and for the coordinator link (multi-homed hosts).
     #[arg(long, value_name = "IP")]
     pub bind_ip: Option<IpAddr>,
+    /// Resolve names with this DNS server (IP or IP:PORT) instead of the
+    /// system resolver: what it answers is recorded as evidence.
+    #[arg(long, value_name = "ADDR")]
+    pub dns_server: Option<String>,
     /// Most bytes of unacknowledged results kept on disk; when full, new plans
     /// are refused (nothing spooled is dropped). Units: KB, MB, GB, KiB, MiB, GiB.
     #[arg(long, value_name = "SIZE", default_value = "64MiB")]
@@ -173,6 +177,8 @@ pub struct RunConfig {
     pub labels: BTreeMap<String, String>,
     /// Source address.
     pub bind_ip: Option<IpAddr>,
+    /// DNS server for probes.
+    pub dns_server: Option<std::net::SocketAddr>,
     /// Spool limit in bytes.
     pub spool_max: u64,
     /// Target policy.
@@ -245,6 +251,14 @@ impl RunArgs {
             name,
             labels,
             bind_ip: self.bind_ip,
+            dns_server: self
+                .dns_server
+                .as_deref()
+                .map(|text| {
+                    parse_override(text, 53)
+                        .with_context(|| format!("--dns-server {text:?}: expected IP or IP:PORT"))
+                })
+                .transpose()?,
             spool_max,
             policy: TargetPolicy {
                 allow_private: self.allow_private,
@@ -338,10 +352,12 @@ pub async fn build_agent(config: &RunConfig) -> anyhow::Result<Agent> {
     let spool = Spool::open(&spool_dir, config.spool_max)
         .with_context(|| format!("cannot open spool {}", spool_dir.display()))?;
     let runner = Runner::new(
-        ProbeEngine::new(config.policy, config.bind_ip).with_limits(ProbeLimits {
-            max_rate_per_target: Some(config.max_rate),
-            ..ProbeLimits::default()
-        }),
+        ProbeEngine::new(config.policy, config.bind_ip)
+            .with_limits(ProbeLimits {
+                max_rate_per_target: Some(config.max_rate),
+                ..ProbeLimits::default()
+            })
+            .with_dns_server(config.dns_server),
         RunnerLimits {
             max_concurrency: config.max_concurrency,
             ..RunnerLimits::default()

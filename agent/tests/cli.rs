@@ -22,6 +22,7 @@ fn run_help_documents_every_flag() {
         "--state-dir",
         "--name",
         "--bind-ip",
+        "--dns-server",
         "--spool-max",
         "--allow-private",
     ] {

@@ -208,6 +208,7 @@ impl AgentBuilder {
             name: self.name.clone(),
             labels: self.labels,
             bind_ip: self.bind_ip,
+            dns_server: None,
             spool_max: self.spool_max,
             policy: TargetPolicy {
                 allow_private: self.allow_private,

@@ -365,3 +365,68 @@ async fn bind_ip_sets_the_source_address() {
     );
     origin.stop().await;
 }
+
+/// A one-record DNS server for the test: answers every A query with
+/// `answer` (hand-built packets: just enough DNS to be a resolver's peer).
+async fn fake_dns(answer: [u8; 4]) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        for _ in 0..50 {
+            let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            if n < 12 {
+                continue;
+            }
+            let query = &buf[..n];
+            // The question ends after the name's zero byte plus type and class.
+            let Some(end) = query[12..].iter().position(|&b| b == 0).map(|p| 12 + p + 5) else {
+                continue;
+            };
+            let qtype = u16::from_be_bytes([query[end - 4], query[end - 3]]);
+            let mut reply = Vec::with_capacity(64);
+            reply.extend_from_slice(&query[..2]); // id
+            reply.extend_from_slice(&[0x81, 0x80]); // response, recursion available, no error
+            reply.extend_from_slice(&[0, 1]); // one question
+            reply.extend_from_slice(&[0, u8::from(qtype == 1)]); // one answer for A, none otherwise
+            reply.extend_from_slice(&[0, 0, 0, 0]);
+            reply.extend_from_slice(&query[12..end]);
+            if qtype == 1 {
+                reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                reply.extend_from_slice(&answer);
+            }
+            let _ = socket.send_to(&reply, peer).await;
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_given_dns_server_is_asked_and_its_answer_recorded() {
+    let (server, task) = fake_dns([192, 0, 2, 55]).await;
+    let mut probe = spec("http://www.lab.test/", None);
+    probe.route = pb::Route::Dns as i32;
+    probe.dns_server = server.to_string();
+    let result = engine().run("t", &probe, SLOT).await;
+    assert_eq!(outcome(&result), Outcome::Ok, "{}", result.error);
+    assert_eq!(result.dns_answers, vec!["192.0.2.55".to_string()]);
+
+    // The agent-wide default applies when the spec names none; the lying
+    // answer is then refused by the SSRF guard like any other target.
+    probe.dns_server.clear();
+    probe.route = pb::Route::Edge as i32;
+    let guarded = ProbeEngine::new(TargetPolicy::default(), None)
+        .with_dns_server(Some(server))
+        .run("t", &probe, SLOT)
+        .await;
+    assert_eq!(guarded.dns_answers, vec!["192.0.2.55".to_string()]);
+    assert_eq!(
+        outcome(&guarded),
+        Outcome::BlockedByPolicy,
+        "{}",
+        guarded.error
+    );
+    task.abort();
+}

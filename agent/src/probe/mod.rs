@@ -8,6 +8,7 @@
 //! saw, with the exit code curl gives for the same failure.
 
 pub mod classify;
+pub mod dns;
 pub mod evidence;
 pub mod rate;
 pub mod record;
@@ -76,6 +77,7 @@ pub struct ProbeEngine {
     tls: Arc<std::sync::OnceLock<Result<tls::ProbeTls, String>>>,
     extra_ca_pem: Option<Arc<str>>,
     rate: Option<Arc<rate::RateLimiter>>,
+    dns_server: Option<SocketAddr>,
 }
 
 impl Default for ProbeEngine {
@@ -200,6 +202,7 @@ impl ProbeEngine {
             rate: ProbeLimits::default()
                 .max_rate_per_target
                 .map(|r| Arc::new(rate::RateLimiter::new(r))),
+            dns_server: None,
         }
     }
 
@@ -212,6 +215,13 @@ impl ProbeEngine {
         self.extra_ca_pem = Some(Arc::from(pem));
         self.tls = Arc::default();
         Ok(self)
+    }
+
+    /// Resolves names with this DNS server instead of the system resolver
+    /// (a spec's own `dns_server` still wins).
+    pub fn with_dns_server(mut self, server: Option<SocketAddr>) -> Self {
+        self.dns_server = server;
+        self
     }
 
     /// Replaces the agent-side limits.
@@ -345,8 +355,24 @@ impl ProbeEngine {
         } else if let Ok(ip) = target.host.parse::<IpAddr>() {
             SocketAddr::new(ip, target.port)
         } else {
-            let answers: Vec<SocketAddr> =
-                tokio::net::lookup_host((target.host.as_str(), target.port))
+            let server = if spec.dns_server.is_empty() {
+                self.dns_server
+            } else {
+                Some(parse_override(&spec.dns_server, 53).ok_or_else(|| {
+                    Failure::with_exit(
+                        Outcome::DnsFailure,
+                        Stage::Dns,
+                        3,
+                        format!(
+                            "bad DNS server {:?}: expected IP or IP:PORT",
+                            spec.dns_server
+                        ),
+                    )
+                })?)
+            };
+            let answers = match server {
+                Some(server) => dns::lookup(server, &target.host, self.bind_ip).await?,
+                None => tokio::net::lookup_host((target.host.as_str(), target.port))
                     .await
                     .map_err(|e| {
                         Failure::new(
@@ -355,15 +381,18 @@ impl ProbeEngine {
                             format!("cannot resolve {}: {e}", target.host),
                         )
                     })?
-                    .collect();
-            result.dns_answers = answers.iter().map(|a| a.ip().to_string()).collect();
-            *answers.first().ok_or_else(|| {
+                    .map(|a| a.ip())
+                    .collect(),
+            };
+            result.dns_answers = answers.iter().map(ToString::to_string).collect();
+            let ip = *answers.first().ok_or_else(|| {
                 Failure::new(
                     Outcome::DnsFailure,
                     Stage::Dns,
                     format!("{} has no address", target.host),
                 )
-            })?
+            })?;
+            SocketAddr::new(ip, target.port)
         };
         if let Some(t) = result.timings.as_mut() {
             t.dns_us = micros(start, Instant::now());
