@@ -271,6 +271,18 @@ impl RunArgs {
     }
 }
 
+/// `vantage-agent run`'s flags at their defaults: embedded agents and the
+/// witness share the agent's settings (backoff, spool, caps).
+fn default_run_args() -> anyhow::Result<RunArgs> {
+    match Cli::try_parse_from(["vantage-agent", "run"])
+        .context("default settings")?
+        .command
+    {
+        Command::Run(args) => Ok(args),
+        _ => bail!("default settings are not a run command"),
+    }
+}
+
 /// The configuration of an embedded agent (`vantage diagnose --local`):
 /// lab defaults, enrolling with `token` into `state_dir`.
 pub fn local_agent_config(
@@ -279,12 +291,7 @@ pub fn local_agent_config(
     allow_private: bool,
     env: &dyn Env,
 ) -> anyhow::Result<RunConfig> {
-    let Command::Run(args) = Cli::try_parse_from(["vantage-agent", "run"])
-        .context("default settings")?
-        .command
-    else {
-        bail!("default settings are not a run command");
-    };
+    let args = default_run_args()?;
     RunArgs {
         token: Some(token.to_string()),
         state_dir: Some(state_dir.to_path_buf()),
@@ -824,12 +831,7 @@ async fn witness(args: WitnessArgs, env: &dyn Env) -> anyhow::Result<()> {
         );
     }
     // The witness shares the agent's settings (backoff, spool) at their defaults.
-    let Command::Run(run_args) = Cli::try_parse_from(["vantage-agent", "run"])
-        .context("default settings")?
-        .command
-    else {
-        bail!("default settings are not a run command");
-    };
+    let run_args = default_run_args()?;
     let mut config = RunArgs {
         token: args.token.clone(),
         state_dir: args.state_dir.clone().or_else(|| {

@@ -194,9 +194,10 @@ impl Coordinator {
         for (region, agent) in &chosen {
             let probes = build_probes(&target, &campaign_id, region);
             longest = longest.max(crate::plan::plan_duration(&probes));
+            let limits = vantage_agent::runner::RunnerLimits::default();
             let expected = probes
                 .iter()
-                .map(|p| u64::from(p.attempts.max(1)) * u64::from(p.burst.max(1)))
+                .map(|p| vantage_agent::runner::expected_requests(p, &limits))
                 .sum();
             let plan_id = self
                 .run_plan_in(Some(&campaign_id), std::slice::from_ref(agent), probes)

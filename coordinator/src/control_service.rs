@@ -23,6 +23,14 @@ pub struct ControlService {
 }
 
 impl ControlService {
+    async fn campaign_row(&self, id: &str) -> Result<crate::store::CampaignRow, Status> {
+        let owned = id.to_string();
+        self.core
+            .db(move |s| s.campaign(&owned))
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no campaign {id}")))
+    }
+
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let header = request
             .metadata()
@@ -43,7 +51,8 @@ pub const DEFAULT_ATTEMPTS: u32 = 3;
 /// Default burst size.
 pub const DEFAULT_BURST: u32 = 20;
 
-fn event_pb(event: CampaignEvent) -> pb::CampaignEvent {
+/// A campaign event on the wire.
+pub(crate) fn event_pb(event: CampaignEvent) -> pb::CampaignEvent {
     match event {
         CampaignEvent::PlanSent {
             region,
@@ -138,12 +147,7 @@ impl pb::control_service_server::ControlService for ControlService {
         let live = self.core.watch_campaign(&id);
         // Subscribe first, then read the stored status: a campaign that ends
         // in between is seen as ended, never missed.
-        let owned = id.clone();
-        let row = self
-            .core
-            .db(move |s| s.campaign(&owned))
-            .await?
-            .ok_or_else(|| Status::not_found(format!("no campaign {id}")))?;
+        let row = self.campaign_row(&id).await?;
         if row.status != "running" || live.is_none() {
             let done = pb::CampaignEvent {
                 kind: "report_ready".into(),
@@ -169,12 +173,7 @@ impl pb::control_service_server::ControlService for ControlService {
     ) -> Result<Response<pb::GetReportResponse>, Status> {
         self.authorize(&request)?;
         let id = request.into_inner().campaign_id;
-        let owned = id.clone();
-        let row = self
-            .core
-            .db(move |s| s.campaign(&owned))
-            .await?
-            .ok_or_else(|| Status::not_found(format!("no campaign {id}")))?;
+        let row = self.campaign_row(&id).await?;
         Ok(Response::new(pb::GetReportResponse {
             status: row.status,
             report_json: row.report_json.unwrap_or_default(),

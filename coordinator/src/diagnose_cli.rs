@@ -15,7 +15,7 @@ use vantage_agent::env::Env;
 use vantage_proto::cdn::CdnProfile;
 use vantage_proto::pb;
 
-use crate::campaign::{CampaignEvent, CampaignRequest};
+use crate::campaign::CampaignRequest;
 use crate::client::{self, Target};
 use crate::report::{render_markdown, render_terminal, Report};
 
@@ -352,19 +352,7 @@ pub async fn diagnose_local(args: DiagnoseArgs, env: &dyn Env) -> anyhow::Result
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     let follow = async {
         while let Ok(event) = handle.events.recv().await {
-            let line = match event {
-                CampaignEvent::PlanSent {
-                    region,
-                    agent,
-                    expected,
-                } => format!("  {region:<14} plan sent to {agent} ({expected} requests)"),
-                CampaignEvent::RegionDone { region } => format!("  {region:<14} done"),
-                CampaignEvent::RegionLost { region, reason } => {
-                    format!("  {region:<14} LOST: {reason}")
-                }
-                CampaignEvent::ReportReady { status } => format!("  report ready: {status}"),
-            };
-            progress(&line);
+            progress(&describe(&crate::control_service::event_pb(event)));
         }
     };
     let (report, ()) = tokio::join!(&mut handle.done, follow);

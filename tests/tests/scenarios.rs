@@ -11,6 +11,15 @@ use vantage_proto::cdn::CdnProfile;
 const ALL: [&str; 3] = ["ap", "eu", "us"];
 /// A scaled-down edge timeout keeps the slow scenarios quick.
 const EDGE_TIMEOUT: &str = "600ms";
+/// Diagnose flags for scenarios that need one attempt and a small burst.
+const QUICK: &[&str] = &[
+    "--edge-timeout",
+    EDGE_TIMEOUT,
+    "--burst",
+    "3",
+    "--attempts",
+    "1",
+];
 
 async fn origin_down(fault: Fault, kind: &str) {
     let lab = ScenarioBuilder::new(fault, TlsMode::Plain)
@@ -98,17 +107,7 @@ async fn origin_slow_names_the_ttfb() {
     .start()
     .await
     .unwrap();
-    let (code, report) = lab
-        .diagnose(&[
-            "--edge-timeout",
-            EDGE_TIMEOUT,
-            "--burst",
-            "3",
-            "--attempts",
-            "1",
-        ])
-        .await
-        .unwrap();
+    let (code, report) = lab.diagnose(QUICK).await.unwrap();
     assert_eq!(code, 1, "{report:#}");
     let slow = findings(&report, "origin_slow");
     assert_eq!(slow.len(), 1, "{report:#}");
@@ -127,17 +126,7 @@ async fn origin_tls_error_certificate() {
         .start()
         .await
         .unwrap();
-    let (code, report) = lab
-        .diagnose(&[
-            "--edge-timeout",
-            EDGE_TIMEOUT,
-            "--burst",
-            "3",
-            "--attempts",
-            "1",
-        ])
-        .await
-        .unwrap();
+    let (code, report) = lab.diagnose(QUICK).await.unwrap();
     assert_eq!(code, 1, "{report:#}");
     let tls = findings(&report, "origin_tls_error");
     assert_eq!(tls.len(), 1, "{report:#}");
@@ -160,17 +149,7 @@ async fn edge_fault_via_one_edge_address() {
         .start()
         .await
         .unwrap();
-    let (code, report) = lab
-        .diagnose(&[
-            "--edge-timeout",
-            EDGE_TIMEOUT,
-            "--burst",
-            "3",
-            "--attempts",
-            "1",
-        ])
-        .await
-        .unwrap();
+    let (code, report) = lab.diagnose(QUICK).await.unwrap();
     assert_eq!(code, 1, "{report:#}");
     let edge = findings(&report, "edge_fault");
     assert_eq!(edge.len(), 1, "{report:#}");
@@ -293,17 +272,7 @@ async fn origin_blocks_the_edges_pull_address() {
         .start()
         .await
         .unwrap();
-    let (code, report) = lab
-        .diagnose(&[
-            "--edge-timeout",
-            EDGE_TIMEOUT,
-            "--burst",
-            "3",
-            "--attempts",
-            "1",
-        ])
-        .await
-        .unwrap();
+    let (code, report) = lab.diagnose(QUICK).await.unwrap();
     assert_eq!(code, 1, "{report:#}");
     let blocked = findings(&report, "origin_blocks_edge");
     assert_eq!(blocked.len(), 1, "{report:#}");
@@ -318,17 +287,7 @@ async fn origin_tls_error_handshake() {
         .start()
         .await
         .unwrap();
-    let (code, report) = lab
-        .diagnose(&[
-            "--edge-timeout",
-            EDGE_TIMEOUT,
-            "--burst",
-            "3",
-            "--attempts",
-            "1",
-        ])
-        .await
-        .unwrap();
+    let (code, report) = lab.diagnose(QUICK).await.unwrap();
     assert_eq!(code, 1, "{report:#}");
     let tls = findings(&report, "origin_tls_error");
     assert_eq!(tls.len(), 1, "{report:#}");

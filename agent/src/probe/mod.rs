@@ -669,9 +669,9 @@ impl ProbeEngine {
                     ))
                 }
             };
-        let wire_now = events.snapshot();
+        let first_byte_at = events.first_byte_at();
         if let Some(t) = result.timings.as_mut() {
-            t.ttfb_us = micros(start, wire_now.first_byte_at.unwrap_or_else(Instant::now));
+            t.ttfb_us = micros(start, first_byte_at.unwrap_or_else(Instant::now));
         }
         result.status = u32::from(response.status().as_u16());
         result.http_version = match response.version() {

@@ -45,6 +45,11 @@ impl Events {
         self.inner.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
+    /// When the first byte was read (cheaper than a snapshot on the hot path).
+    pub fn first_byte_at(&self) -> Option<Instant> {
+        self.inner.lock().ok().and_then(|e| e.first_byte_at)
+    }
+
     fn update(&self, f: impl FnOnce(&mut WireEvents)) {
         if let Ok(mut events) = self.inner.lock() {
             f(&mut events);
