@@ -53,6 +53,9 @@ pub struct ChildProcess {
     child: Child,
     lines: mpsc::UnboundedReceiver<(Stream, String)>,
     log: Arc<Mutex<Vec<String>>>,
+    // The pumps finish when the child's pipes close; `wait_exit` joins them so
+    // that `output()` after an exit holds everything the child printed.
+    pumps: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for ChildProcess {
@@ -78,27 +81,29 @@ impl ChildProcess {
             .with_context(|| format!("cannot start {}", program.display()))?;
         let (tx, lines) = mpsc::unbounded_channel();
         let log = Arc::new(Mutex::new(Vec::new()));
+        let mut pumps = Vec::new();
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(pump(
+            pumps.push(tokio::spawn(pump(
                 BufReader::new(stdout),
                 Stream::Stdout,
                 tx.clone(),
                 log.clone(),
-            ));
+            )));
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(pump(
+            pumps.push(tokio::spawn(pump(
                 BufReader::new(stderr),
                 Stream::Stderr,
                 tx,
                 log.clone(),
-            ));
+            )));
         }
         Ok(ChildProcess {
             name: name.to_string(),
             child,
             lines,
             log,
+            pumps,
         })
     }
 
@@ -140,7 +145,11 @@ impl ChildProcess {
     /// Waits for the process to exit, up to `timeout`.
     pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(status) => Ok(status?),
+            Ok(status) => {
+                let status = status?;
+                self.drain_output().await;
+                Ok(status)
+            }
             Err(_) => bail!(
                 "{} did not exit within {timeout:?}; output:\n{}",
                 self.name,
@@ -153,7 +162,17 @@ impl ChildProcess {
     pub async fn kill9(&mut self) -> anyhow::Result<()> {
         self.child.start_kill()?;
         self.child.wait().await?;
+        self.drain_output().await;
         Ok(())
+    }
+
+    /// Joins the output pumps of an exited child. Bounded, because a
+    /// grandchild that inherited the pipes could keep them open.
+    async fn drain_output(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        for pump in self.pumps.drain(..) {
+            let _ = tokio::time::timeout_at(deadline, pump).await;
+        }
     }
 
     /// SIGTERM, then wait for the exit.
