@@ -141,6 +141,10 @@ pub struct RunArgs {
     /// system resolver: what it answers is recorded as evidence.
     #[arg(long, value_name = "ADDR")]
     pub dns_server: Option<String>,
+    /// Also trust the CA certificate(s) in this PEM file when probing, in
+    /// addition to the system roots (an origin with a private CA).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
     /// Most bytes of unacknowledged results kept on disk; when full, new plans
     /// are refused (nothing spooled is dropped). Units: KB, MB, GB, KiB, MiB, GiB.
     #[arg(long, value_name = "SIZE", default_value = "64MiB")]
@@ -179,6 +183,8 @@ pub struct RunConfig {
     pub bind_ip: Option<IpAddr>,
     /// DNS server for probes.
     pub dns_server: Option<std::net::SocketAddr>,
+    /// Extra trusted CA certificates for probes (PEM, read at validation).
+    pub cacert_pem: Option<String>,
     /// Spool limit in bytes.
     pub spool_max: u64,
     /// Target policy.
@@ -258,6 +264,11 @@ impl RunArgs {
                     parse_override(text, 53)
                         .with_context(|| format!("--dns-server {text:?}: expected IP or IP:PORT"))
                 })
+                .transpose()?,
+            cacert_pem: self
+                .cacert
+                .as_deref()
+                .map(read_ca_pem)
                 .transpose()?,
             spool_max,
             policy: TargetPolicy {
@@ -351,6 +362,12 @@ pub async fn load_or_enroll(config: &RunConfig) -> anyhow::Result<Identity> {
     Ok(identity)
 }
 
+/// Reads a `--cacert` file; its certificates are parsed where the engine is built.
+fn read_ca_pem(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("--cacert {}: cannot read it", path.display()))
+}
+
 /// Builds the agent for a validated configuration.
 pub async fn build_agent(config: &RunConfig) -> anyhow::Result<Agent> {
     let lock = crate::identity::lock_state_dir(&config.state_dir)?;
@@ -358,13 +375,17 @@ pub async fn build_agent(config: &RunConfig) -> anyhow::Result<Agent> {
     let spool_dir = config.state_dir.join("spool");
     let spool = Spool::open(&spool_dir, config.spool_max)
         .with_context(|| format!("cannot open spool {}", spool_dir.display()))?;
+    let mut engine = ProbeEngine::new(config.policy, config.bind_ip)
+        .with_limits(ProbeLimits {
+            max_rate_per_target: Some(config.max_rate),
+            ..ProbeLimits::default()
+        })
+        .with_dns_server(config.dns_server);
+    if let Some(pem) = &config.cacert_pem {
+        engine = engine.with_ca_pem(pem).context("--cacert")?;
+    }
     let runner = Runner::new(
-        ProbeEngine::new(config.policy, config.bind_ip)
-            .with_limits(ProbeLimits {
-                max_rate_per_target: Some(config.max_rate),
-                ..ProbeLimits::default()
-            })
-            .with_dns_server(config.dns_server),
+        engine,
         RunnerLimits {
             max_concurrency: config.max_concurrency,
             ..RunnerLimits::default()
@@ -743,10 +764,8 @@ async fn probe(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     let config = args.validate()?;
     let mut engine = ProbeEngine::new(config.policy, config.bind_ip);
     if let Some(path) = &config.cacert {
-        let pem = std::fs::read_to_string(path)
-            .with_context(|| format!("--cacert {}: cannot read it", path.display()))?;
         engine = engine
-            .with_ca_pem(&pem)
+            .with_ca_pem(&read_ca_pem(path)?)
             .with_context(|| format!("--cacert {}", path.display()))?;
     }
     let runner = Runner::new(engine, RunnerLimits::default());

@@ -209,6 +209,7 @@ impl AgentBuilder {
             labels: self.labels,
             bind_ip: self.bind_ip,
             dns_server: None,
+            cacert_pem: None,
             spool_max: self.spool_max,
             policy: TargetPolicy {
                 allow_private: self.allow_private,

@@ -4,10 +4,12 @@
 //! benchmarks).
 
 pub mod bench;
+pub mod carrier;
 pub mod demo;
 pub mod edge;
 pub mod fixture;
 pub mod lab;
+pub mod netns;
 pub mod origin;
 pub mod probe_bench;
 pub mod process;

@@ -14,18 +14,29 @@ use crate::fixture::{Fault, Fixture, TlsMode};
 use crate::lab::{spawn_agent_process, wait_agent_connected, CoordinatorProcess};
 use crate::process::{bin_path, ChildProcess};
 
-/// The lab's regions and the source address that stands for each.
-pub const REGIONS: [(&str, [u8; 4]); 3] = [
+/// The lab's regions and the source address that stands for each; a
+/// scenario uses the first three unless it asks for more.
+pub const REGIONS: [(&str, [u8; 4]); 4] = [
     ("eu", [127, 0, 1, 1]),
     ("us", [127, 0, 2, 1]),
     ("ap", [127, 0, 3, 1]),
+    ("sa", [127, 0, 4, 1]),
 ];
+
+/// The source address that stands for `region` in the lab.
+pub fn region_source(region: &str) -> Option<IpAddr> {
+    REGIONS
+        .iter()
+        .find(|(name, _)| *name == region)
+        .map(|(_, ip)| IpAddr::from(*ip))
+}
 
 /// A running scenario.
 pub struct Scenario {
     /// The coordinator process.
     pub coordinator: CoordinatorProcess,
-    /// One agent process per region, in [`REGIONS`] order.
+    /// One agent process per region, in [`REGIONS`] order (the first
+    /// [`ScenarioBuilder::regions`] of them).
     pub agents: Vec<ChildProcess>,
     /// The witness process.
     pub witness: ChildProcess,
@@ -52,6 +63,9 @@ pub struct ScenarioBuilder {
     edge: Option<EdgeSetup>,
     edge_source: Option<IpAddr>,
     https: bool,
+    regions: usize,
+    agent_args: Vec<(String, Vec<String>)>,
+    trust_origin_ca: bool,
 }
 
 impl ScenarioBuilder {
@@ -63,7 +77,32 @@ impl ScenarioBuilder {
             edge: None,
             edge_source: None,
             https: false,
+            regions: 3,
+            agent_args: Vec::new(),
+            trust_origin_ca: false,
         }
+    }
+
+    /// Runs agents in the first `n` of [`REGIONS`] (3 by default; at most 4).
+    pub fn regions(mut self, n: usize) -> Self {
+        self.regions = n.clamp(1, REGIONS.len());
+        self
+    }
+
+    /// Extra `vantage-agent run` flags for the agent of `region`.
+    pub fn agent_args(mut self, region: &str, args: &[&str]) -> Self {
+        self.agent_args.push((
+            region.to_string(),
+            args.iter().map(|a| a.to_string()).collect(),
+        ));
+        self
+    }
+
+    /// Agents trust the origin's lab CA (`--cacert`), as they would trust a
+    /// public CA: a valid origin certificate verifies.
+    pub fn trust_origin_ca(mut self) -> Self {
+        self.trust_origin_ca = true;
+        self
     }
 
     /// Puts an edge simulator in front, listening on `addrs` (each with an
@@ -124,21 +163,20 @@ impl ScenarioBuilder {
                 .await?;
         let mut dirs = vec![data, logs];
         let mut agents = Vec::new();
-        for (region, source) in REGIONS {
+        for (region, source) in REGIONS.into_iter().take(self.regions) {
             let token = coordinator.create_token(region).await?;
             let state = tempfile::tempdir()?;
             let ip = IpAddr::from(source).to_string();
-            let mut agent = spawn_agent_process(
-                state.path(),
-                &[
-                    "--token",
-                    &token,
-                    "--name",
-                    &format!("{region}-1"),
-                    "--bind-ip",
-                    &ip,
-                ],
-            )?;
+            let name = format!("{region}-1");
+            let mut args = vec!["--token", &token, "--name", &name, "--bind-ip", &ip];
+            let ca = origin.ca_file().to_str().unwrap_or_default().to_string();
+            if self.trust_origin_ca {
+                args.extend(["--cacert", &ca]);
+            }
+            for (_, extra) in self.agent_args.iter().filter(|(r, _)| r == region) {
+                args.extend(extra.iter().map(String::as_str));
+            }
+            let mut agent = spawn_agent_process(state.path(), &args)?;
             wait_agent_connected(&mut agent)
                 .await
                 .with_context(|| format!("agent {region}"))?;

@@ -339,7 +339,16 @@ pub(crate) fn all_findings(ctx: &Ctx<'_>) -> Vec<Finding> {
         .iter()
         .map(|h| (h.region.clone(), h.route.as_str(), h.address.clone()))
         .collect();
-    hits.extend(dns_tampering(ctx));
+    let dns_hits = dns_tampering(ctx);
+    // A region whose resolver lies sends its resolver-routed edge requests
+    // wherever the lie points: that failure is the DNS tampering's, not a
+    // second kind of interference.
+    hits.retain(|h| {
+        !(h.route == Route::Edge
+            && h.address.is_empty()
+            && dns_hits.iter().any(|d| d.region == h.region))
+    });
+    hits.extend(dns_hits);
 
     let clean = |route, variant| -> Vec<Group<'_>> {
         ctx.groups(route, variant)

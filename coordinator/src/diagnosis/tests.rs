@@ -384,6 +384,29 @@ fn table() {
             vec![want("carrier_interference", Some("dns_tampering"), &["ap"])],
         ),
         (
+            "dns tampering explains the region's failing resolver-routed edge request",
+            {
+                let mut ev = evidence(three({
+                    let mut v = healthy();
+                    v.retain(|o| o.route != Route::Dns);
+                    v.push(dns(&["10.10.34.35"]));
+                    for o in v.iter_mut().filter(|o| o.route == Route::Edge) {
+                        fail(o, Outcome::NetworkUnreachable, 1.0);
+                    }
+                    v
+                }));
+                ev.target.edges.clear();
+                for r in &mut ev.regions {
+                    for o in r.observations.iter_mut().filter(|o| o.route == Route::Edge) {
+                        o.address.clear();
+                    }
+                }
+                ev
+            },
+            Status::Faulty,
+            vec![want("carrier_interference", Some("dns_tampering"), &["ap"])],
+        ),
+        (
             "tls interception in one region",
             witnessed(
                 evidence({
