@@ -131,6 +131,10 @@ pub enum Fault {
     /// A WAF rule: a request carrying this header (any value, name
     /// case-insensitive) gets `403 Forbidden`; others are answered healthy.
     RejectHeader(String),
+    /// Geo content: `200 OK` with a page made for the client's address (its
+    /// third octet picks the "country" edition: another title, another
+    /// length), as an origin that localizes does. Every request is logged.
+    GeoContent,
     /// An allowlist/firewall: connections from this address are reset before
     /// the web server reads (and logs) anything; others are answered healthy.
     RejectClient(IpAddr),
@@ -599,6 +603,20 @@ async fn connection(
     }
 }
 
+/// The [`Fault::GeoContent`] page for a client: the edition's length grows
+/// with the octet, so editions differ by more than any "same page" margin.
+fn geo_page(peer: IpAddr) -> String {
+    let edition = match peer {
+        IpAddr::V4(v4) => v4.octets()[2],
+        IpAddr::V6(v6) => v6.octets()[13],
+    };
+    format!(
+        "<!DOCTYPE html>\n<html><head><title>vantage lab origin, edition {edition}</title></head>\n\
+         <body>{}</body></html>\n",
+        "local news ".repeat(200 * (usize::from(edition) + 1))
+    )
+}
+
 /// Reads a request head (up to the blank line, at most
 /// [`MAX_REQUEST_HEAD`]); `None` if the client closed or sent too much
 /// first.
@@ -780,6 +798,12 @@ where
                 }
             }
             sent?;
+            close(stream).await
+        }
+        Fault::GeoContent => {
+            let page = geo_page(peer);
+            shared.record(peer, &head, Some(200), body_len(page.len()));
+            respond(&mut stream, 200, page.as_bytes(), head_only).await?;
             close(stream).await
         }
         Fault::RejectHeader(name) => {

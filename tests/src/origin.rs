@@ -1,13 +1,15 @@
 //! A loopback HTTP origin for the lab. It binds port 0, hands back its
-//! address, counts the requests it answers, and can hold every request after
-//! the first N until the test releases it — which is how a test arranges for
+//! address, counts the requests it answers (in total and per client address),
+//! and can hold every request after the first N — or only one client's after
+//! its first N — until the test releases it: that is how a test arranges for
 //! an agent to be mid-plan at a precise moment without sleeping.
 //!
 //! (The fault-scripted origin of the probe-engine issue grows from here.)
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::bail;
@@ -23,6 +25,7 @@ pub const BODY: &str = "hello from the vantage lab origin\n";
 #[derive(Debug, Default, Clone)]
 pub struct OriginBuilder {
     hold_after: Option<u64>,
+    hold_client: Option<(IpAddr, u64)>,
     delay: Option<Duration>,
     addr: Option<SocketAddr>,
 }
@@ -32,6 +35,15 @@ impl OriginBuilder {
     /// [`Origin::release`].
     pub fn hold_after(mut self, n: u64) -> Self {
         self.hold_after = Some(n);
+        self
+    }
+
+    /// Answer the first `n` requests from `client` at once and hold its
+    /// later ones until [`Origin::release`]; other clients are not held.
+    /// Lab regions are source addresses (`127.0.N.1`), so this stalls one
+    /// region's agent mid-plan while the others run on.
+    pub fn hold_client_after(mut self, client: IpAddr, n: u64) -> Self {
+        self.hold_client = Some((client, n));
         self
     }
 
@@ -60,18 +72,20 @@ impl OriginBuilder {
             answered: AtomicU64::new(0),
             answered_changed: Notify::new(),
             hold_after: self.hold_after,
+            hold_client: self.hold_client,
+            per_client: Mutex::default(),
             delay: self.delay,
             release: watch::channel(false).0,
         });
         let serving = state.clone();
         let task = tokio::spawn(async move {
             loop {
-                let (stream, _) = listener.accept().await?;
+                let (stream, peer) = listener.accept().await?;
                 let state = serving.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |_request| {
                         let state = state.clone();
-                        async move { state.answer().await }
+                        async move { state.answer(peer.ip()).await }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -90,14 +104,33 @@ struct State {
     answered: AtomicU64,
     answered_changed: Notify,
     hold_after: Option<u64>,
+    hold_client: Option<(IpAddr, u64)>,
+    /// Per client address: (arrived, answered).
+    per_client: Mutex<HashMap<IpAddr, (u64, u64)>>,
     delay: Option<Duration>,
     release: watch::Sender<bool>,
 }
 
 impl State {
-    async fn answer(&self) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+    /// Updates `client`'s counters; returns its arrived count afterwards.
+    fn count_client(&self, client: IpAddr, arrived: u64, answered: u64) -> u64 {
+        let mut per_client = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = per_client.entry(client).or_default();
+        entry.0 += arrived;
+        entry.1 += answered;
+        entry.0
+    }
+
+    async fn answer(
+        &self,
+        client: IpAddr,
+    ) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
         let number = self.arrived.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.hold_after.is_some_and(|limit| number > limit) {
+        let from_client = self.count_client(client, 1, 0);
+        let held_client = self
+            .hold_client
+            .is_some_and(|(ip, limit)| ip == client && from_client > limit);
+        if held_client || self.hold_after.is_some_and(|limit| number > limit) {
             let mut released = self.release.subscribe();
             let _ = released.wait_for(|open| *open).await;
         }
@@ -106,6 +139,7 @@ impl State {
             tokio::time::sleep(delay).await;
         }
         let response = hyper::Response::new(Full::new(Bytes::from_static(BODY.as_bytes())));
+        self.count_client(client, 0, 1);
         self.answered.fetch_add(1, Ordering::SeqCst);
         self.answered_changed.notify_waiters();
         Ok(response)
@@ -145,6 +179,25 @@ impl Origin {
         self.state.answered.load(Ordering::SeqCst)
     }
 
+    /// Requests that have arrived from `client` (answered or held).
+    pub fn arrived_from(&self, client: IpAddr) -> u64 {
+        self.client_counts(client).0
+    }
+
+    /// Requests from `client` answered so far.
+    pub fn answered_from(&self, client: IpAddr) -> u64 {
+        self.client_counts(client).1
+    }
+
+    fn client_counts(&self, client: IpAddr) -> (u64, u64) {
+        let per_client = self
+            .state
+            .per_client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        per_client.get(&client).copied().unwrap_or_default()
+    }
+
     /// Lets every held request (and all later ones) through.
     pub fn release(&self) {
         let _ = self.state.release.send(true);
@@ -162,6 +215,28 @@ impl Origin {
                 bail!(
                     "origin answered {} of {n} requests within {timeout:?}",
                     self.answered()
+                );
+            }
+        }
+    }
+
+    /// Waits until at least `n` requests from `client` were answered.
+    pub async fn wait_answered_from(
+        &self,
+        client: IpAddr,
+        n: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.state.answered_changed.notified();
+            if self.answered_from(client) >= n {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                bail!(
+                    "origin answered {} of {n} requests from {client} within {timeout:?}",
+                    self.answered_from(client)
                 );
             }
         }
