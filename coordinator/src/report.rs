@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::diagnosis::{Diagnosis, Evidence, Finding, Observation, Status};
+use vantage_proto::domain::Outcome;
 
 /// The schema identifier every report carries.
 pub const SCHEMA: &str = "vantage.report.v1";
@@ -120,6 +121,10 @@ pub struct ReportWitness {
     /// Per route (`direct`, `edge`): requests sent and how many the witness saw.
     #[serde(default)]
     pub by_route: std::collections::BTreeMap<String, RouteSightings>,
+    /// Per region: its direct and edge requests, and how many the witness
+    /// saw (0 of N from one region is the proof of interference on its path).
+    #[serde(default)]
+    pub by_region: std::collections::BTreeMap<String, RouteSightings>,
 }
 
 /// How many of one route's requests reached the origin's log.
@@ -164,6 +169,7 @@ pub fn build(campaign: &str, evidence: &Evidence, diagnosis: &Diagnosis) -> Repo
             seen: 0,
             edge_pull_ips: Vec::new(),
             by_route: std::collections::BTreeMap::new(),
+            by_region: std::collections::BTreeMap::new(),
         },
         Some(w) => {
             let all = evidence.regions.iter().flat_map(|r| r.observations.iter());
@@ -176,14 +182,24 @@ pub fn build(campaign: &str, evidence: &Evidence, diagnosis: &Diagnosis) -> Repo
                 .collect();
             let mut by_route: std::collections::BTreeMap<String, RouteSightings> =
                 std::collections::BTreeMap::new();
-            for o in evidence.regions.iter().flat_map(|r| r.observations.iter()) {
-                if o.route == vantage_proto::domain::Route::Dns {
-                    continue;
-                }
-                let entry = by_route.entry(o.route.as_str().to_string()).or_default();
-                entry.sent += 1;
-                if w.saw(&o.nonce) {
-                    entry.seen += 1;
+            let mut by_region: std::collections::BTreeMap<String, RouteSightings> =
+                std::collections::BTreeMap::new();
+            for region in &evidence.regions {
+                for o in &region.observations {
+                    // Only requests that left the agent could reach the origin.
+                    if o.route == vantage_proto::domain::Route::Dns
+                        || matches!(o.outcome, Outcome::DnsFailure | Outcome::BlockedByPolicy)
+                    {
+                        continue;
+                    }
+                    let saw = usize::from(w.saw(&o.nonce));
+                    for entry in [
+                        by_route.entry(o.route.as_str().to_string()).or_default(),
+                        by_region.entry(region.region.clone()).or_default(),
+                    ] {
+                        entry.sent += 1;
+                        entry.seen += saw;
+                    }
                 }
             }
             ReportWitness {
@@ -191,6 +207,7 @@ pub fn build(campaign: &str, evidence: &Evidence, diagnosis: &Diagnosis) -> Repo
                 seen,
                 edge_pull_ips: edge_pull_ips.into_iter().collect(),
                 by_route,
+                by_region,
             }
         }
     };
@@ -408,9 +425,14 @@ pub fn render_terminal(report: &Report, color: bool) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "\nwitness: saw {} request(s) ({}); edge pull IPs: {}",
+            "\nwitness: saw {} request(s) ({}; per region {}); edge pull IPs: {}",
             w.seen,
             routes.join(", "),
+            w.by_region
+                .iter()
+                .map(|(region, n)| format!("{region} {}/{}", n.seen, n.sent))
+                .collect::<Vec<_>>()
+                .join(", "),
             if w.edge_pull_ips.is_empty() {
                 "none".to_string()
             } else {

@@ -23,14 +23,7 @@ use vantage_lab::scenario::{
 use vantage_proto::cdn::CdnProfile;
 
 /// Diagnose flags: one attempt, a small burst, a scaled-down edge timeout.
-const QUICK: &[&str] = &[
-    "--edge-timeout",
-    "600ms",
-    "--burst",
-    "3",
-    "--attempts",
-    "1",
-];
+const QUICK: &[&str] = &["--edge-timeout", "600ms", "--burst", "3", "--attempts", "1"];
 
 /// The address the carrier's middleboxes listen on.
 const CARRIER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 77));
@@ -87,6 +80,15 @@ fn assert_interference(report: &serde_json::Value, kind: &str, interfered: &[&st
     reproduce_is_well_formed(report).unwrap();
 }
 
+/// The witness's per-region sightings in the report: (seen, sent).
+fn witnessed(report: &serde_json::Value, region: &str) -> (u64, u64) {
+    let n = &report["witness"]["by_region"][region];
+    (
+        n["seen"].as_u64().unwrap_or(0),
+        n["sent"].as_u64().unwrap_or(0),
+    )
+}
+
 fn evidence_text(report: &serde_json::Value, code: &str) -> String {
     findings(report, code)
         .iter()
@@ -126,47 +128,59 @@ fn http_injection_block_page_in_one_region() {
         let evidence = evidence_text(&report, "carrier_interference");
         assert!(evidence.contains(BLOCK_TITLE), "{evidence}");
         assert!(
-            evidence.contains("origin witness: did not see"),
+            evidence.contains("origin witness: saw 0 of the 1 direct requests from ap"),
             "{evidence}"
         );
-        assert_eq!(logged_for(&lab, "ap"), 0, "ap's requests never reached the origin");
+        assert_eq!(
+            logged_for(&lab, "ap"),
+            0,
+            "ap's requests never reached the origin"
+        );
         assert!(logged_for(&lab, "eu") > 0 && logged_for(&lab, "us") > 0);
+        // The report carries the same proof, per region.
+        let (seen, sent) = witnessed(&report, "ap");
+        assert!(seen == 0 && sent > 0, "ap: {seen}/{sent}: {report:#}");
+        let (seen, sent) = witnessed(&report, "eu");
+        assert!(seen == sent && sent > 0, "eu: {seen}/{sent}: {report:#}");
     });
 }
 
 #[test]
 fn http_injection_redirect_in_two_of_four_regions() {
-    netns::run("http_injection_redirect_in_two_of_four_regions", |ns| async move {
-        let lab = ScenarioBuilder::new(Fault::Healthy, TlsMode::Plain)
-            .regions(4)
-            .start()
-            .await
-            .unwrap();
-        let injector = Injector::spawn(CARRIER_IP, InjectedReply::Redirect)
-            .await
-            .unwrap();
-        for region in ["eu", "sa"] {
-            apply(
-                &ns,
-                &Interference::HttpInjection {
-                    source: source(region),
-                    target: lab.origin.addr(),
-                    injector: injector.addr(),
-                },
-            )
-            .unwrap();
-        }
-        let (code, report) = lab.diagnose(QUICK).await.unwrap();
-        assert_eq!(code, 1, "{report:#}");
-        assert_interference(&report, "http_injection", &["eu", "sa"], &[]);
-        assert!(evidence_text(&report, "carrier_interference").contains("302"));
-        for region in ["eu", "sa"] {
-            assert_eq!(logged_for(&lab, region), 0, "{region}");
-        }
-        for region in ["us", "ap"] {
-            assert!(logged_for(&lab, region) > 0, "{region}");
-        }
-    });
+    netns::run(
+        "http_injection_redirect_in_two_of_four_regions",
+        |ns| async move {
+            let lab = ScenarioBuilder::new(Fault::Healthy, TlsMode::Plain)
+                .regions(4)
+                .start()
+                .await
+                .unwrap();
+            let injector = Injector::spawn(CARRIER_IP, InjectedReply::Redirect)
+                .await
+                .unwrap();
+            for region in ["eu", "sa"] {
+                apply(
+                    &ns,
+                    &Interference::HttpInjection {
+                        source: source(region),
+                        target: lab.origin.addr(),
+                        injector: injector.addr(),
+                    },
+                )
+                .unwrap();
+            }
+            let (code, report) = lab.diagnose(QUICK).await.unwrap();
+            assert_eq!(code, 1, "{report:#}");
+            assert_interference(&report, "http_injection", &["eu", "sa"], &[]);
+            assert!(evidence_text(&report, "carrier_interference").contains("302"));
+            for region in ["eu", "sa"] {
+                assert_eq!(logged_for(&lab, region), 0, "{region}");
+            }
+            for region in ["us", "ap"] {
+                assert!(logged_for(&lab, region) > 0, "{region}");
+            }
+        },
+    );
 }
 
 #[test]
@@ -185,7 +199,10 @@ fn tcp_reset_in_one_region() {
         let (code, report) = lab.diagnose(QUICK).await.unwrap();
         assert_eq!(code, 1, "{report:#}");
         assert_interference(&report, "tcp_reset", &["us"], &[]);
-        assert!(rule_hits(&ns, "filter").unwrap()[0] > 0, "the reset rule fired");
+        assert!(
+            rule_hits(&ns, "filter").unwrap()[0] > 0,
+            "the reset rule fired"
+        );
         assert_eq!(logged_for(&lab, "us"), 0);
         assert!(logged_for(&lab, "eu") > 0 && logged_for(&lab, "ap") > 0);
     });
@@ -206,7 +223,10 @@ fn blackhole_in_one_region() {
         let (code, report) = lab.diagnose(QUICK).await.unwrap();
         assert_eq!(code, 1, "{report:#}");
         assert_interference(&report, "blackhole", &["ap"], &[]);
-        assert!(rule_hits(&ns, "filter").unwrap()[0] > 0, "SYNs were dropped");
+        assert!(
+            rule_hits(&ns, "filter").unwrap()[0] > 0,
+            "SYNs were dropped"
+        );
         assert_eq!(logged_for(&lab, "ap"), 0);
     });
 }
@@ -234,7 +254,10 @@ fn dns_tampering_in_one_region() {
         assert_interference(&report, "dns_tampering", &["ap"], &[]);
         let evidence = evidence_text(&report, "carrier_interference");
         assert!(evidence.contains(&FOREIGN.to_string()), "{evidence}");
-        assert!(evidence.contains("127.0.0.1"), "the honest answer: {evidence}");
+        assert!(
+            evidence.contains("127.0.0.1"),
+            "the honest answer: {evidence}"
+        );
         assert!(honest.queries() > 0 && lying.queries() > 0);
     });
 }
@@ -302,33 +325,36 @@ fn tls_interception_everywhere_is_the_origins_certificate() {
 
 #[test]
 fn hijacked_region_while_the_origin_is_slow() {
-    netns::run("hijacked_region_while_the_origin_is_slow", |ns| async move {
-        let lab = ScenarioBuilder::new(
-            Fault::SlowFirstByte(Duration::from_millis(900)),
-            TlsMode::Plain,
-        )
-        .start()
-        .await
-        .unwrap();
-        let injector = Injector::spawn(CARRIER_IP, InjectedReply::BlockPage)
+    netns::run(
+        "hijacked_region_while_the_origin_is_slow",
+        |ns| async move {
+            let lab = ScenarioBuilder::new(
+                Fault::SlowFirstByte(Duration::from_millis(900)),
+                TlsMode::Plain,
+            )
+            .start()
             .await
             .unwrap();
-        apply(
-            &ns,
-            &Interference::HttpInjection {
-                source: source("ap"),
-                target: lab.origin.addr(),
-                injector: injector.addr(),
-            },
-        )
-        .unwrap();
-        let (code, report) = lab.diagnose(QUICK).await.unwrap();
-        assert_eq!(code, 1, "{report:#}");
-        assert_interference(&report, "http_injection", &["ap"], &["origin_slow"]);
-        let slow = findings(&report, "origin_slow");
-        assert_eq!(slow.len(), 1, "both findings hold: {report:#}");
-        assert_eq!(regions_of(slow[0]), ["eu", "us"], "{report:#}");
-    });
+            let injector = Injector::spawn(CARRIER_IP, InjectedReply::BlockPage)
+                .await
+                .unwrap();
+            apply(
+                &ns,
+                &Interference::HttpInjection {
+                    source: source("ap"),
+                    target: lab.origin.addr(),
+                    injector: injector.addr(),
+                },
+            )
+            .unwrap();
+            let (code, report) = lab.diagnose(QUICK).await.unwrap();
+            assert_eq!(code, 1, "{report:#}");
+            assert_interference(&report, "http_injection", &["ap"], &["origin_slow"]);
+            let slow = findings(&report, "origin_slow");
+            assert_eq!(slow.len(), 1, "both findings hold: {report:#}");
+            assert_eq!(regions_of(slow[0]), ["eu", "us"], "{report:#}");
+        },
+    );
 }
 
 #[test]

@@ -674,9 +674,18 @@ fn interference_findings(ctx: &Ctx<'_>, hits: &[Hit<'_>]) -> Vec<Finding> {
             ));
         }
         match witness {
-            Witness::Agrees => evidence.push(
-                "origin witness: did not see the requests from the affected regions".to_string(),
-            ),
+            Witness::Agrees => {
+                for h in &mine {
+                    let obs = ctx.observations(&h.region, h.route, Variant::Baseline, &h.address);
+                    let seen = obs.iter().filter(|o| ctx.witness_saw(&[*o]) == Some(true)).count();
+                    evidence.push(format!(
+                        "origin witness: saw {seen} of the {} {} requests from {}: they did not reach the origin",
+                        obs.len(),
+                        h.route.as_str(),
+                        h.region
+                    ));
+                }
+            }
             Witness::Absent => evidence.push(
                 "no origin witness ran: it could not be confirmed that these requests never reached the origin".to_string(),
             ),
