@@ -265,11 +265,7 @@ impl RunArgs {
                         .with_context(|| format!("--dns-server {text:?}: expected IP or IP:PORT"))
                 })
                 .transpose()?,
-            cacert_pem: self
-                .cacert
-                .as_deref()
-                .map(read_ca_pem)
-                .transpose()?,
+            cacert_pem: self.cacert.as_deref().map(read_ca_pem).transpose()?,
             spool_max,
             policy: TargetPolicy {
                 allow_private: self.allow_private,

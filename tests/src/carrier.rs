@@ -175,7 +175,11 @@ fn answer_for(query: &Message, answer: Ipv4Addr) -> Message {
     for q in &query.queries {
         reply.add_query(q.clone());
         if q.query_type() == RecordType::A {
-            reply.add_answer(Record::from_rdata(q.name().clone(), 60, RData::A(A(answer))));
+            reply.add_answer(Record::from_rdata(
+                q.name().clone(),
+                60,
+                RData::A(A(answer)),
+            ));
         }
     }
     reply

@@ -351,10 +351,9 @@ mod tests {
             target,
             marker: "origin.lab.test".into(),
         };
-        assert!(rule
-            .iptables_args()
-            .join(" ")
-            .ends_with("-m string --algo bm --string origin.lab.test -j REJECT --reject-with tcp-reset"));
+        assert!(rule.iptables_args().join(" ").ends_with(
+            "-m string --algo bm --string origin.lab.test -j REJECT --reject-with tcp-reset"
+        ));
     }
 
     #[test]
