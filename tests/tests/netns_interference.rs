@@ -47,7 +47,13 @@ fn logged_for(lab: &Scenario, region: &str) -> usize {
 /// Asserts that `report` names `kind` interference in exactly `interfered`,
 /// that no other carrier finding names any region, and that no finding
 /// other than `also` exists; prints the figure line.
-fn assert_interference(report: &serde_json::Value, kind: &str, interfered: &[&str], also: &[&str]) {
+fn assert_interference(
+    case: &str,
+    report: &serde_json::Value,
+    kind: &str,
+    interfered: &[&str],
+    also: &[&str],
+) {
     let carrier = findings(report, "carrier_interference");
     let mine: Vec<_> = carrier.iter().filter(|f| f["kind"] == kind).collect();
     let named = mine.first().map(|f| regions_of(f)).unwrap_or_default();
@@ -60,7 +66,7 @@ fn assert_interference(report: &serde_json::Value, kind: &str, interfered: &[&st
         .filter(|r| !want.contains(r))
         .collect();
     eprintln!(
-        "FIGURE {kind}: regions named {hits}/{} interfered, false findings on clean regions: {}",
+        "FIGURE {case} ({kind}): regions named {hits}/{} interfered, false findings on clean regions: {}",
         want.len(),
         false_regions.len()
     );
@@ -123,7 +129,13 @@ fn http_injection_block_page_in_one_region() {
         .unwrap();
         let (code, report) = lab.diagnose(QUICK).await.unwrap();
         assert_eq!(code, 1, "{report:#}");
-        assert_interference(&report, "http_injection", &["ap"], &[]);
+        assert_interference(
+            "block page, 1 of 3 regions",
+            &report,
+            "http_injection",
+            &["ap"],
+            &[],
+        );
         assert!(injector.answered() > 0, "the injector answered ap");
         let evidence = evidence_text(&report, "carrier_interference");
         assert!(evidence.contains(BLOCK_TITLE), "{evidence}");
@@ -171,7 +183,13 @@ fn http_injection_redirect_in_two_of_four_regions() {
             }
             let (code, report) = lab.diagnose(QUICK).await.unwrap();
             assert_eq!(code, 1, "{report:#}");
-            assert_interference(&report, "http_injection", &["eu", "sa"], &[]);
+            assert_interference(
+                "redirect, 2 of 4 regions",
+                &report,
+                "http_injection",
+                &["eu", "sa"],
+                &[],
+            );
             assert!(evidence_text(&report, "carrier_interference").contains("302"));
             for region in ["eu", "sa"] {
                 assert_eq!(logged_for(&lab, region), 0, "{region}");
@@ -198,7 +216,13 @@ fn tcp_reset_in_one_region() {
         .unwrap();
         let (code, report) = lab.diagnose(QUICK).await.unwrap();
         assert_eq!(code, 1, "{report:#}");
-        assert_interference(&report, "tcp_reset", &["us"], &[]);
+        assert_interference(
+            "reset on the host name, 1 of 3",
+            &report,
+            "tcp_reset",
+            &["us"],
+            &[],
+        );
         assert!(
             rule_hits(&ns, "filter").unwrap()[0] > 0,
             "the reset rule fired"
@@ -222,7 +246,13 @@ fn blackhole_in_one_region() {
         .unwrap();
         let (code, report) = lab.diagnose(QUICK).await.unwrap();
         assert_eq!(code, 1, "{report:#}");
-        assert_interference(&report, "blackhole", &["ap"], &[]);
+        assert_interference(
+            "dropped packets, 1 of 3",
+            &report,
+            "blackhole",
+            &["ap"],
+            &[],
+        );
         assert!(
             rule_hits(&ns, "filter").unwrap()[0] > 0,
             "SYNs were dropped"
@@ -251,7 +281,13 @@ fn dns_tampering_in_one_region() {
             .unwrap();
         let (code, report) = lab.diagnose(QUICK).await.unwrap();
         assert_eq!(code, 1, "{report:#}");
-        assert_interference(&report, "dns_tampering", &["ap"], &[]);
+        assert_interference(
+            "lying resolver, 1 of 3",
+            &report,
+            "dns_tampering",
+            &["ap"],
+            &[],
+        );
         let evidence = evidence_text(&report, "carrier_interference");
         assert!(evidence.contains(&FOREIGN.to_string()), "{evidence}");
         assert!(
@@ -303,7 +339,13 @@ async fn tls_interception(ns: &str, intercepted: &[&str]) -> serde_json::Value {
 fn tls_interception_in_one_region() {
     netns::run("tls_interception_in_one_region", |ns| async move {
         let report = tls_interception(&ns, &["eu"]).await;
-        assert_interference(&report, "tls_interception", &["eu"], &[]);
+        assert_interference(
+            "intercepting middlebox, 1 of 3",
+            &report,
+            "tls_interception",
+            &["eu"],
+            &[],
+        );
         assert!(findings(&report, "origin_tls_error").is_empty());
     });
 }
@@ -314,6 +356,11 @@ fn tls_interception_everywhere_is_the_origins_certificate() {
         "tls_interception_everywhere_is_the_origins_certificate",
         |ns| async move {
             let report = tls_interception(&ns, &["eu", "us", "ap"]).await;
+            let carrier = findings(&report, "carrier_interference").len();
+            eprintln!(
+                "FIGURE every region intercepted (origin_tls_error): found {}, false carrier findings: {carrier}",
+                findings(&report, "origin_tls_error").len()
+            );
             assert_eq!(findings(&report, "origin_tls_error").len(), 1, "{report:#}");
             assert!(
                 findings(&report, "carrier_interference").is_empty(),
@@ -349,7 +396,13 @@ fn hijacked_region_while_the_origin_is_slow() {
             .unwrap();
             let (code, report) = lab.diagnose(QUICK).await.unwrap();
             assert_eq!(code, 1, "{report:#}");
-            assert_interference(&report, "http_injection", &["ap"], &["origin_slow"]);
+            assert_interference(
+                "block page while the origin is slow",
+                &report,
+                "http_injection",
+                &["ap"],
+                &["origin_slow"],
+            );
             let slow = findings(&report, "origin_slow");
             assert_eq!(slow.len(), 1, "both findings hold: {report:#}");
             assert_eq!(regions_of(slow[0]), ["eu", "us"], "{report:#}");
@@ -382,7 +435,13 @@ fn interference_on_the_edge_route_only() {
         .unwrap();
         let (code, report) = lab.diagnose(QUICK).await.unwrap();
         assert_eq!(code, 1, "{report:#}");
-        assert_interference(&report, "tcp_reset", &["us"], &[]);
+        assert_interference(
+            "reset on the edge route only",
+            &report,
+            "tcp_reset",
+            &["us"],
+            &[],
+        );
         let evidence = evidence_text(&report, "carrier_interference");
         assert!(evidence.contains(&edge.to_string()), "{evidence}");
         // The direct route from us was clean: its requests reached the origin.
