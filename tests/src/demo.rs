@@ -4,7 +4,9 @@
 //! lab origin's access log, the fault-scripted origin, and — for edge
 //! scenarios — the edge simulator. It runs `vantage diagnose` on the
 //! scenario and prints the report. Everything lives in temporary
-//! directories that are removed at the end; no root needed.
+//! directories that are removed at the end. No root is needed, except for
+//! `mixed`: it hijacks one region's packets with iptables, so it runs the
+//! whole lab inside a private network namespace.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -40,6 +42,8 @@ pub struct Scenario {
     https_url: bool,
     edge: bool,
     edge_pull_ip: Option<[u8; 4]>,
+    /// A region whose plain HTTP to the origin a carrier hijacks (needs root).
+    hijack: Option<&'static str>,
 }
 
 /// Every scenario; the first is the default.
@@ -52,6 +56,7 @@ pub fn scenarios() -> Vec<Scenario> {
         https_url,
         edge,
         edge_pull_ip,
+        hijack: None,
     };
     vec![
         s(
@@ -138,6 +143,18 @@ pub fn scenarios() -> Vec<Scenario> {
             false,
             None,
         ),
+        Scenario {
+            hijack: Some("ap-southeast"),
+            ..s(
+                "mixed",
+                "two faults at once: the origin is slow (524) and a carrier hijacks ap-southeast (needs root)",
+                Fault::SlowFirstByte(Duration::from_millis(1300)),
+                TlsMode::Plain,
+                false,
+                true,
+                None,
+            )
+        },
     ]
 }
 
@@ -153,14 +170,44 @@ pub fn list(out: &mut impl std::io::Write) -> anyhow::Result<()> {
 
 /// Runs one scenario, writing the report to `out`; returns its status.
 pub async fn run(name: Option<&str>, out: &mut impl std::io::Write) -> anyhow::Result<String> {
-    let all = scenarios();
     let scenario = match name {
-        None => &all[0],
-        Some(name) => match all.iter().find(|s| s.name == name) {
+        None => scenarios().swap_remove(0),
+        Some(name) => match scenarios().into_iter().find(|s| s.name == name) {
             Some(s) => s,
             None => bail!("no scenario {name:?}; `vantage-lab demo --list` shows them"),
         },
     };
+    if scenario.hijack.is_none() {
+        return run_scenario(scenario, None, out).await;
+    }
+    if let Some(reason) = crate::netns::unavailable() {
+        bail!(
+            "scenario {} hijacks a region's packets inside a network namespace: {reason}",
+            scenario.name
+        );
+    }
+    let netns = crate::netns::Netns::create()?;
+    // The namespace thread owns the lab; its output comes back in a buffer.
+    let outcome = tokio::task::spawn_blocking(move || {
+        netns.block_on(move |ns| async move {
+            let mut buf = Vec::new();
+            let status = run_scenario(scenario, Some(&ns), &mut buf).await;
+            (status, buf)
+        })
+    })
+    .await
+    .context("namespace task")?;
+    let (status, buf) = outcome.map_err(|_| anyhow::anyhow!("the namespace lab panicked"))?;
+    out.write_all(&buf)?;
+    status
+}
+
+/// Runs `scenario`; `netns` names the namespace this runs in, if any.
+async fn run_scenario(
+    scenario: Scenario,
+    netns: Option<&str>,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<String> {
     let logs = tempfile::tempdir()?;
     let log = logs.path().join("access.log");
     let origin = Fixture::builder(scenario.fault.clone())
@@ -206,6 +253,34 @@ pub async fn run(name: Option<&str>, out: &mut impl std::io::Write) -> anyhow::R
         .await
         .context("starting the witness")?;
 
+    let mut hijacked = String::new();
+    let _injector = match (scenario.hijack, netns) {
+        (Some(region), Some(ns)) => {
+            let source = REGIONS
+                .iter()
+                .find(|(_, r, _)| *r == region)
+                .map(|(_, _, ip)| IpAddr::from(*ip))
+                .context("hijacked region")?;
+            let injector = crate::carrier::Injector::spawn(
+                IpAddr::from([127, 0, 0, 77]),
+                crate::carrier::InjectedReply::BlockPage,
+            )
+            .await?;
+            crate::netns::apply(
+                ns,
+                &crate::netns::Interference::HttpInjection {
+                    source,
+                    target: origin.addr(),
+                    injector: injector.addr(),
+                },
+            )?;
+            hijacked = format!(
+                " · iptables in namespace {ns}: {region}'s HTTP to the origin goes to a block page"
+            );
+            Some(injector)
+        }
+        _ => None,
+    };
     let url = if scenario.https_url {
         format!(
             "https://{}:{}/index.html",
@@ -220,7 +295,7 @@ pub async fn run(name: Option<&str>, out: &mut impl std::io::Write) -> anyhow::R
         "vantage lab demo: {} — {}",
         scenario.name, scenario.about
     )?;
-    writeln!(out, "  coordinator {} · origin {} · edge {} · regions eu-central, us-east, ap-southeast · witness on the origin's access log",
+    writeln!(out, "  coordinator {} · origin {} · edge {} · regions eu-central, us-east, ap-southeast · witness on the origin's access log{hijacked}",
         lab.grpc_addr(),
         origin.addr(),
         edge.as_ref().map(|e| e.addrs()[0].to_string()).unwrap_or_else(|| "none".into()))?;

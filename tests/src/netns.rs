@@ -176,29 +176,7 @@ where
         return;
     }
     let netns = Netns::create().unwrap_or_else(|e| panic!("{test}: {e:#}"));
-    let name = netns.name.clone();
-    let path = Path::new(NETNS_DIR).join(&name);
-    let outcome = std::thread::Builder::new()
-        .name(format!("netns-{name}"))
-        .spawn(move || {
-            let file = std::fs::File::open(&path)
-                .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-            rustix::thread::move_into_link_name_space(
-                std::os::fd::AsFd::as_fd(&file),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )
-            .unwrap_or_else(|e| panic!("setns into {}: {e}", path.display()));
-            // Built after setns: its worker and blocking threads are spawned
-            // from this thread and so start inside the namespace too.
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap_or_else(|e| panic!("runtime: {e}"));
-            runtime.block_on(body(name));
-        })
-        .expect("spawning the namespace thread")
-        .join();
+    let outcome = netns.block_on(body);
     drop(netns);
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
@@ -216,6 +194,13 @@ fn skip(test: &str, env: &dyn Env, unavailable: Option<String>) -> bool {
     }
     eprintln!("SKIPPED {test}: {reason}");
     true
+}
+
+/// For tests that set up their own namespace (the `mixed` demo): true when
+/// the tier cannot run here and the test should return; the reason is
+/// printed, and under `CI=true` this panics instead.
+pub fn skipped(test: &str) -> bool {
+    skip(test, &ProcessEnv, unavailable())
 }
 
 /// [`run_with_env`] with the process environment.
@@ -246,6 +231,41 @@ impl Netns {
     /// The namespace's name (for `ip netns exec`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Runs `body(name)` on a new thread that has entered the namespace, in
+    /// its own tokio runtime, and returns its output (or its panic).
+    pub fn block_on<F, Fut, T>(&self, body: F) -> std::thread::Result<T>
+    where
+        F: FnOnce(String) -> Fut + Send + 'static,
+        Fut: Future<Output = T>,
+        T: Send + 'static,
+    {
+        let name = self.name.clone();
+        let path = Path::new(NETNS_DIR).join(&name);
+        let thread = std::thread::Builder::new()
+            .name(format!("netns-{name}"))
+            .spawn(move || {
+                let file = std::fs::File::open(&path)
+                    .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+                rustix::thread::move_into_link_name_space(
+                    std::os::fd::AsFd::as_fd(&file),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .unwrap_or_else(|e| panic!("setns into {}: {e}", path.display()));
+                // Built after setns: its worker and blocking threads are
+                // spawned from this thread and so start inside the namespace.
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap_or_else(|e| panic!("runtime: {e}"));
+                runtime.block_on(body(name))
+            });
+        match thread {
+            Ok(thread) => thread.join(),
+            Err(e) => Err(Box::new(format!("cannot spawn the namespace thread: {e}"))),
+        }
     }
 }
 

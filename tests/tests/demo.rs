@@ -36,3 +36,20 @@ async fn allowlist_demo_names_the_edge_blocked_at_the_origin() {
     assert_eq!(status, "faulty", "{text}");
     assert!(text.contains("origin_blocks_edge"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_demo_names_the_slow_origin_and_the_hijacked_region() {
+    if vantage_lab::netns::skipped("mixed_demo_names_the_slow_origin_and_the_hijacked_region") {
+        return;
+    }
+    let mut out = Vec::new();
+    let status = vantage_lab::demo::run(Some("mixed"), &mut out)
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(status, "faulty", "{text}");
+    assert!(text.contains("origin_slow"), "{text}");
+    assert!(text.contains("carrier_interference"), "{text}");
+    assert!(text.contains("http_injection"), "{text}");
+    assert!(text.contains("ap-southeast"), "{text}");
+}
