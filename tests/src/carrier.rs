@@ -113,6 +113,30 @@ impl Drop for Injector {
     }
 }
 
+/// A carrier hijacking plain HTTP: starts an injector on `ip` answering
+/// `reply`, and diverts every connection from each of `sources` to `target`
+/// to it with iptables inside the namespace `netns`.
+pub async fn hijack_http(
+    netns: &str,
+    ip: IpAddr,
+    reply: InjectedReply,
+    sources: &[IpAddr],
+    target: SocketAddr,
+) -> anyhow::Result<Injector> {
+    let injector = Injector::spawn(ip, reply).await?;
+    for source in sources {
+        crate::netns::apply(
+            netns,
+            &crate::netns::Interference::HttpInjection {
+                source: *source,
+                target,
+                injector: injector.addr(),
+            },
+        )?;
+    }
+    Ok(injector)
+}
+
 /// A DNS server (UDP) that answers every `A` query with one address and
 /// every other query with no records.
 #[derive(Debug)]

@@ -261,19 +261,14 @@ async fn run_scenario(
                 .find(|(_, r, _)| *r == region)
                 .map(|(_, _, ip)| IpAddr::from(*ip))
                 .context("hijacked region")?;
-            let injector = crate::carrier::Injector::spawn(
+            let injector = crate::carrier::hijack_http(
+                ns,
                 IpAddr::from([127, 0, 0, 77]),
                 crate::carrier::InjectedReply::BlockPage,
+                &[source],
+                origin.addr(),
             )
             .await?;
-            crate::netns::apply(
-                ns,
-                &crate::netns::Interference::HttpInjection {
-                    source,
-                    target: origin.addr(),
-                    injector: injector.addr(),
-                },
-            )?;
             hijacked = format!(
                 " · iptables in namespace {ns}: {region}'s HTTP to the origin goes to a block page"
             );

@@ -14,7 +14,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use vantage_lab::carrier::{InjectedReply, Injector, Resolver, BLOCK_TITLE};
+use vantage_lab::carrier::{hijack_http, InjectedReply, Injector, Resolver, BLOCK_TITLE};
 use vantage_lab::fixture::{Fault, Fixture, TlsMode, LAB_HOST};
 use vantage_lab::netns::{self, apply, rule_hits, Interference};
 use vantage_lab::scenario::{
@@ -33,6 +33,14 @@ const FOREIGN: Ipv4Addr = Ipv4Addr::new(10, 10, 34, 35);
 
 fn source(region: &str) -> IpAddr {
     region_source(region).expect("a lab region")
+}
+
+/// The carrier of each of `regions` answers their plain HTTP to `target`.
+async fn hijack(ns: &str, reply: InjectedReply, regions: &[&str], target: SocketAddr) -> Injector {
+    let sources: Vec<IpAddr> = regions.iter().map(|r| source(r)).collect();
+    hijack_http(ns, CARRIER_IP, reply, &sources, target)
+        .await
+        .unwrap()
 }
 
 /// The nonces of `region` the origin's access log holds (the witness's
@@ -115,18 +123,7 @@ async fn healthy_lab() -> Scenario {
 fn http_injection_block_page_in_one_region() {
     netns::run("http_injection_block_page_in_one_region", |ns| async move {
         let lab = healthy_lab().await;
-        let injector = Injector::spawn(CARRIER_IP, InjectedReply::BlockPage)
-            .await
-            .unwrap();
-        apply(
-            &ns,
-            &Interference::HttpInjection {
-                source: source("ap"),
-                target: lab.origin.addr(),
-                injector: injector.addr(),
-            },
-        )
-        .unwrap();
+        let injector = hijack(&ns, InjectedReply::BlockPage, &["ap"], lab.origin.addr()).await;
         let (code, report) = lab.diagnose(QUICK).await.unwrap();
         assert_eq!(code, 1, "{report:#}");
         assert_interference(
@@ -167,21 +164,15 @@ fn http_injection_redirect_in_two_of_four_regions() {
                 .start()
                 .await
                 .unwrap();
-            let injector = Injector::spawn(CARRIER_IP, InjectedReply::Redirect)
-                .await
-                .unwrap();
-            for region in ["eu", "sa"] {
-                apply(
-                    &ns,
-                    &Interference::HttpInjection {
-                        source: source(region),
-                        target: lab.origin.addr(),
-                        injector: injector.addr(),
-                    },
-                )
-                .unwrap();
-            }
+            let injector = hijack(
+                &ns,
+                InjectedReply::Redirect,
+                &["eu", "sa"],
+                lab.origin.addr(),
+            )
+            .await;
             let (code, report) = lab.diagnose(QUICK).await.unwrap();
+            assert!(injector.answered() > 0, "the carrier answered");
             assert_eq!(code, 1, "{report:#}");
             assert_interference(
                 "redirect, 2 of 4 regions",
@@ -382,19 +373,9 @@ fn hijacked_region_while_the_origin_is_slow() {
             .start()
             .await
             .unwrap();
-            let injector = Injector::spawn(CARRIER_IP, InjectedReply::BlockPage)
-                .await
-                .unwrap();
-            apply(
-                &ns,
-                &Interference::HttpInjection {
-                    source: source("ap"),
-                    target: lab.origin.addr(),
-                    injector: injector.addr(),
-                },
-            )
-            .unwrap();
+            let injector = hijack(&ns, InjectedReply::BlockPage, &["ap"], lab.origin.addr()).await;
             let (code, report) = lab.diagnose(QUICK).await.unwrap();
+            assert!(injector.answered() > 0, "the carrier answered");
             assert_eq!(code, 1, "{report:#}");
             assert_interference(
                 "block page while the origin is slow",
