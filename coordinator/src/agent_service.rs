@@ -226,6 +226,18 @@ impl pb::agent_service_server::AgentService for AgentService {
             let reason = serve_session(&core, &record, inbound, &outbound, killed).await;
             tracing::info!(agent = %record.name, %reason, "session ended");
             if core.registry.unregister(&record.agent_id, session_id) {
+                // The agent is gone (not replaced by a newer session of its
+                // own): plans it has not finished are marked lost, so that
+                // they end instead of waiting in "sent" for an agent that may
+                // never come back (kill -9, lost host). Done before the event,
+                // so whoever sees the disconnect also sees the plans lost.
+                let (id, why) = (
+                    record.agent_id.clone(),
+                    format!("agent {} disconnected: {reason}", record.name),
+                );
+                if let Err(e) = core.db(move |s| s.mark_plans_lost(&id, &why)).await {
+                    tracing::warn!(agent = %record.name, error = %e, "cannot mark its plans lost");
+                }
                 core.registry.emit(AgentEvent::Disconnected {
                     name: record.name.clone(),
                     reason,

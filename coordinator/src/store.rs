@@ -299,7 +299,7 @@ pub struct PlanAgentStatus {
     /// The agent's current name, or its id if the agent row is gone
     /// (re-enrolled under the same name after revocation).
     pub agent_name: String,
-    /// `"sent"`, `"rejected"` or `"finished"`.
+    /// `"sent"`, `"rejected"`, `"finished"` or `"lost"`.
     pub state: String,
     /// Why the agent rejected or finished the plan, if it said.
     pub reason: Option<String>,
@@ -764,6 +764,23 @@ impl Store {
             tracing::debug!(plan_id, agent_id, "state update for unknown plan agent");
         }
         Ok(())
+    }
+
+    /// Marks every plan that `agent_id` has not finished (state `"sent"`) as
+    /// `"lost"` with `reason`, because its session ended: without this a plan
+    /// whose agent died mid-run would wait in `"sent"` forever. Results that
+    /// still arrive are stored as usual, and if the agent comes back and
+    /// reports the plan finished, that mark sets `"finished"` again.
+    /// Returns how many plans were marked.
+    pub fn mark_plans_lost(&self, agent_id: &str, reason: &str) -> Result<u64, StoreError> {
+        let conn = self.lock()?;
+        let changed = conn
+            .prepare_cached(
+                "UPDATE plan_agents SET state = 'lost', reason = ?2 \
+                 WHERE agent_id = ?1 AND state = 'sent'",
+            )?
+            .execute(params![agent_id, reason])?;
+        Ok(changed as u64)
     }
 
     /// Per-agent progress of a plan, ordered by agent name, or `None` if the
@@ -1468,6 +1485,45 @@ mod tests {
             )
             .unwrap();
         assert_eq!(ProbeResult::decode(body.as_slice()).unwrap(), batch[7]);
+    }
+
+    #[test]
+    fn an_ended_session_marks_only_unfinished_plans_lost() {
+        let store = Store::open_in_memory().unwrap();
+        for id in ["running", "done", "refused"] {
+            store
+                .insert_plan(id, None, 1_000, "[]", &[("a-1".to_owned(), 1)])
+                .unwrap();
+        }
+        store
+            .insert_plan("other", None, 1_000, "[]", &[("a-2".to_owned(), 1)])
+            .unwrap();
+        store
+            .set_plan_agent_state("done", "a-1", "finished", None)
+            .unwrap();
+        store
+            .set_plan_agent_state("refused", "a-1", "rejected", Some("full"))
+            .unwrap();
+
+        assert_eq!(store.mark_plans_lost("a-1", "gone").unwrap(), 1);
+        let state = |id: &str| {
+            let row = &store.plan_status(id).unwrap().unwrap()[0];
+            (row.state.clone(), row.reason.clone())
+        };
+        assert_eq!(state("running"), ("lost".into(), Some("gone".into())));
+        assert_eq!(state("done"), ("finished".into(), None));
+        assert_eq!(state("refused"), ("rejected".into(), Some("full".into())));
+        assert_eq!(
+            state("other"),
+            ("sent".into(), None),
+            "another agent's plan"
+        );
+        // The agent came back and finished after all: its mark wins.
+        store
+            .set_plan_agent_state("running", "a-1", "finished", None)
+            .unwrap();
+        assert_eq!(state("running"), ("finished".into(), None));
+        assert_eq!(store.mark_plans_lost("a-1", "gone").unwrap(), 0);
     }
 
     #[test]

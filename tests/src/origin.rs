@@ -25,7 +25,7 @@ pub const BODY: &str = "hello from the vantage lab origin\n";
 #[derive(Debug, Default, Clone)]
 pub struct OriginBuilder {
     hold_after: Option<u64>,
-    hold_client: Option<(IpAddr, u64)>,
+    hold_clients: HashMap<IpAddr, u64>,
     delay: Option<Duration>,
     addr: Option<SocketAddr>,
 }
@@ -39,11 +39,12 @@ impl OriginBuilder {
     }
 
     /// Answer the first `n` requests from `client` at once and hold its
-    /// later ones until [`Origin::release`]; other clients are not held.
-    /// Lab regions are source addresses (`127.0.N.1`), so this stalls one
-    /// region's agent mid-plan while the others run on.
+    /// later ones until [`Origin::release`]; other clients are not held by
+    /// this (call it once per client to hold several). Lab regions are
+    /// source addresses (`127.0.N.1`), so this stalls one region's agent at
+    /// a precise point of its plan.
     pub fn hold_client_after(mut self, client: IpAddr, n: u64) -> Self {
-        self.hold_client = Some((client, n));
+        self.hold_clients.insert(client, n);
         self
     }
 
@@ -72,7 +73,7 @@ impl OriginBuilder {
             answered: AtomicU64::new(0),
             answered_changed: Notify::new(),
             hold_after: self.hold_after,
-            hold_client: self.hold_client,
+            hold_clients: self.hold_clients,
             per_client: Mutex::default(),
             delay: self.delay,
             release: watch::channel(false).0,
@@ -104,7 +105,7 @@ struct State {
     answered: AtomicU64,
     answered_changed: Notify,
     hold_after: Option<u64>,
-    hold_client: Option<(IpAddr, u64)>,
+    hold_clients: HashMap<IpAddr, u64>,
     /// Per client address: (arrived, answered).
     per_client: Mutex<HashMap<IpAddr, (u64, u64)>>,
     delay: Option<Duration>,
@@ -128,8 +129,9 @@ impl State {
         let number = self.arrived.fetch_add(1, Ordering::SeqCst) + 1;
         let from_client = self.count_client(client, 1, 0);
         let held_client = self
-            .hold_client
-            .is_some_and(|(ip, limit)| ip == client && from_client > limit);
+            .hold_clients
+            .get(&client)
+            .is_some_and(|limit| from_client > *limit);
         if held_client || self.hold_after.is_some_and(|limit| number > limit) {
             let mut released = self.release.subscribe();
             let _ = released.wait_for(|open| *open).await;
