@@ -310,3 +310,299 @@ mod tests {
         assert_eq!(result.stage, pb::Stage::Read as i32);
     }
 }
+
+/// Property-based fuzzing of the classifier: real hyper errors of every
+/// class the engine meets, combined with any wire history (bytes or none,
+/// clean close, resets, failed writes, TLS or not), always name a DESIGN §4
+/// outcome whose stage and curl exit code agree, and the decisive wire
+/// events win in the documented order.
+#[cfg(test)]
+mod fuzz {
+    use std::pin::Pin;
+    use std::sync::OnceLock;
+    use std::task::{Context, Poll};
+
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    use proptest::prelude::*;
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    use super::*;
+
+    /// A peer that sends `reply`, then closes or fails with `end`.
+    struct Peer {
+        reply: Vec<u8>,
+        pos: usize,
+        end: Option<io::ErrorKind>,
+    }
+
+    impl AsyncRead for Peer {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if self.pos < self.reply.len() {
+                let n = (self.reply.len() - self.pos).min(buf.remaining());
+                let from = self.pos;
+                buf.put_slice(&self.reply[from..from + n]);
+                self.pos += n;
+                return Poll::Ready(Ok(()));
+            }
+            match self.end {
+                Some(kind) => Poll::Ready(Err(kind.into())),
+                None => Poll::Ready(Ok(())),
+            }
+        }
+    }
+
+    impl AsyncWrite for Peer {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(data.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The error hyper gives for `reply` followed by `end`, before or
+    /// during the body.
+    async fn hyper_error(reply: &[u8], end: Option<io::ErrorKind>) -> hyper::Error {
+        let peer = Peer {
+            reply: reply.to_vec(),
+            pos: 0,
+            end,
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(8192)
+            .handshake(hyper_util::rt::TokioIo::new(peer))
+            .await
+            .expect("handshake on a pipe");
+        tokio::spawn(conn);
+        let request = http::Request::builder()
+            .uri("/")
+            .header("host", "fuzz.test")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let mut body = match sender.send_request(request).await {
+            Err(e) => return e,
+            Ok(response) => response.into_body(),
+        };
+        loop {
+            match body.frame().await {
+                Some(Err(e)) => return e,
+                Some(Ok(_)) => {}
+                None => panic!("{:?} is a complete reply", String::from_utf8_lossy(reply)),
+            }
+        }
+    }
+
+    /// One real hyper error per class the engine classifies.
+    fn errors() -> &'static [hyper::Error] {
+        static ERRORS: OnceLock<Vec<hyper::Error>> = OnceLock::new();
+        ERRORS.get_or_init(|| {
+            let huge_head = [b"HTTP/1.1 200 OK\r\nX-Big: ".as_slice(), &[b'a'; 20_000]].concat();
+            let cases: Vec<(&[u8], Option<io::ErrorKind>)> = vec![
+                // Before the head is complete.
+                (b"", None),
+                (b"", Some(io::ErrorKind::ConnectionReset)),
+                (b"", Some(io::ErrorKind::UnexpectedEof)),
+                (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", None),
+                (b"HTTP/1.1 2OO OK\r\n\r\n", None),
+                (b"HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n", None),
+                (b"HTTP/1.1 200 OK\r\nX-Cut", None),
+                (
+                    b"HTTP/1.1 200 OK\r\nX-Cut",
+                    Some(io::ErrorKind::ConnectionReset),
+                ),
+                (&huge_head, None),
+                (
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n",
+                    None,
+                ),
+                // In the body.
+                (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", None),
+                (
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+                    Some(io::ErrorKind::ConnectionReset),
+                ),
+                (
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+                    Some(io::ErrorKind::UnexpectedEof),
+                ),
+                (
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                    None,
+                ),
+                (
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+                    None,
+                ),
+            ];
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            cases
+                .into_iter()
+                .map(|(reply, end)| runtime.block_on(hyper_error(reply, end)))
+                .collect()
+        })
+    }
+
+    fn kind() -> impl Strategy<Value = Option<io::ErrorKind>> {
+        proptest::option::of(proptest::sample::select(vec![
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::UnexpectedEof,
+            io::ErrorKind::TimedOut,
+            io::ErrorKind::Other,
+        ]))
+    }
+
+    fn wire_events() -> impl Strategy<Value = WireEvents> {
+        (
+            prop_oneof![Just(0u64), any::<u64>()],
+            prop_oneof![
+                Just(Vec::new()),
+                proptest::collection::vec(any::<u8>(), 0..32),
+                proptest::collection::vec(any::<u8>(), 0..32).prop_map(|tail| [
+                    b"HTTP/".as_slice(),
+                    &tail
+                ]
+                .concat()),
+            ],
+            any::<bool>(),
+            kind(),
+            kind(),
+        )
+            .prop_map(
+                |(bytes_read, head, eof, read_error, write_error)| WireEvents {
+                    bytes_read,
+                    head,
+                    eof,
+                    read_error,
+                    write_error,
+                    ..Default::default()
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn head_failures_are_consistent(
+            which in any::<proptest::sample::Index>(),
+            wire in wire_events(),
+            tls in any::<bool>(),
+        ) {
+            let err = &errors()[which.index(errors().len())];
+            let f = http_error(err, &wire, tls);
+            let reset = is_reset(wire.read_error)
+                || (wire.bytes_read == 0 && is_reset(wire.write_error));
+            let send_failed = wire.bytes_read == 0
+                && wire.write_error.is_some()
+                && !is_reset(wire.read_error);
+            match (f.outcome, f.stage, f.curl_exit) {
+                (Outcome::SendFailed, Stage::Write, 55) => prop_assert!(send_failed),
+                (Outcome::Reset, Stage::Read, 56) => prop_assert!(reset && !send_failed),
+                (Outcome::MalformedResponse, Stage::Read, exit) => {
+                    prop_assert!(!reset && !send_failed);
+                    match exit {
+                        27 => prop_assert!(err.is_parse_too_large()),
+                        8 => prop_assert!(wire.head.starts_with(b"HTTP/")),
+                        1 => prop_assert!(!wire.head.starts_with(b"HTTP/")),
+                        other => return Err(TestCaseError::fail(format!("exit {other} for {}", f.error))),
+                    }
+                }
+                (Outcome::EmptyReply, Stage::Read, exit) => {
+                    prop_assert!(!reset && !send_failed && wire.bytes_read == 0);
+                    prop_assert!(!err.is_parse() && !err.is_parse_status());
+                    let tls_eof = tls && wire.read_error == Some(io::ErrorKind::UnexpectedEof);
+                    prop_assert_eq!(exit, if tls_eof { 56 } else { 52 });
+                }
+                other => return Err(TestCaseError::fail(format!("{other:?} before the head: {}", f.error))),
+            }
+            prop_assert!(!f.error.is_empty());
+        }
+
+        #[test]
+        fn body_failures_are_consistent(
+            which in any::<proptest::sample::Index>(),
+            wire in wire_events(),
+            tls in any::<bool>(),
+        ) {
+            let err = &errors()[which.index(errors().len())];
+            let f = body_error(err, &wire, tls);
+            let reset = is_reset(wire.read_error) || is_reset(io_kind(err));
+            let cut = err.is_incomplete_message()
+                || wire.eof
+                || wire.read_error == Some(io::ErrorKind::UnexpectedEof);
+            match (f.outcome, f.stage, f.curl_exit) {
+                (Outcome::Reset, Stage::Content, 56) => prop_assert!(reset || !cut),
+                (Outcome::Truncated, Stage::Content, 18) => prop_assert!(cut && !reset),
+                other => return Err(TestCaseError::fail(format!("{other:?} in the body: {}", f.error))),
+            }
+        }
+
+        /// Whatever had happened when the total deadline hit, the phase it
+        /// names agrees with the stage, and curl's exit is 28.
+        #[test]
+        fn total_timeout_names_a_consistent_phase(
+            status in prop_oneof![Just(0u32), 100u32..1000],
+            https in any::<bool>(),
+            timings in proptest::option::of(proptest::array::uniform3(prop_oneof![Just(0u64), 1u64..u64::MAX])),
+        ) {
+            let result = pb::ProbeResult {
+                url: if https { "https://x.test/" } else { "http://x.test/" }.into(),
+                status,
+                timings: timings.map(|[dns_us, connect_us, tls_us]| pb::Timings { dns_us, connect_us, tls_us, ..Default::default() }),
+                ..Default::default()
+            };
+            let f = total_timeout(&result, Duration::from_millis(1500));
+            prop_assert_eq!(f.curl_exit, 28);
+            let expected_stage = match f.outcome {
+                Outcome::BodyTimeout => Stage::Content,
+                Outcome::DnsFailure => Stage::Dns,
+                Outcome::ConnectTimeout => Stage::Connect,
+                Outcome::TlsHandshakeFailed => Stage::Tls,
+                Outcome::ResponseTimeout => Stage::Read,
+                other => return Err(TestCaseError::fail(format!("{other} on a total timeout"))),
+            };
+            prop_assert_eq!(f.stage, expected_stage);
+            prop_assert_eq!(f.outcome == Outcome::BodyTimeout, status != 0);
+            if f.outcome == Outcome::TlsHandshakeFailed {
+                prop_assert!(https);
+            }
+            let mut applied = pb::ProbeResult::default();
+            f.clone().apply(&mut applied);
+            prop_assert_eq!(applied.outcome, pb::Outcome::from(f.outcome) as i32);
+            prop_assert_eq!(applied.stage, pb::Stage::from(f.stage) as i32);
+            prop_assert_eq!(applied.curl_exit, 28);
+            prop_assert_eq!(applied.error, f.error);
+        }
+
+        #[test]
+        fn connect_failures_are_consistent(kind in kind(), port in any::<u16>()) {
+            let kind = kind.unwrap_or(io::ErrorKind::ConnectionRefused);
+            let addr = SocketAddr::from(([192, 0, 2, 1], port));
+            let f = connect_error(&io::Error::from(kind), addr);
+            prop_assert_eq!(f.stage, Stage::Connect);
+            let expected = match kind {
+                io::ErrorKind::ConnectionRefused => (Outcome::ConnectRefused, 7),
+                io::ErrorKind::TimedOut => (Outcome::ConnectTimeout, 28),
+                _ => (Outcome::NetworkUnreachable, 7),
+            };
+            prop_assert_eq!((f.outcome, f.curl_exit), expected);
+            prop_assert!(f.error.contains(&addr.to_string()));
+        }
+    }
+}
