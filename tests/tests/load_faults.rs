@@ -259,6 +259,23 @@ fn stored_rows(data_dir: &Path, plan_id: &str) -> (usize, usize, usize) {
     (rows.len(), ids.len(), slots.len())
 }
 
+/// Stops the coordinator and asserts that exactly `want` results of the plan
+/// are stored, each once; returns (rows, ids, slots) for the figures.
+async fn stop_and_count_stored(
+    lab: &mut LoadLab,
+    plan_id: &str,
+    want: usize,
+) -> (usize, usize, usize) {
+    lab.coordinator
+        .process
+        .terminate(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let counts = stored_rows(lab.data.path(), plan_id);
+    assert_eq!(counts, (want, want, want), "no duplicate");
+    counts
+}
+
 /// Sends `signal` to a child process.
 fn signal(process: &ChildProcess, signal: rustix::process::Signal) {
     let pid = process
@@ -357,14 +374,12 @@ async fn kill_9_of_one_agent_under_load_marks_it_lost_and_keeps_every_other_resu
     }
     assert_eq!(origin.arrived_from(victim_ip), FIRST_EACH + CONCURRENCY);
 
-    lab.coordinator
-        .process
-        .terminate(Duration::from_secs(30))
-        .await
-        .unwrap();
-    let (rows, ids, slots) = stored_rows(lab.data.path(), &plan_id);
-    let want = usize::try_from(2 * PER_AGENT + FIRST_EACH).unwrap();
-    assert_eq!((rows, ids, slots), (want, want, want), "no duplicate");
+    let (rows, ids, slots) = stop_and_count_stored(
+        &mut lab,
+        &plan_id,
+        usize::try_from(2 * PER_AGENT + FIRST_EACH).unwrap(),
+    )
+    .await;
     eprintln!(
         "agent kill: {in_flight_at_kill} requests in flight at the kill; victim lost {lost_after:?} and plan ended \
          {ended_after:?} after it ({:?}); \
@@ -450,14 +465,8 @@ async fn kill_9_of_the_coordinator_under_load_stores_every_result_exactly_once()
         .collect();
     lab.wait_spools_drained().await;
 
-    lab.coordinator
-        .process
-        .terminate(Duration::from_secs(30))
-        .await
-        .unwrap();
-    let (rows, ids, slots) = stored_rows(lab.data.path(), &plan_id);
-    let want = usize::try_from(TOTAL).unwrap();
-    assert_eq!((rows, ids, slots), (want, want, want), "no duplicate");
+    let (rows, ids, slots) =
+        stop_and_count_stored(&mut lab, &plan_id, usize::try_from(TOTAL).unwrap()).await;
     eprintln!(
         "coordinator kill: {in_flight_at_kill} requests in flight at the kill; \
          produced {} (origin answered), stored {}; {rows} rows, {ids} ids, {slots} slots, {} duplicates; \
@@ -573,14 +582,8 @@ async fn full_spool_under_a_hung_coordinator_refuses_new_plans_and_loses_nothing
     let refusals = full.process.output().matches("refusing plan").count();
     assert_eq!(refusals, 1, "{}", full.process.output());
 
-    lab.coordinator
-        .process
-        .terminate(Duration::from_secs(30))
-        .await
-        .unwrap();
-    let (rows, ids, slots) = stored_rows(lab.data.path(), &plan_id);
-    let want = usize::try_from(TOTAL).unwrap();
-    assert_eq!((rows, ids, slots), (want, want, want), "no duplicate");
+    let (rows, ids, slots) =
+        stop_and_count_stored(&mut lab, &plan_id, usize::try_from(TOTAL).unwrap()).await;
     eprintln!(
         "full spool: {in_flight_at_hang} requests in flight at the hang; {} batches / {} bytes spooled against a {SPOOL_MAX}-byte bound; refused: {:?}; \
          stored {} of {TOTAL}; {rows} rows, {ids} ids, {slots} slots; whole test {:?}",
