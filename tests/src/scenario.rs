@@ -31,6 +31,10 @@ pub fn region_source(region: &str) -> Option<IpAddr> {
         .map(|(_, ip)| IpAddr::from(*ip))
 }
 
+/// Diagnose flags that keep a scenario quick: one attempt, a small burst, a
+/// scaled-down edge timeout (600 ms).
+pub const QUICK_DIAGNOSE: &[&str] = &["--edge-timeout", "600ms", "--burst", "3", "--attempts", "1"];
+
 /// A running scenario.
 pub struct Scenario {
     /// The coordinator process.

@@ -19,11 +19,12 @@ use vantage_lab::fixture::{Fault, Fixture, TlsMode, LAB_HOST};
 use vantage_lab::netns::{self, apply, rule_hits, Interference};
 use vantage_lab::scenario::{
     findings, region_source, regions_of, reproduce_is_well_formed, Scenario, ScenarioBuilder,
+    QUICK_DIAGNOSE,
 };
 use vantage_proto::cdn::CdnProfile;
 
 /// Diagnose flags: one attempt, a small burst, a scaled-down edge timeout.
-const QUICK: &[&str] = &["--edge-timeout", "600ms", "--burst", "3", "--attempts", "1"];
+const QUICK: &[&str] = QUICK_DIAGNOSE;
 
 /// The address the carrier's middleboxes listen on.
 const CARRIER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 77));

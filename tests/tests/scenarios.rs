@@ -5,20 +5,24 @@
 use std::time::Duration;
 
 use vantage_lab::fixture::{Fault, TlsMode};
-use vantage_lab::scenario::{findings, regions_of, reproduce_is_well_formed, ScenarioBuilder};
+use vantage_lab::scenario::{
+    findings, regions_of, reproduce_is_well_formed, ScenarioBuilder, QUICK_DIAGNOSE,
+};
 use vantage_proto::cdn::CdnProfile;
 
 const ALL: [&str; 3] = ["ap", "eu", "us"];
 /// A scaled-down edge timeout keeps the slow scenarios quick.
 const EDGE_TIMEOUT: &str = "600ms";
 /// Diagnose flags for scenarios that need one attempt and a small burst.
-const QUICK: &[&str] = &[
+const QUICK: &[&str] = QUICK_DIAGNOSE;
+/// Diagnose flags for scenarios that compare two attempts and a burst of 5.
+const TWO_ATTEMPTS: &[&str] = &[
     "--edge-timeout",
     EDGE_TIMEOUT,
     "--burst",
-    "3",
+    "5",
     "--attempts",
-    "1",
+    "2",
 ];
 
 async fn origin_down(fault: Fault, kind: &str) {
@@ -26,17 +30,7 @@ async fn origin_down(fault: Fault, kind: &str) {
         .start()
         .await
         .unwrap();
-    let (code, report) = lab
-        .diagnose(&[
-            "--edge-timeout",
-            EDGE_TIMEOUT,
-            "--burst",
-            "5",
-            "--attempts",
-            "2",
-        ])
-        .await
-        .unwrap();
+    let (code, report) = lab.diagnose(TWO_ATTEMPTS).await.unwrap();
     assert_eq!(report["schema"], "vantage.report.v1");
     assert_eq!(report["status"], "faulty", "{report:#}");
     assert_eq!(code, 1);
@@ -57,17 +51,7 @@ async fn healthy_origin_is_healthy() {
         .start()
         .await
         .unwrap();
-    let (code, report) = lab
-        .diagnose(&[
-            "--edge-timeout",
-            EDGE_TIMEOUT,
-            "--burst",
-            "5",
-            "--attempts",
-            "2",
-        ])
-        .await
-        .unwrap();
+    let (code, report) = lab.diagnose(TWO_ATTEMPTS).await.unwrap();
     assert_eq!(report["status"], "healthy", "{report:#}");
     assert_eq!(code, 0);
     assert_eq!(report["regions"].as_array().unwrap().len(), 3);
