@@ -238,8 +238,11 @@ impl RunArgs {
         backoff
             .validate()
             .context("--reconnect-min/--reconnect-max")?;
-        if self.max_rate == 0 || self.max_rate > 100_000 {
-            bail!("--max-rate {}: must be between 1 and 100000", self.max_rate);
+        if !(1..=MAX_RATE_LIMIT).contains(&self.max_rate) {
+            bail!(
+                "--max-rate {}: must be between 1 and {MAX_RATE_LIMIT}",
+                self.max_rate
+            );
         }
         if self.max_concurrency == 0 || self.max_concurrency > 10_000 {
             bail!(
@@ -473,6 +476,16 @@ pub struct ProbeArgs {
     /// follow; the agent never follows more than 10).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_redirects: u32,
+    /// Most requests per second to any one target address, as on a serving
+    /// agent (`run --max-rate`): the probe is never a flood by accident.
+    /// Raise it (up to 100000) to load-test your own server.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub max_rate: u32,
+    /// The User-Agent header to send (default: vantage/VERSION), like
+    /// `curl -A`. The request head is shaped like curl's: Host, User-Agent,
+    /// Accept: */*, then your --header lines in the order and case given.
+    #[arg(long, short = 'A', value_name = "UA")]
+    pub user_agent: Option<String>,
     /// Print one JSON object per request (JSON Lines: timings_ms, outcome,
     /// curl_exit, stage, status, headers, tls, error…) and nothing else on
     /// stdout; logs go to stderr.
@@ -493,7 +506,12 @@ pub struct ProbeConfig {
     pub cacert: Option<PathBuf>,
     /// JSON Lines output instead of the table.
     pub json: bool,
+    /// Requests per second per target address at most.
+    pub max_rate: u32,
 }
+
+/// The highest `--max-rate` an operator can set (run and probe alike).
+const MAX_RATE_LIMIT: u32 = 100_000;
 
 /// The plan id that results of `vantage-agent probe` carry: they belong to
 /// no coordinator plan.
@@ -574,6 +592,16 @@ impl ProbeArgs {
                 self.burst
             );
         }
+        if !(1..=MAX_RATE_LIMIT).contains(&self.max_rate) {
+            bail!(
+                "--max-rate {}: must be between 1 and {MAX_RATE_LIMIT}",
+                self.max_rate
+            );
+        }
+        let user_agent = self.user_agent.unwrap_or_default();
+        if http::HeaderValue::from_str(&user_agent).is_err() {
+            bail!("--user-agent: must not contain control characters such as newlines");
+        }
         let total_ms = u32::try_from(self.timeout.as_millis())
             .ok()
             .filter(|ms| *ms > 0)
@@ -606,6 +634,7 @@ impl ProbeArgs {
             // One random base per invocation: each request appends its own
             // attempt and slot, so two runs never share a nonce.
             nonce: uuid::Uuid::new_v4().simple().to_string(),
+            user_agent,
             ..Default::default()
         };
         Ok(ProbeConfig {
@@ -616,6 +645,7 @@ impl ProbeArgs {
             },
             cacert: self.cacert,
             json: self.json,
+            max_rate: self.max_rate,
         })
     }
 }
@@ -758,7 +788,10 @@ fn emit(line: &str) -> anyhow::Result<()> {
 
 async fn probe(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     let config = args.validate()?;
-    let mut engine = ProbeEngine::new(config.policy, config.bind_ip);
+    let mut engine = ProbeEngine::new(config.policy, config.bind_ip).with_limits(ProbeLimits {
+        max_rate_per_target: Some(config.max_rate),
+        ..ProbeLimits::default()
+    });
     if let Some(path) = &config.cacert {
         engine = engine
             .with_ca_pem(&read_ca_pem(path)?)

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use vantage_proto::pb;
 
-use crate::probe::{ProbeEngine, RequestSlot};
+use crate::probe::{longest_wait, ProbeEngine, RequestSlot};
 use crate::spool::{Spool, SpoolError};
 
 /// Results per spooled batch.
@@ -119,6 +119,7 @@ impl Runner {
     ) -> Result<u64, SpoolError> {
         let (tx, mut rx) = mpsc::channel::<pb::ProbeResult>(BATCH_RESULTS * 4);
         let plan_id: Arc<str> = Arc::from(plan.plan_id.as_str());
+        let budget = (plan.budget_ms > 0).then(|| Duration::from_millis(u64::from(plan.budget_ms)));
         let mut phases: std::collections::BTreeMap<u32, Vec<pb::ProbeSpec>> =
             std::collections::BTreeMap::new();
         for spec in plan.probes {
@@ -126,17 +127,30 @@ impl Runner {
         }
         let runner = self.clone();
         let run_plan_id = plan_id.clone();
-        // Phases run in order, the probes of one phase all at once.
+        // Phases run in order, the probes of one phase all at once, each
+        // phase within the plan's budget from its own start. A later phase
+        // is a stress test of what the earlier ones found working (a burst
+        // after the baselines): after a timeout there is nothing for it to
+        // stress, and running it would only double the wait.
         let probes = tokio::spawn(async move {
             for (_, specs) in phases {
+                let deadline = budget.map(|b| tokio::time::Instant::now().into_std() + b);
                 let mut running = tokio::task::JoinSet::new();
                 for spec in specs {
                     let runner = runner.clone();
                     let tx = tx.clone();
                     let plan_id = run_plan_id.clone();
-                    running.spawn(async move { runner.run_spec(&plan_id, spec, tx).await });
+                    running.spawn(async move {
+                        runner.run_spec_within(&plan_id, spec, tx, deadline).await
+                    });
                 }
-                while running.join_next().await.is_some() {}
+                let mut timed_out = false;
+                while let Some(done) = running.join_next().await {
+                    timed_out |= done.unwrap_or(false);
+                }
+                if timed_out && budget.is_some() {
+                    break;
+                }
             }
         });
 
@@ -188,15 +202,40 @@ impl Runner {
         spec: pb::ProbeSpec,
         tx: mpsc::Sender<pb::ProbeResult>,
     ) {
+        self.run_spec_within(plan_id, spec, tx, None).await;
+    }
+
+    /// [`Runner::run_spec`] inside a plan's time budget: a request starts
+    /// only while the spec's longest wait still fits before `deadline`
+    /// (so no timeout is cut short and each one means what it says); the
+    /// requests that no longer fit are not run. Returns whether any request
+    /// ran out of time (curl's exit 28).
+    pub async fn run_spec_within(
+        &self,
+        plan_id: &str,
+        spec: pb::ProbeSpec,
+        tx: mpsc::Sender<pb::ProbeResult>,
+        deadline: Option<std::time::Instant>,
+    ) -> bool {
+        let needs = longest_wait(&spec);
+        let fits = |deadline: Option<std::time::Instant>| {
+            deadline.is_none_or(|d| {
+                d.saturating_duration_since(tokio::time::Instant::now().into_std()) >= needs
+            })
+        };
         let schedule = Schedule::of(&spec, &self.limits);
+        let interval = (spec.attempt_interval_ms > 0)
+            .then(|| Duration::from_millis(u64::from(spec.attempt_interval_ms)));
         let spec = Arc::new(spec);
         let plan_id: Arc<str> = Arc::from(plan_id);
         let window = Arc::new(Semaphore::new(schedule.concurrency as usize));
-        for attempt in 1..=schedule.attempts {
-            let mut slots = tokio::task::JoinSet::new();
+        let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut slots = tokio::task::JoinSet::new();
+        'attempts: for attempt in 1..=schedule.attempts {
+            let started = tokio::time::Instant::now();
             for burst_index in 0..schedule.burst {
                 if tx.is_closed() {
-                    return;
+                    break 'attempts;
                 }
                 // The spec's own window first, then the shared budget, so a
                 // request waiting for its window holds no shared permit that
@@ -205,27 +244,57 @@ impl Runner {
                     window.clone().acquire_owned().await,
                     self.permits.clone().acquire_owned().await,
                 ) else {
-                    return;
+                    break 'attempts;
                 };
+                if !fits(deadline) {
+                    // Later requests fit even less; the ones in flight finish.
+                    break 'attempts;
+                }
                 let engine = self.engine.clone();
                 let spec = spec.clone();
                 let plan_id = plan_id.clone();
                 let tx = tx.clone();
+                let timed_out = timed_out.clone();
                 slots.spawn(async move {
                     let slot = RequestSlot {
                         attempt,
                         burst_index,
+                        deadline,
                     };
                     let result = engine.run(&plan_id, &spec, slot).await;
                     // Free the permits before a possibly blocking send: a slow
                     // consumer must not stall other probes' requests.
                     drop((local, global));
+                    // A resolver that times out says nothing about the
+                    // server a later phase would stress.
+                    if result.curl_exit == 28 && result.stage != pb::Stage::Dns as i32 {
+                        timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     // A closed receiver is noticed by the loop above.
                     let _ = tx.send(result).await;
                 });
             }
-            while slots.join_next().await.is_some() {}
+            // The next attempt starts when this one is done, or — with an
+            // interval — when the interval is up, whichever comes first.
+            match interval {
+                None => while slots.join_next().await.is_some() {},
+                Some(interval) => {
+                    let next = started + interval;
+                    loop {
+                        tokio::select! {
+                            done = slots.join_next() => {
+                                if done.is_none() {
+                                    break;
+                                }
+                            }
+                            _ = tokio::time::sleep_until(next) => break,
+                        }
+                    }
+                }
+            }
         }
+        while slots.join_next().await.is_some() {}
+        timed_out.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

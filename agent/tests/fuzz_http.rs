@@ -41,6 +41,7 @@ const TOTAL_MS: u32 = 10_000;
 const SLOT: RequestSlot = RequestSlot {
     attempt: 1,
     burst_index: 0,
+    deadline: None,
 };
 
 // ---------------------------------------------------------------------------

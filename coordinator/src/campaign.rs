@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 use tonic::Status;
-use vantage_proto::cdn::CdnProfile;
 use vantage_proto::domain::{Outcome, Route};
 use vantage_proto::pb;
 
@@ -19,34 +18,32 @@ use crate::coordinator::Coordinator;
 use crate::diagnosis::{
     self, Evidence, Observation, RegionEvidence, Target, Variant, WitnessEvidence,
 };
-use crate::plan::{build_probes, CampaignTarget};
+use crate::plan::{build_probes, plan_budget, CampaignTarget, TargetRequest};
 use crate::registry::AgentEvent;
 use crate::time::now_ms;
 
-/// Margin on top of the longest probe before a region is declared lost.
-const MARGIN: Duration = Duration::from_secs(3);
+/// After the plans' budget, how long the campaign waits for regions whose
+/// agents have gone quiet (results in flight, a spool write) before it names
+/// them missing.
+const SETTLE: Duration = Duration::from_millis(300);
+/// An agent that stored results this recently is still sending: it is never
+/// declared lost while it does.
+const STILL_SENDING: Duration = Duration::from_millis(500);
+/// However long an agent keeps sending, the campaign ends by its budget
+/// times this, plus [`HARD_EXTRA`].
+const HARD_FACTOR: u32 = 2;
+/// See [`HARD_FACTOR`].
+const HARD_EXTRA: Duration = Duration::from_secs(10);
 /// How long to wait for a witness's last sightings after the plans end.
 const WITNESS_GRACE: Duration = Duration::from_millis(1500);
 
 /// What to diagnose.
 #[derive(Debug, Clone)]
 pub struct CampaignRequest {
-    /// The site URL.
-    pub url: String,
-    /// Origin addresses.
-    pub origins: Vec<String>,
-    /// Edge addresses (empty: the agents' resolvers).
-    pub edges: Vec<String>,
+    /// What to probe (every target flag of `diagnose`).
+    pub target: TargetRequest,
     /// Regions to run in (empty or `all`: every region with a connected agent).
     pub regions: Vec<String>,
-    /// The CDN in front.
-    pub cdn: CdnProfile,
-    /// Overrides the profile's edge timeout.
-    pub edge_timeout: Option<Duration>,
-    /// Concurrent requests in the burst probe.
-    pub burst: u32,
-    /// Attempts per baseline probe.
-    pub attempts: u32,
 }
 
 /// Progress of a running campaign.
@@ -159,26 +156,13 @@ impl Coordinator {
         self: &Arc<Self>,
         request: CampaignRequest,
     ) -> Result<CampaignHandle, Status> {
-        let target = CampaignTarget::new(
-            &request.url,
-            &request.origins,
-            &request.edges,
-            request.cdn,
-            request.edge_timeout,
-            request.attempts,
-            request.burst,
-        )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let target = CampaignTarget::new(&request.target)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let chosen = choose_agents(self, &request.regions).await?;
         let campaign_id = uuid::Uuid::new_v4().to_string();
-        let target_json = serde_json::json!({
-            "url": target.url,
-            "origin": request.origins,
-            "edge": request.edges,
-            "cdn": target.cdn.name(),
-            "edge_timeout_ms": target.edge_timeout.as_millis() as u64,
-        })
-        .to_string();
+        let target_json =
+            serde_json::to_string(&crate::report::ReportTarget::of(&evidence_target(&target)))
+                .map_err(|e| Status::internal(e.to_string()))?;
         let regions: Vec<String> = chosen.iter().map(|(r, _)| r.clone()).collect();
         let (id, json, list) = (campaign_id.clone(), target_json, regions.clone());
         self.db(move |s| s.insert_campaign(&id, now_ms(), &json, &list))
@@ -190,17 +174,24 @@ impl Coordinator {
         }
         let mut agent_events = self.subscribe();
         let mut runs = Vec::new();
-        let mut longest = Duration::ZERO;
+        let budget = plan_budget(&target);
+        // The budget bounds each phase of a plan from its own start.
+        let mut phases = 1u32;
         for (region, agent) in &chosen {
             let probes = build_probes(&target, &campaign_id, region);
-            longest = longest.max(crate::plan::plan_duration(&probes));
+            phases = phases.max(probes.iter().map(|p| p.phase + 1).max().unwrap_or(1));
             let limits = vantage_agent::runner::RunnerLimits::default();
             let expected = probes
                 .iter()
                 .map(|p| vantage_agent::runner::expected_requests(p, &limits))
                 .sum();
             let plan_id = self
-                .run_plan_in(Some(&campaign_id), std::slice::from_ref(agent), probes)
+                .run_plan_in(
+                    Some(&campaign_id),
+                    std::slice::from_ref(agent),
+                    probes,
+                    Some(budget),
+                )
                 .await?;
             let _ = events_tx.send(CampaignEvent::PlanSent {
                 region: region.clone(),
@@ -214,14 +205,16 @@ impl Coordinator {
                 state: RegionState::Running,
             });
         }
-        // Phase 0 runs `attempts` sequential requests per probe; phase 1 the burst.
-        let deadline =
-            tokio::time::Instant::now() + target.longest_probe() * (target.attempts + 1) + MARGIN;
+        let now = tokio::time::Instant::now();
+        let deadlines = Deadlines {
+            soft: now + budget * phases + SETTLE,
+            hard: now + budget * phases * HARD_FACTOR + HARD_EXTRA,
+        };
         let core = self.clone();
         let id = campaign_id.clone();
         let done = tokio::spawn(async move {
-            follow(&mut runs, &mut agent_events, &events_tx, deadline).await;
-            let report = core.conclude(&id, &target, &request, &runs).await;
+            follow(&mut runs, &mut agent_events, &events_tx, deadlines).await;
+            let report = core.conclude(&id, &target, &runs).await;
             if let Ok(mut running) = core.campaigns.lock() {
                 running.remove(&id);
             }
@@ -243,7 +236,6 @@ impl Coordinator {
         &self,
         campaign_id: &str,
         target: &CampaignTarget,
-        request: &CampaignRequest,
         runs: &[RegionRun],
     ) -> Result<(String, String), Status> {
         let witness_connected = self
@@ -268,6 +260,10 @@ impl Coordinator {
                 region: run.region.clone(),
                 agents: vec![run.agent.clone()],
                 lost: run.state != RegionState::Done,
+                lost_reason: match &run.state {
+                    RegionState::Lost(reason) => reason.clone(),
+                    _ => String::new(),
+                },
                 observations,
             });
         }
@@ -278,7 +274,10 @@ impl Coordinator {
             let expected: std::collections::BTreeSet<String> = regions
                 .iter()
                 .flat_map(|r: &RegionEvidence| r.observations.iter())
-                .filter(|o| o.route == Route::Direct && o.status.is_some())
+                // The HTTPS control may be logged elsewhere (another vhost).
+                .filter(|o| {
+                    o.route == Route::Direct && o.variant != Variant::Https && o.status.is_some()
+                })
                 .map(|o| o.nonce.clone())
                 .collect();
             let give_up = tokio::time::Instant::now() + WITNESS_GRACE;
@@ -309,22 +308,7 @@ impl Coordinator {
             None
         };
         let evidence = Evidence {
-            target: Target {
-                url: target.url.clone(),
-                host: target.host.clone(),
-                port: target.port,
-                scheme: target.scheme.clone(),
-                path: request
-                    .url
-                    .parse::<http::Uri>()
-                    .ok()
-                    .and_then(|u| u.path_and_query().map(|p| p.to_string()))
-                    .unwrap_or_else(|| "/".into()),
-                origins: target.origins.iter().map(|a| a.to_string()).collect(),
-                edges: target.edges.iter().map(|a| a.to_string()).collect(),
-                cdn: target.cdn,
-                edge_timeout: target.edge_timeout,
-            },
+            target: evidence_target(target),
             regions,
             witness,
             blocked_headers,
@@ -341,12 +325,43 @@ impl Coordinator {
     }
 }
 
-/// Follows every region's plan until done, lost, or the deadline.
+/// What the diagnosis and the report know of a campaign's target.
+fn evidence_target(target: &CampaignTarget) -> Target {
+    Target {
+        url: target.url.clone(),
+        host: target.host.clone(),
+        port: target.port,
+        scheme: target.scheme.clone(),
+        path: target.path.clone(),
+        origins: target.origins.iter().map(|a| a.to_string()).collect(),
+        edges: target.edges.iter().map(|a| a.to_string()).collect(),
+        cdn: target.cdn,
+        edge_timeout: target.edge_timeout,
+        pull: target.pull.clone(),
+        user_agent: target.user_agent.clone(),
+        timeouts: target.timeouts,
+    }
+}
+
+/// When a campaign stops waiting.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    /// The plans' budget plus a settling margin: regions whose agents are
+    /// quiet by then are named missing.
+    soft: tokio::time::Instant,
+    /// The end, even for an agent that is still sending.
+    hard: tokio::time::Instant,
+}
+
+/// Follows every region's plan until it is done or lost. Past the soft
+/// deadline a region whose agent is still storing results is waited for
+/// (a connected agent that is still sending is never declared lost), up to
+/// the hard deadline; a quiet one is named missing with the reason.
 async fn follow(
     runs: &mut [RegionRun],
     agent_events: &mut broadcast::Receiver<AgentEvent>,
     events: &broadcast::Sender<CampaignEvent>,
-    deadline: tokio::time::Instant,
+    deadlines: Deadlines,
 ) {
     let settle = |runs: &mut [RegionRun], index: usize, state: RegionState| {
         if runs[index].state == RegionState::Running {
@@ -361,13 +376,36 @@ async fn follow(
             runs[index].state = state;
         }
     };
+    let mut last_stored: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let mut check_at = deadlines.soft;
     while runs.iter().any(|r| r.state == RegionState::Running) {
         let event = tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = tokio::time::sleep_until(check_at) => {
+                let now = tokio::time::Instant::now();
+                let hard = now >= deadlines.hard;
                 for index in 0..runs.len() {
-                    settle(runs, index, RegionState::Lost("no complete answer before the campaign's deadline".into()));
+                    let sending = last_stored
+                        .get(&runs[index].agent)
+                        .is_some_and(|at| now.duration_since(*at) < STILL_SENDING);
+                    if runs[index].state != RegionState::Running || (sending && !hard) {
+                        continue;
+                    }
+                    let reason = if hard {
+                        format!(
+                            "agent {} was still sending at the campaign's hard deadline",
+                            runs[index].agent
+                        )
+                    } else {
+                        format!(
+                            "deadline: agent {} sent nothing for {} ms after the plan's time budget",
+                            runs[index].agent,
+                            STILL_SENDING.as_millis()
+                        )
+                    };
+                    settle(runs, index, RegionState::Lost(reason));
                 }
-                return;
+                check_at = (now + Duration::from_millis(100)).min(deadlines.hard);
+                continue;
             }
             event = agent_events.recv() => event,
         };
@@ -378,6 +416,12 @@ async fn follow(
         };
         let find = |runs: &[RegionRun], f: &dyn Fn(&RegionRun) -> bool| runs.iter().position(f);
         match event {
+            AgentEvent::ResultsStored { agents, .. } => {
+                let now = tokio::time::Instant::now();
+                for agent in agents {
+                    last_stored.insert(agent, now);
+                }
+            }
             AgentEvent::PlanFinished { plan_id, .. } => {
                 if let Some(i) = find(runs, &|r| r.plan_id == plan_id) {
                     settle(runs, i, RegionState::Done);
@@ -430,6 +474,7 @@ fn observations_of(
         let variant = match r.variant.as_str() {
             "cdn_headers" => Variant::CdnHeaders,
             "burst" => Variant::Burst,
+            "https" => Variant::Https,
             _ => Variant::Baseline,
         };
         let address = r
@@ -475,6 +520,7 @@ fn observations_of(
             dns_answers: r.dns_answers.clone(),
             sent_headers: Vec::new(),
             error: r.error.clone(),
+            peer_close: vantage_proto::domain::PeerClose::from_wire(r.peer_close),
         });
     }
     (observations, single)

@@ -10,6 +10,7 @@ use vantage_proto::pb;
 
 use crate::campaign::{CampaignEvent, CampaignRequest};
 use crate::coordinator::Coordinator;
+use crate::plan::{PullProtocol, TargetRequest, DEFAULT_ATTEMPTS, DEFAULT_BURST};
 use crate::time::rfc3339;
 use vantage_proto::cdn::CdnProfile;
 
@@ -46,10 +47,74 @@ impl ControlService {
     }
 }
 
-/// Default attempts per baseline probe.
-pub const DEFAULT_ATTEMPTS: u32 = 3;
-/// Default burst size.
-pub const DEFAULT_BURST: u32 = 20;
+/// A campaign target on the wire (the CLI's side of the edge).
+pub fn target_pb(target: &TargetRequest, regions: &[String]) -> pb::StartCampaignRequest {
+    pb::StartCampaignRequest {
+        url: target.url.clone(),
+        origins: target.origins.clone(),
+        edges: target.edges.clone(),
+        regions: regions.to_vec(),
+        cdn: target.cdn.name().to_string(),
+        edge_timeout_ms: target
+            .edge_timeout
+            .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+        burst: target.burst,
+        attempts: target.attempts,
+        pull_protocol: match target.pull_protocol {
+            None => pb::PullProtocol::Unspecified,
+            Some(PullProtocol::Http) => pb::PullProtocol::Http,
+            Some(PullProtocol::Https) => pb::PullProtocol::Https,
+        } as i32,
+        pull_host: target.pull_host.clone().unwrap_or_default(),
+        pull_path: target.pull_path.clone().unwrap_or_default(),
+        user_agent: target.user_agent.clone().unwrap_or_default(),
+    }
+}
+
+/// A campaign target from the wire: zeros and empty strings are defaults.
+pub fn target_of(req: pb::StartCampaignRequest) -> Result<CampaignRequest, Status> {
+    let cdn = if req.cdn.is_empty() {
+        CdnProfile::EdgeOne
+    } else {
+        req.cdn
+            .parse()
+            .map_err(|e: vantage_proto::cdn::UnknownProfile| {
+                Status::invalid_argument(e.to_string())
+            })?
+    };
+    let pull_protocol = match pb::PullProtocol::try_from(req.pull_protocol) {
+        Ok(pb::PullProtocol::Unspecified) => None,
+        Ok(pb::PullProtocol::Http) => Some(PullProtocol::Http),
+        Ok(pb::PullProtocol::Https) => Some(PullProtocol::Https),
+        Err(_) => return Err(Status::invalid_argument("unknown pull protocol")),
+    };
+    let text = |s: String| (!s.is_empty()).then_some(s);
+    Ok(CampaignRequest {
+        target: TargetRequest {
+            url: req.url,
+            origins: req.origins,
+            edges: req.edges,
+            cdn,
+            edge_timeout: (req.edge_timeout_ms > 0)
+                .then(|| Duration::from_millis(u64::from(req.edge_timeout_ms))),
+            burst: if req.burst == 0 {
+                DEFAULT_BURST
+            } else {
+                req.burst
+            },
+            attempts: if req.attempts == 0 {
+                DEFAULT_ATTEMPTS
+            } else {
+                req.attempts
+            },
+            pull_protocol,
+            pull_host: text(req.pull_host),
+            pull_path: text(req.pull_path),
+            user_agent: text(req.user_agent),
+        },
+        regions: req.regions,
+    })
+}
 
 /// A campaign event on the wire.
 pub(crate) fn event_pb(event: CampaignEvent) -> pb::CampaignEvent {
@@ -94,38 +159,8 @@ impl pb::control_service_server::ControlService for ControlService {
         request: Request<pb::StartCampaignRequest>,
     ) -> Result<Response<pb::StartCampaignResponse>, Status> {
         self.authorize(&request)?;
-        let req = request.into_inner();
-        let cdn = if req.cdn.is_empty() {
-            CdnProfile::EdgeOne
-        } else {
-            req.cdn
-                .parse()
-                .map_err(|e: vantage_proto::cdn::UnknownProfile| {
-                    Status::invalid_argument(e.to_string())
-                })?
-        };
-        let handle = self
-            .core
-            .start_campaign(CampaignRequest {
-                url: req.url,
-                origins: req.origins,
-                edges: req.edges,
-                regions: req.regions,
-                cdn,
-                edge_timeout: (req.edge_timeout_ms > 0)
-                    .then(|| Duration::from_millis(u64::from(req.edge_timeout_ms))),
-                burst: if req.burst == 0 {
-                    DEFAULT_BURST
-                } else {
-                    req.burst
-                },
-                attempts: if req.attempts == 0 {
-                    DEFAULT_ATTEMPTS
-                } else {
-                    req.attempts
-                },
-            })
-            .await?;
+        let req = target_of(request.into_inner())?;
+        let handle = self.core.start_campaign(req).await?;
         Ok(Response::new(pb::StartCampaignResponse {
             campaign_id: handle.campaign_id,
             regions: handle

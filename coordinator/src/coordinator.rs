@@ -175,15 +175,17 @@ impl Coordinator {
         agents: &[String],
         probes: Vec<pb::ProbeSpec>,
     ) -> Result<String, Status> {
-        self.run_plan_in(None, agents, probes).await
+        self.run_plan_in(None, agents, probes, None).await
     }
 
-    /// Sends a plan that belongs to a campaign (or none) to the named agents.
+    /// Sends a plan that belongs to a campaign (or none) to the named agents,
+    /// with a time budget the agents keep (DESIGN §4 "Time budget").
     pub async fn run_plan_in(
         &self,
         campaign_id: Option<&str>,
         agents: &[String],
         mut probes: Vec<pb::ProbeSpec>,
+        budget: Option<std::time::Duration>,
     ) -> Result<String, Status> {
         if agents.is_empty() {
             return Err(Status::invalid_argument("a plan needs at least one agent"));
@@ -233,6 +235,7 @@ impl Coordinator {
             plan_id: plan_id.clone(),
             campaign_id: campaign_id.unwrap_or_default().to_string(),
             probes,
+            budget_ms: budget.map_or(0, |b| u32::try_from(b.as_millis()).unwrap_or(u32::MAX)),
         };
         for (agent_id, outbound) in targets {
             let message = pb::CoordinatorMessage {

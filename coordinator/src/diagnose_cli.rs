@@ -17,6 +17,7 @@ use vantage_proto::pb;
 
 use crate::campaign::CampaignRequest;
 use crate::client::{self, Target};
+use crate::plan::{CampaignTarget, PullProtocol, TargetRequest};
 use crate::report::{render_markdown, render_terminal, Report};
 
 /// How the report is printed.
@@ -66,11 +67,29 @@ pub struct DiagnoseArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub edge_timeout: Option<Duration>,
     /// Concurrent requests in the rate-limit test.
-    #[arg(long, value_name = "N", default_value_t = crate::control_service::DEFAULT_BURST)]
+    #[arg(long, value_name = "N", default_value_t = crate::plan::DEFAULT_BURST)]
     pub burst: u32,
     /// Attempts per baseline probe.
-    #[arg(long, value_name = "N", default_value_t = crate::control_service::DEFAULT_ATTEMPTS)]
+    #[arg(long, value_name = "N", default_value_t = crate::plan::DEFAULT_ATTEMPTS)]
     pub attempts: u32,
+    /// The protocol the edge pulls from the origin with (seed step 1):
+    /// http or https. Default: the URL's scheme. Without a port in
+    /// --origin, the origin is probed on this protocol's default port.
+    #[arg(long, value_name = "http|https")]
+    pub pull_protocol: Option<String>,
+    /// The Host header (and SNI) the edge sends to the origin, when the CDN
+    /// rewrites it ("Host Header Rewrite"). Default: the URL's host.
+    #[arg(long, value_name = "HOST")]
+    pub pull_host: Option<String>,
+    /// The path the edge requests from the origin, when the CDN rewrites it
+    /// ("Pull URL Rewrite"), e.g. /origin/a.jpg. Default: the URL's path.
+    #[arg(long, value_name = "PATH")]
+    pub pull_path: Option<String>,
+    /// The User-Agent every probe sends (default: vantage/VERSION). Set a
+    /// browser's to see what a carrier does to browser traffic; the
+    /// reproduce commands carry it as -A.
+    #[arg(long, value_name = "UA")]
+    pub user_agent: Option<String>,
     /// Run an embedded coordinator and one agent in this process (region
     /// `local`): no server, no enrollment.
     #[arg(long)]
@@ -179,24 +198,39 @@ fn parse_cdn(text: &str) -> anyhow::Result<CdnProfile> {
     text.parse::<CdnProfile>().context("--cdn")
 }
 
+impl DiagnoseArgs {
+    /// The campaign target these flags ask for, checked the way the
+    /// coordinator will check it, so a bad flag fails before anything
+    /// connects.
+    pub fn target_request(&self) -> anyhow::Result<TargetRequest> {
+        let request = TargetRequest {
+            url: self.url.clone(),
+            origins: self.origins.clone(),
+            edges: self.edges.clone(),
+            cdn: parse_cdn(&self.cdn)?,
+            edge_timeout: self.edge_timeout,
+            burst: self.burst,
+            attempts: self.attempts,
+            pull_protocol: self
+                .pull_protocol
+                .as_deref()
+                .map(str::parse::<PullProtocol>)
+                .transpose()?,
+            pull_host: self.pull_host.clone(),
+            pull_path: self.pull_path.clone(),
+            user_agent: self.user_agent.clone(),
+        };
+        CampaignTarget::new(&request)?;
+        Ok(request)
+    }
+}
+
 /// `vantage diagnose` against a coordinator.
 pub async fn diagnose_remote(args: DiagnoseArgs, target: Target) -> anyhow::Result<ExitCode> {
-    parse_cdn(&args.cdn)?;
+    let request = args.target_request()?;
     let mut control = client::connect(&target)?;
     let started = control
-        .start_campaign(pb::StartCampaignRequest {
-            url: args.url.clone(),
-            origins: args.origins.clone(),
-            edges: args.edges.clone(),
-            regions: args.regions.clone(),
-            cdn: args.cdn.clone(),
-            edge_timeout_ms: args
-                .edge_timeout
-                .map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX))
-                .unwrap_or(0),
-            burst: args.burst,
-            attempts: args.attempts,
-        })
+        .start_campaign(crate::control_service::target_pb(&request, &args.regions))
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();
@@ -292,7 +326,7 @@ pub async fn campaign(command: CampaignCommand, target: Target) -> anyhow::Resul
 
 /// `vantage diagnose --local`: an embedded coordinator and one agent.
 pub async fn diagnose_local(args: DiagnoseArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
-    let cdn = parse_cdn(&args.cdn)?;
+    let request = args.target_request()?;
     let dir = tempfile::tempdir().context("temporary data dir")?;
     let running = crate::server::start(crate::server::ServeConfig {
         data_dir: dir.path().join("coordinator"),
@@ -339,14 +373,8 @@ pub async fn diagnose_local(args: DiagnoseArgs, env: &dyn Env) -> anyhow::Result
     }
     let mut handle = core
         .start_campaign(CampaignRequest {
-            url: args.url,
-            origins: args.origins,
-            edges: args.edges,
+            target: request,
             regions: vec!["local".into()],
-            cdn,
-            edge_timeout: args.edge_timeout,
-            burst: args.burst,
-            attempts: args.attempts,
         })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;

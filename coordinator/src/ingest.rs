@@ -80,7 +80,11 @@ fn commit(store: &Store, registry: &Registry, jobs: Vec<IngestJob>) {
     let results: usize = jobs.iter().map(|job| job.batch.results.len()).sum();
     match stored {
         Ok(new) => {
+            let mut agents: Vec<String> = Vec::new();
             for job in jobs {
+                if !job.batch.results.is_empty() && !agents.contains(&job.agent_name) {
+                    agents.push(job.agent_name.clone());
+                }
                 let ack = pb::CoordinatorMessage {
                     body: Some(pb::coordinator_message::Body::Ack(pb::Ack {
                         seq: job.batch.seq,
@@ -97,6 +101,7 @@ fn commit(store: &Store, registry: &Registry, jobs: Vec<IngestJob>) {
             registry.emit(AgentEvent::ResultsStored {
                 received: results as u64,
                 new,
+                agents,
             });
         }
         Err(e) => {

@@ -23,11 +23,162 @@ use vantage_proto::pb;
 pub const MAX_ATTEMPTS: u32 = 20;
 /// Largest burst a campaign may ask for.
 pub const MAX_BURST: u32 = 200;
-/// Longest extra wait past the edge timeout for direct probes.
-const MAX_EXTRA_WAIT: Duration = Duration::from_secs(30);
 /// Source address put in the replayed pull headers: the documentation range,
 /// so the origin's logs show a test client, not a real user.
 pub const REPLAY_CLIENT_IP: &str = "198.51.100.10";
+/// Longest connect and TLS wait, whatever the edge timeout: an origin that
+/// takes longer to accept a connection is as good as unreachable.
+const MAX_HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
+/// A direct probe outwaits the edge by this much: a direct request still
+/// without an answer then proves the origin slower than the edge's limit.
+const DIRECT_PAST_EDGE: Duration = Duration::from_millis(250);
+/// An edge probe outwaits the edge's own timeout by this much, so its 52x
+/// (sent at the timeout) arrives.
+const EDGE_PAST_EDGE: Duration = Duration::from_millis(500);
+/// The plan's budget past the edge timeout (plus the attempts' stagger):
+/// the longest probe fits in it, and the report still prints within the
+/// edge timeout + 1 s (DESIGN §9).
+const BUDGET_PAST_EDGE: Duration = Duration::from_millis(600);
+/// Attempts of one probe start at most this far apart: a hanging attempt
+/// does not hold the next one back past the budget, and a fast one (the
+/// usual case) still ends before the next begins.
+const ATTEMPT_GAP: Duration = Duration::from_millis(200);
+
+/// The protocol the edge pulls from the origin with (seed step 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PullProtocol {
+    /// Plain HTTP.
+    Http,
+    /// HTTPS.
+    Https,
+}
+
+impl PullProtocol {
+    /// The URL scheme.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullProtocol::Http => "http",
+            PullProtocol::Https => "https",
+        }
+    }
+
+    /// The scheme's default port.
+    pub fn default_port(self) -> u16 {
+        match self {
+            PullProtocol::Http => 80,
+            PullProtocol::Https => 443,
+        }
+    }
+}
+
+impl std::str::FromStr for PullProtocol {
+    type Err = PlanError;
+    fn from_str(s: &str) -> Result<Self, PlanError> {
+        match s.to_ascii_lowercase().as_str() {
+            "http" => Ok(PullProtocol::Http),
+            "https" => Ok(PullProtocol::Https),
+            _ => Err(PlanError::BadPullProtocol(s.to_string())),
+        }
+    }
+}
+
+/// What a user asks a campaign (or a sweep's runs) to probe, before it is
+/// checked: the target flags of `vantage diagnose`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetRequest {
+    /// The site URL as clients request it from the edge.
+    pub url: String,
+    /// Origin addresses (`IP` or `IP:PORT`).
+    pub origins: Vec<String>,
+    /// Edge addresses (empty: the agents' resolvers pick).
+    pub edges: Vec<String>,
+    /// The CDN in front.
+    pub cdn: CdnProfile,
+    /// Overrides the profile's edge timeout.
+    pub edge_timeout: Option<Duration>,
+    /// Concurrent requests in the burst probe.
+    pub burst: u32,
+    /// Attempts per baseline probe.
+    pub attempts: u32,
+    /// The edge's pull protocol (default: the URL's scheme).
+    pub pull_protocol: Option<PullProtocol>,
+    /// The Host header and SNI the edge pulls with (default: the URL's host).
+    pub pull_host: Option<String>,
+    /// The path the edge pulls (default: the URL's path and query).
+    pub pull_path: Option<String>,
+    /// The User-Agent every probe sends (default: `vantage/<version>`).
+    pub user_agent: Option<String>,
+}
+
+impl TargetRequest {
+    /// A request for `url` at `origins` with every other setting at its
+    /// default (the defaults of `vantage diagnose`).
+    pub fn new(url: &str, origins: &[&str]) -> Self {
+        TargetRequest {
+            url: url.to_string(),
+            origins: origins.iter().map(|o| o.to_string()).collect(),
+            edges: Vec::new(),
+            cdn: CdnProfile::EdgeOne,
+            edge_timeout: None,
+            burst: DEFAULT_BURST,
+            attempts: DEFAULT_ATTEMPTS,
+            pull_protocol: None,
+            pull_host: None,
+            pull_path: None,
+            user_agent: None,
+        }
+    }
+}
+
+/// Requests in the burst probe unless asked otherwise.
+pub const DEFAULT_BURST: u32 = 20;
+/// Attempts per baseline probe unless asked otherwise.
+pub const DEFAULT_ATTEMPTS: u32 = 3;
+
+/// How the edge pulls from the origin (seed step 1): what every direct
+/// probe replays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pull {
+    /// Protocol.
+    pub protocol: PullProtocol,
+    /// Host header and SNI.
+    pub host: String,
+    /// Path and query.
+    pub path: String,
+}
+
+/// The phase limits every probe of a campaign gets, all derived from the
+/// edge timeout (DESIGN §4 "Time budget"; reported as `target.timeouts_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// TLS handshake.
+    pub tls: Duration,
+    /// First byte of a direct request (just past the edge timeout).
+    pub direct_ttfb: Duration,
+    /// First byte through the edge (past its timeout, so its 52x arrives).
+    pub edge_ttfb: Duration,
+    /// A stalled body.
+    pub body: Duration,
+    /// Any one request, and the whole plan of a region.
+    pub total: Duration,
+}
+
+impl Timeouts {
+    /// The limits for an edge that waits `edge_timeout` for the origin.
+    pub fn for_edge_timeout(edge_timeout: Duration) -> Timeouts {
+        let handshake = edge_timeout.min(MAX_HANDSHAKE_WAIT);
+        Timeouts {
+            connect: handshake,
+            tls: handshake,
+            direct_ttfb: edge_timeout + DIRECT_PAST_EDGE,
+            edge_ttfb: edge_timeout + EDGE_PAST_EDGE,
+            body: handshake,
+            total: edge_timeout + BUDGET_PAST_EDGE,
+        }
+    }
+}
 
 /// What a campaign probes.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +191,8 @@ pub struct CampaignTarget {
     pub port: u16,
     /// `http` or `https`.
     pub scheme: String,
+    /// The URL's path and query.
+    pub path: String,
     /// Origin addresses (`ip:port`).
     pub origins: Vec<SocketAddr>,
     /// Edge addresses (`ip:port`); empty: the agents' resolvers pick.
@@ -52,6 +205,12 @@ pub struct CampaignTarget {
     pub attempts: u32,
     /// Concurrent requests in the burst probe.
     pub burst: u32,
+    /// How the edge pulls: what the direct probes replay.
+    pub pull: Pull,
+    /// The User-Agent sent.
+    pub user_agent: String,
+    /// The phase limits.
+    pub timeouts: Timeouts,
 }
 
 /// A campaign request that cannot be planned.
@@ -81,6 +240,18 @@ pub enum PlanError {
         /// Upper bound.
         max: u64,
     },
+    /// The pull protocol is not http or https.
+    #[error("bad --pull-protocol {0:?}: expected http or https")]
+    BadPullProtocol(String),
+    /// The pull host is not a host name.
+    #[error("bad --pull-host {0:?}: expected a host name (no scheme, port or path)")]
+    BadPullHost(String),
+    /// The pull path does not start with `/`.
+    #[error("bad --pull-path {0:?}: expected a path starting with /")]
+    BadPullPath(String),
+    /// The User-Agent cannot be sent as a header.
+    #[error("bad --user-agent: it must be printable text without line breaks")]
+    BadUserAgent,
 }
 
 fn parse_addr(what: &'static str, text: &str, default_port: u16) -> Result<SocketAddr, PlanError> {
@@ -94,16 +265,8 @@ fn parse_addr(what: &'static str, text: &str, default_port: u16) -> Result<Socke
 
 impl CampaignTarget {
     /// Checks and normalises a campaign request.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        url: &str,
-        origins: &[String],
-        edges: &[String],
-        cdn: CdnProfile,
-        edge_timeout: Option<Duration>,
-        attempts: u32,
-        burst: u32,
-    ) -> Result<Self, PlanError> {
+    pub fn new(req: &TargetRequest) -> Result<Self, PlanError> {
+        let url = req.url.as_str();
         let uri: http::Uri = url
             .parse()
             .map_err(|_| PlanError::BadUrl(url.to_string()))?;
@@ -119,32 +282,68 @@ impl CampaignTarget {
         let port = uri
             .port_u16()
             .unwrap_or(if scheme == "https" { 443 } else { 80 });
-        if origins.is_empty() {
+        let path = uri
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.to_string());
+        let url_protocol = if scheme == "https" {
+            PullProtocol::Https
+        } else {
+            PullProtocol::Http
+        };
+        let protocol = req.pull_protocol.unwrap_or(url_protocol);
+        let pull_host = match req.pull_host.as_deref().map(str::trim) {
+            None | Some("") => host.clone(),
+            Some(h) => {
+                let bare = h.trim_start_matches('[').trim_end_matches(']');
+                let valid = !bare.is_empty()
+                    && !bare.contains(['/', '?', '#', '@', ' '])
+                    && (bare.parse::<IpAddr>().is_ok() || !bare.contains(':'));
+                if !valid {
+                    return Err(PlanError::BadPullHost(h.to_string()));
+                }
+                bare.to_string()
+            }
+        };
+        let pull_path = match req.pull_path.as_deref() {
+            None | Some("") => path.clone(),
+            Some(p) if p.starts_with('/') && !p.contains([' ', '\r', '\n', '#']) => p.to_string(),
+            Some(p) => return Err(PlanError::BadPullPath(p.to_string())),
+        };
+        // Without a port an origin listens where the pull protocol does:
+        // the URL's port when the edge pulls with the URL's scheme.
+        let origin_port = if protocol == url_protocol {
+            port
+        } else {
+            protocol.default_port()
+        };
+        if req.origins.is_empty() {
             return Err(PlanError::NoOrigin);
         }
-        let origins = origins
+        let origins = req
+            .origins
             .iter()
-            .map(|o| parse_addr("--origin", o, port))
+            .map(|o| parse_addr("--origin", o, origin_port))
             .collect::<Result<Vec<_>, _>>()?;
-        let edges = edges
+        let edges = req
+            .edges
             .iter()
             .map(|e| parse_addr("--edge", e, port))
             .collect::<Result<Vec<_>, _>>()?;
-        if !(1..=MAX_ATTEMPTS).contains(&attempts) {
+        if !(1..=MAX_ATTEMPTS).contains(&req.attempts) {
             return Err(PlanError::OutOfRange {
                 what: "--attempts",
                 min: 1,
                 max: u64::from(MAX_ATTEMPTS),
             });
         }
-        if !(1..=MAX_BURST).contains(&burst) {
+        if !(1..=MAX_BURST).contains(&req.burst) {
             return Err(PlanError::OutOfRange {
                 what: "--burst",
                 min: 1,
                 max: u64::from(MAX_BURST),
             });
         }
-        let edge_timeout = edge_timeout.unwrap_or_else(|| cdn.edge_timeout());
+        let edge_timeout = req.edge_timeout.unwrap_or_else(|| req.cdn.edge_timeout());
         if edge_timeout < Duration::from_millis(100) || edge_timeout > Duration::from_secs(600) {
             return Err(PlanError::OutOfRange {
                 what: "--edge-timeout (ms)",
@@ -152,34 +351,72 @@ impl CampaignTarget {
                 max: 600_000,
             });
         }
+        let user_agent = match req.user_agent.as_deref() {
+            None => vantage_agent::probe::head::DEFAULT_USER_AGENT.to_string(),
+            Some(ua) if http::HeaderValue::from_str(ua).is_ok() => ua.to_string(),
+            Some(_) => return Err(PlanError::BadUserAgent),
+        };
         Ok(CampaignTarget {
             url: url.to_string(),
             host,
             port,
             scheme,
+            path,
             origins,
             edges,
-            cdn,
+            cdn: req.cdn,
             edge_timeout,
-            attempts,
-            burst,
+            attempts: req.attempts,
+            burst: req.burst,
+            pull: Pull {
+                protocol,
+                host: pull_host,
+                path: pull_path,
+            },
+            user_agent,
+            timeouts: Timeouts::for_edge_timeout(edge_timeout),
         })
     }
 
-    /// How long direct probes wait for an answer: past the edge timeout, so
-    /// a slow origin's real time is measured, but bounded.
-    pub fn direct_wait(&self) -> Duration {
-        self.edge_timeout + self.edge_timeout.min(MAX_EXTRA_WAIT)
+    /// The URL a direct probe to `origin` requests: the edge's pull (its
+    /// protocol, Host and path), with the port when it is not the default.
+    pub fn direct_url(&self, origin: &SocketAddr) -> String {
+        pull_url(
+            self.pull.protocol,
+            &self.pull.host,
+            origin.port(),
+            &self.pull.path,
+        )
     }
 
-    /// How long edge probes wait: the edge answers by its timeout (524).
-    pub fn edge_wait(&self) -> Duration {
-        self.edge_timeout + Duration::from_secs(5)
+    /// The HTTPS control's URL for an `http://` target's `origin`: the same
+    /// pull over TLS to port 443 of the same address (DESIGN §5.6).
+    pub fn https_control(&self, origin: &SocketAddr) -> Option<(String, SocketAddr)> {
+        (self.pull.protocol == PullProtocol::Http).then(|| {
+            let at = SocketAddr::new(origin.ip(), PullProtocol::Https.default_port());
+            (
+                pull_url(
+                    PullProtocol::Https,
+                    &self.pull.host,
+                    at.port(),
+                    &self.pull.path,
+                ),
+                at,
+            )
+        })
     }
+}
 
-    /// The longest any probe of this campaign can take (for bounding it).
-    pub fn longest_probe(&self) -> Duration {
-        self.direct_wait().max(self.edge_wait())
+fn pull_url(protocol: PullProtocol, host: &str, port: u16, path: &str) -> String {
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    if port == protocol.default_port() {
+        format!("{}://{host}{path}", protocol.as_str())
+    } else {
+        format!("{}://{host}:{port}{path}", protocol.as_str())
     }
 }
 
@@ -215,22 +452,27 @@ pub fn build_probes(
     let mut probes = Vec::new();
     let mut add = |mut spec: pb::ProbeSpec| {
         spec.nonce = format!("{short}-{region}-{}", probes.len());
-        spec.url = target.url.clone();
+        if spec.url.is_empty() {
+            spec.url = target.url.clone();
+        }
         spec.verify_tls = true;
+        spec.user_agent = target.user_agent.clone();
+        spec.attempt_interval_ms = millis(ATTEMPT_GAP);
         probes.push(spec);
     };
+    let t = target.timeouts;
     let direct_timeouts = Some(pb::PhaseTimeouts {
-        connect_ms: 10_000,
-        tls_ms: millis(target.direct_wait()),
-        first_byte_ms: millis(target.direct_wait()),
-        total_ms: millis(target.direct_wait() + Duration::from_secs(5)),
-        ..Default::default()
+        connect_ms: millis(t.connect),
+        tls_ms: millis(t.tls),
+        first_byte_ms: millis(t.direct_ttfb),
+        body_ms: millis(t.body),
+        total_ms: millis(t.total),
     });
     let pull_headers: Vec<pb::Header> = target
         .cdn
         .pull_headers(
             REPLAY_CLIENT_IP,
-            &target.scheme,
+            target.pull.protocol.as_str(),
             &format!("vantage-{short}"),
         )
         .into_iter()
@@ -241,8 +483,10 @@ pub fn build_probes(
         .collect();
     for origin in &target.origins {
         let at = display_addr(origin);
+        let url = target.direct_url(origin);
         let direct = |variant: &str, id: String| pb::ProbeSpec {
             probe_id: id,
+            url: url.clone(),
             route: pb::Route::Direct as i32,
             address_override: at.clone(),
             variant: variant.to_string(),
@@ -268,6 +512,17 @@ pub fn build_probes(
                 )
             });
         }
+        if let Some((https_url, https_at)) = target.https_control(origin) {
+            // The control's only question is "does TLS to this origin get an
+            // answer here?": its certificate is recorded, not required.
+            add(pb::ProbeSpec {
+                url: https_url,
+                address_override: display_addr(&https_at),
+                attempts: 1,
+                verify_tls: false,
+                ..direct("https", format!("direct/https@{at}"))
+            });
+        }
         add(pb::ProbeSpec {
             burst: target.burst,
             concurrency: target.burst,
@@ -278,10 +533,11 @@ pub fn build_probes(
         });
     }
     let edge_timeouts = Some(pb::PhaseTimeouts {
-        connect_ms: 10_000,
-        tls_ms: millis(target.edge_wait()),
-        total_ms: millis(target.edge_wait()),
-        ..Default::default()
+        connect_ms: millis(t.connect),
+        tls_ms: millis(t.tls),
+        first_byte_ms: millis(t.edge_ttfb),
+        body_ms: millis(t.body),
+        total_ms: millis(t.total),
     });
     let edges: Vec<Option<String>> = if target.edges.is_empty() {
         vec![None]
@@ -307,7 +563,7 @@ pub fn build_probes(
         attempts: 1,
         burst: 1,
         timeouts: Some(pb::PhaseTimeouts {
-            total_ms: 10_000,
+            total_ms: millis(t.connect),
             ..Default::default()
         }),
         ..Default::default()
@@ -315,34 +571,28 @@ pub fn build_probes(
     probes
 }
 
-/// The longest a region can take to run `probes`: phases run one after
-/// another, the probes of a phase at once, the attempts of a probe in turn.
-pub fn plan_duration(probes: &[pb::ProbeSpec]) -> Duration {
-    let mut phases: std::collections::BTreeMap<u32, Duration> = std::collections::BTreeMap::new();
-    for probe in probes {
-        let total = Duration::from_millis(u64::from(probe.timeouts.map_or(60_000, |t| t.total_ms)));
-        let worst = total * probe.attempts.max(1);
-        let phase = phases.entry(probe.phase).or_default();
-        *phase = (*phase).max(worst);
-    }
-    phases.values().sum()
+/// The budget of one region's plan: every probe's longest wait fits in it
+/// from the start, and nothing runs past it (DESIGN §4 "Time budget").
+pub fn plan_budget(target: &CampaignTarget) -> Duration {
+    target.timeouts.total + ATTEMPT_GAP * target.attempts.saturating_sub(1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn request() -> TargetRequest {
+        TargetRequest {
+            edges: vec!["203.0.113.5".into()],
+            ..TargetRequest::new(
+                "http://www.example.com/test.jpg",
+                &["192.0.2.10", "[2001:db8::1]:8080"],
+            )
+        }
+    }
+
     fn target() -> CampaignTarget {
-        CampaignTarget::new(
-            "http://www.example.com/test.jpg",
-            &["192.0.2.10".into(), "[2001:db8::1]:8080".into()],
-            &["203.0.113.5".into()],
-            CdnProfile::EdgeOne,
-            None,
-            3,
-            20,
-        )
-        .unwrap()
+        CampaignTarget::new(&request()).unwrap()
     }
 
     #[test]
@@ -350,25 +600,19 @@ mod tests {
         let probes = build_probes(&target(), "c0ffee-1234", "eu");
         let ids: Vec<&str> = probes.iter().map(|p| p.probe_id.as_str()).collect();
         for origin in ["192.0.2.10:80", "[2001:db8::1]:8080"] {
-            assert!(
-                ids.contains(&format!("direct/baseline@{origin}").as_str()),
-                "{ids:?}"
-            );
-            assert!(ids.contains(&format!("direct/cdn_headers@{origin}").as_str()));
+            for step in ["baseline", "cdn_headers", "burst", "https"] {
+                assert!(
+                    ids.contains(&format!("direct/{step}@{origin}").as_str()),
+                    "{step} for {origin}: {ids:?}"
+                );
+            }
             assert!(ids.contains(&format!("direct/cdn_headers@{origin}#EO-LOG-UUID").as_str()));
-            assert!(ids.contains(&format!("direct/burst@{origin}").as_str()));
         }
         assert!(ids.contains(&"edge/baseline@203.0.113.5:80"));
         assert!(ids.contains(&"dns"));
         let burst = probes.iter().find(|p| p.variant == "burst").unwrap();
         assert_eq!((burst.burst, burst.concurrency), (20, 20));
         assert_eq!(burst.phase, 1, "the burst runs after the baselines");
-        let direct_total = Duration::from_millis(u64::from(probes[0].timeouts.unwrap().total_ms));
-        assert_eq!(
-            plan_duration(&probes),
-            direct_total * 3 + direct_total,
-            "three attempts, then the burst"
-        );
         assert!(probes
             .iter()
             .filter(|p| p.variant != "burst")
@@ -388,38 +632,108 @@ mod tests {
                 "EO-LOG-UUID"
             ]
         );
+        let https = probes
+            .iter()
+            .find(|p| p.probe_id == "direct/https@[2001:db8::1]:8080")
+            .unwrap();
+        assert_eq!(https.url, "https://www.example.com/test.jpg");
+        assert_eq!(https.address_override, "[2001:db8::1]:443");
+        assert!(probes.iter().all(|p| p.user_agent.starts_with("vantage/")));
     }
 
     #[test]
-    fn nonces_are_unique_and_direct_probes_outwait_the_edge() {
-        let target = target();
-        let probes = build_probes(&target, "c0ffee-1234", "eu");
+    fn every_timeout_comes_from_the_edge_timeout_and_fits_the_budget() {
+        for (edge_timeout, connect) in [(15_000, 10_000), (3_000, 3_000), (100_000, 10_000)] {
+            let target = CampaignTarget::new(&TargetRequest {
+                edge_timeout: Some(Duration::from_millis(edge_timeout)),
+                ..request()
+            })
+            .unwrap();
+            let budget = plan_budget(&target);
+            assert_eq!(budget, Duration::from_millis(edge_timeout + 600 + 2 * 200));
+            for probe in build_probes(&target, "c0ffee", "eu") {
+                let t = probe.timeouts.unwrap();
+                let last_start = Duration::from_millis(u64::from(probe.attempt_interval_ms))
+                    * probe.attempts.saturating_sub(1);
+                assert!(
+                    last_start + vantage_agent::probe::longest_wait(&probe) <= budget,
+                    "{}: its last attempt's longest wait fits the budget",
+                    probe.probe_id
+                );
+                assert!(u64::from(t.total_ms) <= edge_timeout + 600);
+                if probe.route == pb::Route::Direct as i32 {
+                    assert_eq!(u64::from(t.connect_ms), connect);
+                    assert_eq!(
+                        u64::from(t.first_byte_ms),
+                        edge_timeout + 250,
+                        "a direct probe outwaits the edge, just"
+                    );
+                }
+                if probe.route == pb::Route::Edge as i32 {
+                    assert!(
+                        u64::from(t.first_byte_ms) > edge_timeout,
+                        "the edge's own 52x at its timeout arrives"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_pull_configuration_shapes_every_direct_probe() {
+        let target = CampaignTarget::new(&TargetRequest {
+            pull_protocol: Some(PullProtocol::Https),
+            pull_host: Some("origin.example.net".into()),
+            pull_path: Some("/bucket/test.jpg?v=2".into()),
+            origins: vec!["192.0.2.10".into(), "192.0.2.11:8443".into()],
+            ..request()
+        })
+        .unwrap();
+        assert_eq!(target.origins[0].port(), 443, "the pull protocol's port");
+        let probes = build_probes(&target, "c0ffee", "eu");
+        let direct: Vec<&pb::ProbeSpec> = probes
+            .iter()
+            .filter(|p| p.route == pb::Route::Direct as i32)
+            .collect();
+        assert!(direct
+            .iter()
+            .any(|p| p.url == "https://origin.example.net/bucket/test.jpg?v=2"));
+        assert!(direct
+            .iter()
+            .any(|p| p.url == "https://origin.example.net:8443/bucket/test.jpg?v=2"));
+        assert!(
+            direct.iter().all(|p| p.variant != "https"),
+            "an https pull needs no https control"
+        );
+        let edge = probes
+            .iter()
+            .find(|p| p.route == pb::Route::Edge as i32)
+            .unwrap();
+        assert_eq!(
+            edge.url, "http://www.example.com/test.jpg",
+            "the edge gets the client's URL"
+        );
+        let cdn = direct.iter().find(|p| p.variant == "cdn_headers").unwrap();
+        assert!(cdn
+            .headers
+            .iter()
+            .any(|h| h.name == "X-Forwarded-Proto" && h.value == b"https"));
+    }
+
+    #[test]
+    fn nonces_are_unique() {
+        let probes = build_probes(&target(), "c0ffee-1234", "eu");
         let mut nonces: Vec<&str> = probes.iter().map(|p| p.nonce.as_str()).collect();
         nonces.sort_unstable();
         nonces.dedup();
         assert_eq!(nonces.len(), probes.len());
-        let baseline = &probes[0];
-        assert_eq!(baseline.address_override, "192.0.2.10:80");
-        let wait = baseline.timeouts.unwrap().first_byte_ms;
-        assert_eq!(
-            wait, 30_000,
-            "15 s edge timeout + 15 s to see how slow the origin is"
-        );
-        let cloudflare = CampaignTarget::new(
-            "https://a.test/",
-            &["192.0.2.1".into()],
-            &[],
-            CdnProfile::Cloudflare,
-            None,
-            1,
-            1,
-        )
+        let cloudflare = CampaignTarget::new(&TargetRequest {
+            cdn: CdnProfile::Cloudflare,
+            edges: Vec::new(),
+            ..TargetRequest::new("https://a.test/", &["192.0.2.1"])
+        })
         .unwrap();
-        assert_eq!(
-            cloudflare.direct_wait(),
-            Duration::from_secs(130),
-            "extra wait is bounded"
-        );
+        assert_eq!(cloudflare.edge_timeout, Duration::from_secs(100));
         assert_eq!(cloudflare.origins[0].port(), 443);
         let edge = build_probes(&cloudflare, "x", "r")
             .into_iter()
@@ -434,16 +748,12 @@ mod tests {
     #[test]
     fn bad_requests_are_named() {
         let one = |url: &str, origins: &[&str], attempts, burst| {
-            let origins: Vec<String> = origins.iter().map(|s| s.to_string()).collect();
-            CampaignTarget::new(
-                url,
-                &origins,
-                &[],
-                CdnProfile::Generic,
-                None,
+            CampaignTarget::new(&TargetRequest {
+                cdn: CdnProfile::Generic,
                 attempts,
                 burst,
-            )
+                ..TargetRequest::new(url, origins)
+            })
         };
         assert_eq!(
             one("ftp://x/", &["192.0.2.1"], 1, 1),
@@ -468,15 +778,40 @@ mod tests {
                 ..
             })
         ));
-        let fast = CampaignTarget::new(
-            "http://x/",
-            &["192.0.2.1".into()],
-            &[],
-            CdnProfile::EdgeOne,
-            Some(Duration::from_secs(2)),
-            1,
-            1,
-        )
+        let base = TargetRequest::new("http://x/", &["192.0.2.1"]);
+        for (bad, want) in [
+            (
+                TargetRequest {
+                    pull_host: Some("http://origin/".into()),
+                    ..base.clone()
+                },
+                PlanError::BadPullHost("http://origin/".into()),
+            ),
+            (
+                TargetRequest {
+                    pull_path: Some("no-slash".into()),
+                    ..base.clone()
+                },
+                PlanError::BadPullPath("no-slash".into()),
+            ),
+            (
+                TargetRequest {
+                    user_agent: Some("a\nb".into()),
+                    ..base.clone()
+                },
+                PlanError::BadUserAgent,
+            ),
+        ] {
+            assert_eq!(CampaignTarget::new(&bad), Err(want));
+        }
+        assert!(matches!(
+            "gopher".parse::<PullProtocol>(),
+            Err(PlanError::BadPullProtocol(_))
+        ));
+        let fast = CampaignTarget::new(&TargetRequest {
+            edge_timeout: Some(Duration::from_secs(2)),
+            ..base
+        })
         .unwrap();
         assert_eq!(
             fast.edge_timeout,

@@ -46,6 +46,9 @@ pub enum AgentEvent {
         received: u64,
         /// Results newly stored (replayed ones count 0).
         new: u64,
+        /// The agents whose results were in it: an agent still sending is
+        /// never declared lost.
+        agents: Vec<String>,
     },
     /// An agent reported (durably) that it ran every probe of a plan.
     PlanFinished {

@@ -31,8 +31,13 @@ pub struct Report {
     pub status: Status,
     /// What was found.
     pub findings: Vec<Finding>,
-    /// What evidence is missing, when it limits the verdict.
+    /// Regions that did not finish (`region: why`), and what evidence is
+    /// missing when it limits the verdict.
     pub missing: Vec<String>,
+    /// The verdict in one sentence, naming the regions it rests on when
+    /// some did not finish.
+    #[serde(default)]
+    pub summary: String,
     /// Every region's probes.
     pub regions: Vec<ReportRegion>,
     /// What the origin witness saw.
@@ -52,6 +57,73 @@ pub struct ReportTarget {
     pub cdn: String,
     /// The edge's origin-response timeout.
     pub edge_timeout_ms: u64,
+    /// The phase limits every probe had, derived from the edge timeout.
+    #[serde(default)]
+    pub timeouts_ms: ReportTimeouts,
+    /// The User-Agent the probes sent.
+    #[serde(default)]
+    pub user_agent: String,
+    /// How the edge pulls from the origin: what the direct probes replayed.
+    #[serde(default)]
+    pub pull: ReportPull,
+}
+
+/// The phase limits, in milliseconds (DESIGN §4 "Time budget").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ReportTimeouts {
+    /// TCP connect.
+    pub connect: u64,
+    /// TLS handshake.
+    pub tls: u64,
+    /// First byte of a direct request.
+    pub ttfb: u64,
+    /// First byte through the edge.
+    #[serde(default)]
+    pub edge_ttfb: u64,
+    /// Any one request, and each region's whole plan.
+    pub total: u64,
+}
+
+/// The pull configuration (seed step 1).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ReportPull {
+    /// `http` or `https`.
+    pub protocol: String,
+    /// Host header and SNI.
+    pub host: String,
+    /// Path and query.
+    pub path: String,
+}
+
+fn ms_of(d: std::time::Duration) -> u64 {
+    // Saturates only for absurd durations (> 584 million years).
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl ReportTarget {
+    /// The report's view of a campaign target.
+    pub fn of(t: &crate::diagnosis::Target) -> ReportTarget {
+        ReportTarget {
+            url: t.url.clone(),
+            origin: t.origins.clone(),
+            edge: t.edges.clone(),
+            cdn: t.cdn.name().to_string(),
+            edge_timeout_ms: ms_of(t.edge_timeout),
+            timeouts_ms: ReportTimeouts {
+                connect: ms_of(t.timeouts.connect),
+                tls: ms_of(t.timeouts.tls),
+                ttfb: ms_of(t.timeouts.direct_ttfb),
+                edge_ttfb: ms_of(t.timeouts.edge_ttfb),
+                total: ms_of(t.timeouts.total),
+            },
+            user_agent: t.user_agent.clone(),
+            pull: ReportPull {
+                protocol: t.pull.protocol.as_str().to_string(),
+                host: t.pull.host.clone(),
+                path: t.pull.path.clone(),
+            },
+        }
+    }
 }
 
 /// One region's part of the report.
@@ -187,7 +259,10 @@ pub fn build(campaign: &str, evidence: &Evidence, diagnosis: &Diagnosis) -> Repo
             for region in &evidence.regions {
                 for o in &region.observations {
                     // Only requests that left the agent could reach the origin.
+                    // The HTTPS control goes to another port (another
+                    // server block, perhaps another log): not counted.
                     if o.route == vantage_proto::domain::Route::Dns
+                        || o.variant == crate::diagnosis::Variant::Https
                         || matches!(o.outcome, Outcome::DnsFailure | Outcome::BlockedByPolicy)
                     {
                         continue;
@@ -214,29 +289,41 @@ pub fn build(campaign: &str, evidence: &Evidence, diagnosis: &Diagnosis) -> Repo
     Report {
         schema: SCHEMA.to_string(),
         campaign: campaign.to_string(),
-        target: ReportTarget {
-            url: t.url.clone(),
-            origin: t.origins.clone(),
-            edge: t.edges.clone(),
-            cdn: t.cdn.name().to_string(),
-            // Saturates only for absurd timeouts (> 584 million years).
-            edge_timeout_ms: u64::try_from(t.edge_timeout.as_millis()).unwrap_or(u64::MAX),
-        },
+        target: ReportTarget::of(t),
         status: diagnosis.status,
         findings: diagnosis.findings.clone(),
         missing: diagnosis.missing.clone(),
-        regions: evidence
-            .regions
-            .iter()
-            .map(|r| ReportRegion {
+        summary: diagnosis.summary.clone(),
+        regions: sorted_regions(evidence),
+        witness,
+    }
+}
+
+/// Regions by name, each one's probes by route, variant and address (then
+/// in the order they ran): every rendering shows the same order.
+fn sorted_regions(evidence: &Evidence) -> Vec<ReportRegion> {
+    let mut regions: Vec<&crate::diagnosis::RegionEvidence> = evidence.regions.iter().collect();
+    regions.sort_by(|a, b| a.region.cmp(&b.region));
+    regions
+        .into_iter()
+        .map(|r| {
+            let mut observations: Vec<&Observation> = r.observations.iter().collect();
+            // Stable: within one key, the order the requests ran.
+            observations.sort_by(|a, b| {
+                (a.route, a.variant, a.address.as_str()).cmp(&(
+                    b.route,
+                    b.variant,
+                    b.address.as_str(),
+                ))
+            });
+            ReportRegion {
                 region: r.region.clone(),
                 agents: r.agents.clone(),
                 lost: r.lost,
-                probes: r.observations.iter().map(ReportProbe::from).collect(),
-            })
-            .collect(),
-        witness,
-    }
+                probes: observations.into_iter().map(ReportProbe::from).collect(),
+            }
+        })
+        .collect()
 }
 
 /// One row of the region × probe table: a region's requests of one
@@ -355,6 +442,22 @@ pub fn render_terminal(report: &Report, color: bool) -> String {
         report.target.url,
         report.campaign
     );
+    if !report.summary.is_empty() {
+        let _ = writeln!(out, "  {}", report.summary);
+    }
+    let t = &report.target;
+    let _ = writeln!(
+        out,
+        "  pull {}://{}{} · edge timeout {} ms · timeouts connect {} / tls {} / ttfb {} ms · UA {}",
+        t.pull.protocol,
+        t.pull.host,
+        t.pull.path,
+        t.edge_timeout_ms,
+        t.timeouts_ms.connect,
+        t.timeouts_ms.tls,
+        t.timeouts_ms.ttfb,
+        t.user_agent
+    );
     for f in &report.findings {
         let title = match &f.kind {
             Some(k) => format!("{}/{k}", f.code),
@@ -378,7 +481,7 @@ pub fn render_terminal(report: &Report, color: bool) -> String {
         }
     }
     if !report.missing.is_empty() {
-        let _ = writeln!(out, "\n{}", paint(YELLOW, "missing evidence:"));
+        let _ = writeln!(out, "\n{}", paint(YELLOW, "missing:"));
         for m in &report.missing {
             let _ = writeln!(out, "  - {m}");
         }
@@ -466,8 +569,13 @@ pub fn render_markdown(report: &Report) -> String {
     let _ = writeln!(out, "# vantage report: {}\n", report.status.as_str());
     let _ = writeln!(
         out,
-        "- URL: `{}`\n- origin: {}\n- edge: {}\n- CDN: {} (origin-response timeout {} ms)\n- campaign: `{}`",
+        "- verdict: {}\n- URL: `{}`\n- pull: `{}://{}{}` (User-Agent `{}`)\n- origin: {}\n- edge: {}\n- CDN: {} (origin-response timeout {} ms)\n- campaign: `{}`",
+        report.summary,
         report.target.url,
+        report.target.pull.protocol,
+        report.target.pull.host,
+        report.target.pull.path,
+        report.target.user_agent,
         report.target.origin.join(", "),
         if report.target.edge.is_empty() {
             "(resolver)".to_string()
@@ -623,6 +731,7 @@ mod tests {
             dns_answers: Vec::new(),
             sent_headers: Vec::new(),
             error: String::new(),
+            peer_close: None,
         }
     }
 
@@ -632,6 +741,7 @@ mod tests {
             region: name.to_string(),
             agents: vec![format!("agent-{name}")],
             lost: false,
+            lost_reason: String::new(),
             observations: vec![
                 obs(
                     Route::Direct,
@@ -662,6 +772,13 @@ mod tests {
                 edges: vec!["203.0.113.1".to_string()],
                 cdn: CdnProfile::EdgeOne,
                 edge_timeout: Duration::from_secs(15),
+                pull: crate::plan::Pull {
+                    protocol: crate::plan::PullProtocol::Http,
+                    host: "www.test.com".to_string(),
+                    path: "/test.jpg".to_string(),
+                },
+                user_agent: "vantage/0.1.0".to_string(),
+                timeouts: crate::plan::Timeouts::for_edge_timeout(Duration::from_secs(15)),
             },
             regions: vec![region("eu"), region("us"), region("ap")],
             witness: Some(WitnessEvidence { seen }),

@@ -109,7 +109,7 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ProtocolErr
 }
 
 /// How a probe reaches its target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Route {
     /// Straight to the origin address.
     Direct,
@@ -352,6 +352,46 @@ pub fn stage_from_i32(value: i32) -> Result<Option<Stage>, ProtocolError> {
             field: "stage",
             value,
         }),
+    }
+}
+
+/// How the peer ended a connection before the exchange was complete: the
+/// packet-level fact a carrier verdict rests on, kept apart from the outcome
+/// (curl calls a reset during the TLS handshake a handshake failure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerClose {
+    /// The peer closed the connection (FIN).
+    Fin,
+    /// The peer reset the connection (RST).
+    Reset,
+}
+
+impl PeerClose {
+    /// The stable name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerClose::Fin => "fin",
+            PeerClose::Reset => "reset",
+        }
+    }
+
+    /// The wire value of an optional close: `None` is "unspecified".
+    pub fn to_wire(close: Option<PeerClose>) -> i32 {
+        match close {
+            None => pb::PeerClose::Unspecified as i32,
+            Some(PeerClose::Fin) => pb::PeerClose::Fin as i32,
+            Some(PeerClose::Reset) => pb::PeerClose::Reset as i32,
+        }
+    }
+
+    /// Reads the optional wire field; unknown values read as `None` (an
+    /// older or newer agent's close is not evidence we can use).
+    pub fn from_wire(value: i32) -> Option<PeerClose> {
+        match pb::PeerClose::try_from(value) {
+            Ok(pb::PeerClose::Fin) => Some(PeerClose::Fin),
+            Ok(pb::PeerClose::Reset) => Some(PeerClose::Reset),
+            _ => None,
+        }
     }
 }
 

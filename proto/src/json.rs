@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
-use crate::domain::{stage_from_i32, Outcome, Route};
+use crate::domain::{stage_from_i32, Outcome, PeerClose, Route};
 use crate::pb;
 
 /// Name used for an enum number this version does not know, so that a newer
@@ -41,6 +41,7 @@ pub fn result_json(result: &pb::ProbeResult) -> Value {
         "outcome": outcome_name(result.outcome),
         "curl_exit": result.curl_exit,
         "stage": stage_name(result.stage),
+        "peer_close": PeerClose::from_wire(result.peer_close).map(PeerClose::as_str),
         "route": route_name(result.route),
         "variant": result.variant,
         "url": result.url,
@@ -229,6 +230,7 @@ mod tests {
             dns_answers: vec!["192.0.2.1".into()],
             started_at_unix_ms: 1_700_000_000_123,
             redirects: Vec::new(),
+            peer_close: 0,
         }
     }
 
@@ -297,6 +299,7 @@ mod tests {
                 "local_addr",
                 "nonce",
                 "outcome",
+                "peer_close",
                 "redirects",
                 "remote_addr",
                 "result_id",

@@ -200,6 +200,8 @@ fn full_spec() -> pb::ProbeSpec {
         dns_server: "192.0.2.53".into(),
         max_redirects: 2,
         phase: 1,
+        user_agent: "curl/8.5.0".into(),
+        attempt_interval_ms: 200,
     }
 }
 
@@ -260,6 +262,7 @@ fn full_result() -> pb::ProbeResult {
         dns_answers: vec!["203.0.113.10".into()],
         started_at_unix_ms: 1_700_000_000_000,
         redirects: vec!["http://www.example.com/".into()],
+        peer_close: pb::PeerClose::Reset as i32,
     }
 }
 
@@ -314,6 +317,7 @@ fn coordinator_seeds() -> Vec<pb::CoordinatorMessage> {
             plan_id: "plan-1".into(),
             campaign_id: "c-1".into(),
             probes: vec![full_spec(), full_spec()],
+            budget_ms: 15_600,
         }),
         Body::Cancel(pb::Cancel {
             plan_id: "plan-1".into(),

@@ -385,3 +385,110 @@ pub async fn diagnose(runs: usize) -> anyhow::Result<DiagnoseReport> {
         edge_timeout_ms: edge_timeout.as_secs_f64() * 1000.0,
     })
 }
+
+/// One faulty campaign of the time-budget benchmark.
+#[derive(Debug, Clone)]
+pub struct BudgetFigure {
+    /// What was broken.
+    pub case: &'static str,
+    /// The edge timeout the campaign ran with.
+    pub edge_timeout: Duration,
+    /// `vantage diagnose` wall time, CLI start to report.
+    pub report_ms: f64,
+    /// The report's status and finding codes (`code/kind@regions`).
+    pub verdict: String,
+}
+
+impl BudgetFigure {
+    /// Time to report ÷ (edge timeout + 1 s): at most 1.0 meets DESIGN §9.
+    pub fn ratio(&self) -> f64 {
+        self.report_ms / (self.edge_timeout.as_secs_f64() * 1000.0 + 1000.0)
+    }
+}
+
+fn verdict_of(report: &serde_json::Value) -> String {
+    let findings: Vec<String> = report["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            format!(
+                "{}/{}@{}",
+                f["code"].as_str().unwrap_or("?"),
+                f["kind"].as_str().unwrap_or("-"),
+                f["regions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join("+")
+            )
+        })
+        .collect();
+    format!(
+        "{} [{}]",
+        report["status"].as_str().unwrap_or("?"),
+        findings.join(", ")
+    )
+}
+
+/// Times `vantage diagnose` (real processes, the CLI's default flags, with
+/// `--edge-timeout` only when `edge_timeout` is not EdgeOne's 15 s default)
+/// on a 524 (origin slower than the edge), a hanging origin, a refused
+/// origin and — when `netns` names a namespace this runs in — a blackholed
+/// region (iptables DROP of one region's packets to the origin).
+pub async fn budget(
+    edge_timeout: Duration,
+    netns: Option<&str>,
+) -> anyhow::Result<Vec<BudgetFigure>> {
+    use crate::fixture::{Fault, TlsMode};
+    use crate::scenario::ScenarioBuilder;
+    let mut cases: Vec<(&'static str, Fault, bool)> = vec![
+        (
+            "524 (origin answers 5 s after the edge timeout)",
+            Fault::SlowFirstByte(edge_timeout + Duration::from_secs(5)),
+            false,
+        ),
+        ("hanging origin", Fault::HangBeforeFirstByte, false),
+        ("refused origin", Fault::Refuse, false),
+    ];
+    if netns.is_some() {
+        cases.push(("blackholed region (ap)", Fault::Healthy, true));
+    }
+    let timeout_flag = humantime::format_duration(edge_timeout).to_string();
+    let mut out = Vec::new();
+    for (case, fault, blackhole) in cases {
+        let lab = ScenarioBuilder::new(fault, TlsMode::Plain)
+            .edge(
+                vantage_proto::cdn::CdnProfile::EdgeOne,
+                edge_timeout,
+                vec![(std::net::IpAddr::from([127, 0, 0, 2]), None)],
+            )
+            .start()
+            .await?;
+        if let (true, Some(ns)) = (blackhole, netns) {
+            crate::netns::apply(
+                ns,
+                &crate::netns::Interference::Blackhole {
+                    source: crate::scenario::region_source("ap").context("region ap")?,
+                    target: lab.origin.addr(),
+                },
+            )?;
+        }
+        let mut extra: Vec<&str> = Vec::new();
+        if edge_timeout != vantage_proto::cdn::CdnProfile::EdgeOne.edge_timeout() {
+            extra.extend(["--edge-timeout", &timeout_flag]);
+        }
+        let began = Instant::now();
+        let (_, report) = lab.diagnose(&extra).await?;
+        let report_ms = began.elapsed().as_secs_f64() * 1000.0;
+        out.push(BudgetFigure {
+            case,
+            edge_timeout,
+            report_ms,
+            verdict: verdict_of(&report),
+        });
+    }
+    Ok(out)
+}

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use vantage::campaign::{CampaignEvent, CampaignRequest};
+use vantage::plan::TargetRequest;
 use vantage::report::{render_terminal, Report};
 use vantage_proto::cdn::CdnProfile;
 
@@ -61,11 +62,11 @@ pub fn scenarios() -> Vec<Scenario> {
     vec![
         s(
             "waf",
-            "the origin's WAF rejects one of the CDN's pull headers (the report names it)",
+            "the origin's WAF rejects one of the CDN's pull headers (the report names it), so the edge fails too",
             Fault::RejectHeader("EO-LOG-UUID".into()),
             TlsMode::Plain,
             false,
-            false,
+            true,
             None,
         ),
         s(
@@ -202,6 +203,14 @@ pub async fn run(name: Option<&str>, out: &mut impl std::io::Write) -> anyhow::R
     status
 }
 
+/// The IPv4 address the lab resolver answers with (the lab is IPv4).
+fn ipv4_of(ip: IpAddr) -> std::net::Ipv4Addr {
+    match ip {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(_) => std::net::Ipv4Addr::LOCALHOST,
+    }
+}
+
 /// Runs `scenario`; `netns` names the namespace this runs in, if any.
 async fn run_scenario(
     scenario: Scenario,
@@ -236,12 +245,24 @@ async fn run_scenario(
         .start()
         .await
         .context("starting the coordinator")?;
+    // The regions' resolver: the site's name points at the edge (or, with
+    // no edge in the scenario, at the origin), so the dns row is an answer.
+    let resolver = crate::carrier::Resolver::spawn(
+        IpAddr::from([127, 0, 0, 53]),
+        match &edge {
+            Some(edge) => ipv4_of(edge.addrs()[0].ip()),
+            None => ipv4_of(origin.addr().ip()),
+        },
+    )
+    .await
+    .context("starting the lab resolver")?;
     let mut agents: Vec<LabAgent> = Vec::new();
     for (name, region, source) in REGIONS {
         let token = lab.token(region).await?;
         agents.push(
             AgentBuilder::new(name, &token)
                 .bind_ip(IpAddr::from(source))
+                .dns_server(resolver.addr())
                 .start()
                 .await
                 .with_context(|| format!("starting agent {name}"))?,
@@ -306,17 +327,16 @@ async fn run_scenario(
     let mut handle = lab
         .core()
         .start_campaign(CampaignRequest {
-            url,
-            origins: vec![origin.addr().to_string()],
-            edges: edge
-                .as_ref()
-                .map(|e| vec![e.addrs()[0].to_string()])
-                .unwrap_or_default(),
+            target: TargetRequest {
+                edges: edge
+                    .as_ref()
+                    .map(|e| vec![e.addrs()[0].to_string()])
+                    .unwrap_or_default(),
+                edge_timeout: Some(EDGE_TIMEOUT),
+                burst: 30,
+                ..TargetRequest::new(&url, &[&origin.addr().to_string()])
+            },
             regions: Vec::new(),
-            cdn: CdnProfile::EdgeOne,
-            edge_timeout: Some(EDGE_TIMEOUT),
-            burst: 30,
-            attempts: 3,
         })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
@@ -330,10 +350,7 @@ async fn run_scenario(
         .context("campaign task")?
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     let report: Report = serde_json::from_str(&json)?;
-    let status = serde_json::to_value(&report)?["status"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let status = report.status.as_str().to_string();
     write!(out, "{}", render_terminal(&report, false))?;
     out.flush()?;
 

@@ -139,6 +139,7 @@ pub struct AgentBuilder {
     state_dir: Option<PathBuf>,
     allow_private: bool,
     bind_ip: Option<std::net::IpAddr>,
+    dns_server: Option<std::net::SocketAddr>,
     witness_log: Option<PathBuf>,
 }
 
@@ -153,8 +154,15 @@ impl AgentBuilder {
             state_dir: None,
             allow_private: true,
             bind_ip: None,
+            dns_server: None,
             witness_log: None,
         }
+    }
+
+    /// Resolve names through this DNS server (`run --dns-server`).
+    pub fn dns_server(mut self, server: std::net::SocketAddr) -> Self {
+        self.dns_server = Some(server);
+        self
     }
 
     /// Adds a label.
@@ -208,7 +216,7 @@ impl AgentBuilder {
             name: self.name.clone(),
             labels: self.labels,
             bind_ip: self.bind_ip,
-            dns_server: None,
+            dns_server: self.dns_server,
             cacert_pem: None,
             spool_max: self.spool_max,
             policy: TargetPolicy {

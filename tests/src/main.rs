@@ -91,6 +91,14 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Time to report of faulty campaigns (a 524, a hanging origin, a
+    /// refused origin, and as root a blackholed region) with EdgeOne's 15 s
+    /// edge timeout and with 3 s, against the floor of edge timeout + 1 s.
+    BenchBudget {
+        /// Edge timeouts to run with.
+        #[arg(long, value_delimiter = ',', default_value = "15s,3s", value_parser = humantime::parse_duration)]
+        edge_timeouts: Vec<Duration>,
+    },
     /// Measure the agent's idle RSS after enrollment and the binary sizes.
     BenchFootprint {
         /// How long to idle before reading RSS.
@@ -183,6 +191,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  524 scenario: {:.0} ms with a {:.0} ms edge timeout (target <= timeout + 1 s: ratio {:.2})", r.slow_ms, r.edge_timeout_ms, r.slow_ms / (r.edge_timeout_ms + 1000.0));
             Ok(())
         }
+        Command::BenchBudget { edge_timeouts } => {
+            let run = |ns: Option<String>| async move {
+                let mut all = Vec::new();
+                for t in edge_timeouts {
+                    all.extend(vantage_lab::bench::budget(t, ns.as_deref()).await?);
+                }
+                anyhow::Ok(all)
+            };
+            let figures = match vantage_lab::netns::unavailable() {
+                None => {
+                    let netns = vantage_lab::netns::Netns::create()?;
+                    netns
+                        .block_on(move |name| run(Some(name)))
+                        .map_err(|_| anyhow::anyhow!("the namespace run panicked"))??
+                }
+                Some(why) => {
+                    eprintln!("blackholed region skipped: {why}");
+                    run(None).await?
+                }
+            };
+            println!("time to report, `vantage diagnose` with default flags (real processes, 3 regions + witness + edge):");
+            for f in figures {
+                println!(
+                    "  {:<48} edge timeout {:>5.1} s: {:>8.0} ms, ratio to (timeout + 1 s) {:.2}  {}",
+                    f.case,
+                    f.edge_timeout.as_secs_f64(),
+                    f.report_ms,
+                    f.ratio(),
+                    f.verdict
+                );
+            }
+            Ok(())
+        }
         Command::BenchFootprint { idle } => {
             let r = vantage_lab::bench::footprint(idle).await?;
             let mib = |kib: u64| kib as f64 / 1024.0;
@@ -219,7 +260,8 @@ async fn bench_probe(
     inflight: u64,
 ) -> anyhow::Result<()> {
     use vantage_lab::probe_bench::{
-        ab_rate, curl_loop_rate, engine_rate, engine_rate_one_core, ttfb_fidelity, OriginProcess,
+        ab_rate, binary_rate, curl_loop_rate, engine_rate, engine_rate_one_core, ttfb_fidelity,
+        OriginProcess,
     };
     let origin = OriginProcess::start(None).await?;
     let url = format!("http://{}/", origin.addr);
@@ -229,7 +271,17 @@ async fn bench_probe(
     let (ours_mt, ours_mt_failed) = engine_rate(&url, requests, concurrency).await?;
     let (ours, ours_failed) = engine_rate_one_core(&url, requests, concurrency)?;
     let (ab, ab_failed) = ab_rate(&url, requests, concurrency).await?;
+    let shipped = binary_rate(&url, requests, concurrency).await?;
     let curl = curl_loop_rate(&url, curl_loop).await?;
+    println!("  vantage-agent probe (shipped)    : {shipped:>9.0} req/s");
+    println!(
+        "  ratio shipped probe/ab           : {:>9.2} (target >= 1.0)",
+        shipped / ab
+    );
+    println!(
+        "  ratio shipped probe/curl loop    : {:>9.1} (target >= 100)",
+        shipped / curl
+    );
     println!("  vantage engine, 1 thread like ab : {ours:>9.0} req/s ({ours_failed} failed)");
     println!("  vantage engine, agent runtime    : {ours_mt:>9.0} req/s ({ours_mt_failed} failed)");
     println!("  ab -n {requests} -c {concurrency}          : {ab:>9.0} req/s ({ab_failed} failed)");

@@ -106,6 +106,7 @@ pub async fn engine_rate(url: &str, total: u64, concurrency: u64) -> anyhow::Res
                 let slot = RequestSlot {
                     attempt: 1,
                     burst_index: u32::try_from(n).unwrap_or(u32::MAX),
+                    deadline: None,
                 };
                 let result = engine.run("bench", &spec, slot).await;
                 if result.outcome != pb::Outcome::Ok as i32 || result.body_sha256.is_empty() {
@@ -119,6 +120,40 @@ pub async fn engine_rate(url: &str, total: u64, concurrency: u64) -> anyhow::Res
         failures += done?;
     }
     Ok((total as f64 / began.elapsed().as_secs_f64(), failures))
+}
+
+/// The shipped `vantage-agent probe` process (next to this binary) against
+/// `url`: `total` requests as attempts of a 200-request burst with
+/// `concurrency` in flight, `--max-rate` lifted, output to /dev/null as a
+/// user would send it. Returns requests per second, process start to exit.
+pub async fn binary_rate(url: &str, total: u64, concurrency: u64) -> anyhow::Result<f64> {
+    let burst = total.clamp(1, 200);
+    let attempts = total.div_ceil(burst);
+    let began = Instant::now();
+    let status = Command::new(crate::process::bin_path("vantage-agent"))
+        .args([
+            "probe",
+            url,
+            "--allow-private",
+            "--max-rate",
+            "100000",
+            "--attempts",
+            &attempts.to_string(),
+            "--burst",
+            &burst.to_string(),
+            "--concurrency",
+            &concurrency.min(burst).to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .context("running vantage-agent probe (cargo build --release)")?;
+    if !status.success() {
+        bail!("vantage-agent probe failed: {status}");
+    }
+    Ok((attempts * burst) as f64 / began.elapsed().as_secs_f64())
 }
 
 /// `ab -n total -c concurrency url`: requests per second and failures.
@@ -183,6 +218,7 @@ pub async fn ttfb_fidelity(url: &str, n: usize) -> anyhow::Result<(f64, f64, f64
                 RequestSlot {
                     attempt: 1,
                     burst_index: u32::try_from(i).unwrap_or(0),
+                    deadline: None,
                 },
             )
             .await;

@@ -89,6 +89,7 @@ async fn run_engine(case: &CurlCase, fixture: &Fixture, url: &str) -> Observed {
             RequestSlot {
                 attempt: 1,
                 burst_index: 0,
+                deadline: None,
             },
         )
         .await;

@@ -17,6 +17,7 @@ use vantage_proto::pb;
 const SLOT: RequestSlot = RequestSlot {
     attempt: 1,
     burst_index: 0,
+    deadline: None,
 };
 
 fn engine() -> ProbeEngine {

@@ -202,7 +202,7 @@ fn tcp_reset_in_one_region() {
             &Interference::TcpReset {
                 source: source("us"),
                 target: lab.origin.addr(),
-                marker: LAB_HOST.to_string(),
+                marker: format!("Host: {LAB_HOST}"),
             },
         )
         .unwrap();

@@ -32,6 +32,7 @@ async fn probe(fixture: &Fixture, nonce: &str) {
             RequestSlot {
                 attempt: 1,
                 burst_index: 0,
+                deadline: None,
             },
         )
         .await;

@@ -7,7 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use vantage_proto::domain::{Outcome, Stage};
+use vantage_proto::domain::{Outcome, PeerClose, Stage};
 use vantage_proto::pb;
 
 use super::record::WireEvents;
@@ -23,6 +23,8 @@ pub struct Failure {
     pub curl_exit: i32,
     /// A human-readable detail.
     pub error: String,
+    /// How the peer ended the connection, when it did.
+    pub peer_close: Option<PeerClose>,
 }
 
 impl Failure {
@@ -33,6 +35,7 @@ impl Failure {
             stage,
             curl_exit: outcome.curl_exit(),
             error: error.into(),
+            peer_close: None,
         }
     }
 
@@ -49,7 +52,14 @@ impl Failure {
             stage,
             curl_exit,
             error: error.into(),
+            peer_close: None,
         }
+    }
+
+    /// Notes how the peer ended the connection.
+    pub fn closed_by(mut self, close: PeerClose) -> Self {
+        self.peer_close = Some(close);
+        self
     }
 
     /// Writes the failure into a result.
@@ -58,6 +68,7 @@ impl Failure {
         result.curl_exit = self.curl_exit;
         result.stage = pb::Stage::from(self.stage) as i32;
         result.error = self.error;
+        result.peer_close = PeerClose::to_wire(self.peer_close);
     }
 }
 
@@ -84,11 +95,17 @@ pub fn connect_error(err: &io::Error, addr: SocketAddr) -> Failure {
 /// A failed TLS handshake (certificate problems are found after the
 /// handshake, on the recorded chain, so anything here is the handshake).
 pub fn tls_error(err: &io::Error) -> Failure {
-    Failure::new(
+    let failure = Failure::new(
         Outcome::TlsHandshakeFailed,
         Stage::Tls,
         format!("TLS handshake: {err}"),
-    )
+    );
+    // A reset here is what SNI filtering does; curl still says 35.
+    match err.kind() {
+        kind if is_reset(Some(kind)) => failure.closed_by(PeerClose::Reset),
+        io::ErrorKind::UnexpectedEof => failure.closed_by(PeerClose::Fin),
+        _ => failure,
+    }
 }
 
 /// The whole request ran out of time: name the phase it was in.
@@ -149,7 +166,8 @@ pub fn http_error(err: &hyper::Error, wire: &WireEvents, tls: bool) -> Failure {
             Outcome::Reset,
             Stage::Read,
             format!("connection reset: {detail}"),
-        );
+        )
+        .closed_by(PeerClose::Reset);
     }
     if err.is_parse_too_large() {
         // curl caps a response header at 100 KiB and gives up with 27
@@ -177,7 +195,8 @@ pub fn http_error(err: &hyper::Error, wire: &WireEvents, tls: bool) -> Failure {
             Stage::Read,
             exit,
             "the server closed the connection without a reply",
-        );
+        )
+        .closed_by(PeerClose::Fin);
     }
     malformed(wire, detail)
 }
@@ -203,7 +222,8 @@ pub fn body_error(err: &hyper::Error, wire: &WireEvents, _tls: bool) -> Failure 
             Outcome::Reset,
             Stage::Content,
             format!("connection reset mid-body: {err}"),
-        );
+        )
+        .closed_by(PeerClose::Reset);
     }
     if err.is_incomplete_message()
         || wire.eof
@@ -213,7 +233,8 @@ pub fn body_error(err: &hyper::Error, wire: &WireEvents, _tls: bool) -> Failure 
             Outcome::Truncated,
             Stage::Content,
             format!("body cut short: {err}"),
-        );
+        )
+        .closed_by(PeerClose::Fin);
     }
     Failure::new(
         Outcome::Reset,

@@ -10,6 +10,7 @@
 pub mod classify;
 pub mod dns;
 pub mod evidence;
+pub mod head;
 pub mod rate;
 pub mod record;
 pub mod tls;
@@ -101,6 +102,29 @@ pub struct RequestSlot {
     pub attempt: u32,
     /// 0-based index inside the burst.
     pub burst_index: u32,
+    /// The end of the plan's time budget, if it has one: the request's
+    /// total limit never reaches past it.
+    pub deadline: Option<Instant>,
+}
+
+/// The longest single wait a request of `spec` can make (connect, TLS or
+/// first byte): a request only means what its timeouts say when that much
+/// time is left, so a plan's budget starts a request only then.
+pub fn longest_wait(spec: &pb::ProbeSpec) -> Duration {
+    let t = spec.timeouts.unwrap_or_default();
+    let total = ms(t.total_ms, DEFAULT_TOTAL);
+    if spec.route == pb::Route::Dns as i32 {
+        return total;
+    }
+    let tls = if spec.url.starts_with("https") {
+        ms(t.tls_ms, DEFAULT_TLS)
+    } else {
+        Duration::ZERO
+    };
+    ms(t.connect_ms, DEFAULT_CONNECT)
+        .max(tls)
+        .max(ms(t.first_byte_ms, DEFAULT_FIRST_BYTE))
+        .min(total)
 }
 
 fn ms(value: u32, default: Duration) -> Duration {
@@ -309,10 +333,13 @@ impl ProbeEngine {
             ..Default::default()
         };
         let mut start = Instant::now();
-        let total = ms(
+        let mut total = ms(
             spec.timeouts.as_ref().map_or(0, |t| t.total_ms),
             DEFAULT_TOTAL,
         );
+        if let Some(deadline) = slot.deadline {
+            total = total.min(deadline.saturating_duration_since(start));
+        }
         let outcome =
             match tokio::time::timeout(total, self.exchange(spec, &nonce, &mut start, &mut result))
                 .await
@@ -587,41 +614,45 @@ impl ProbeEngine {
             param,
             nonce,
         );
-        let authority = target
-            .uri
-            .authority()
-            .map_or_else(String::new, |a| a.to_string());
+        let authority = host_header(target);
         let method = if spec.method.is_empty() {
             "GET"
         } else {
             spec.method.as_str()
         };
+        let user_agent = if spec.user_agent.is_empty() {
+            head::DEFAULT_USER_AGENT
+        } else {
+            spec.user_agent.as_str()
+        };
         let timeouts = spec.timeouts.unwrap_or_default();
         let is_tls = wire.tls;
         let fail = |e: hyper::Error| classify::http_error(&e, &events.snapshot(), is_tls);
 
-        let mut request = http::Request::builder()
-            .method(method)
-            .header(
-                http::header::USER_AGENT,
-                concat!("vantage/", env!("CARGO_PKG_VERSION")),
-            )
-            .header(http::header::ACCEPT, "*/*");
-        // HTTP/2 carries the authority in the request URI; HTTP/1.1 in Host.
-        // A probe's connection serves one request, so say so: the server
-        // closes first and keeps the TIME_WAIT, not the agent, whose
-        // ephemeral ports would otherwise run low under a burst.
-        request = if wire.h2 {
-            request.uri(format!("https://{authority}{path}"))
+        check_headers(spec, method, user_agent)?;
+        let mut request = http::Request::builder().method(method);
+        // HTTP/2 carries the authority in the request URI and lower-cases
+        // names by rule. For HTTP/1.1 hyper only needs the method and target
+        // to read the answer: the head on the wire is curl's, rendered by
+        // `head` and swapped in by `ShapedHead`.
+        let shaped = if wire.h2 {
+            request = request
+                .uri(format!("https://{authority}{path}"))
+                .header(http::header::USER_AGENT, user_agent)
+                .header(http::header::ACCEPT, "*/*");
+            for header in &spec.headers {
+                request = request.header(header.name.as_str(), header.value.as_slice());
+            }
+            None
         } else {
-            request
-                .uri(path.as_str())
-                .header(http::header::HOST, authority.as_str())
-                .header(http::header::CONNECTION, "close")
+            request = request.uri(path.as_str());
+            let extra: Vec<(&str, &[u8])> = spec
+                .headers
+                .iter()
+                .map(|h| (h.name.as_str(), h.value.as_slice()))
+                .collect();
+            Some(head::render(method, &path, &authority, user_agent, &extra))
         };
-        for header in &spec.headers {
-            request = request.header(header.name.as_str(), header.value.as_slice());
-        }
         let request = request.body(Empty::<Bytes>::new()).map_err(|e| {
             Failure::with_exit(
                 Outcome::SendFailed,
@@ -631,7 +662,11 @@ impl ProbeEngine {
             )
         })?;
 
-        let io = hyper_util::rt::TokioIo::new(wire.io);
+        let io: Box<dyn Io> = match shaped {
+            Some(head) => Box::new(head::ShapedHead::new(wire.io, head)),
+            None => Box::new(wire.io),
+        };
+        let io = hyper_util::rt::TokioIo::new(io);
         // The connection is driven inside this task, not a spawned one: no
         // cross-task wake-ups per request (they dominated the profile).
         let (send, mut conn): (BoxFuture<_>, ConnFuture) = if wire.h2 {
@@ -731,6 +766,47 @@ impl ProbeEngine {
         result.title = evidence::title(&result.body_head);
         Ok(())
     }
+}
+
+/// The Host header curl sends: the URL's host (IPv6 in brackets), with the
+/// port only when it is not the scheme's default.
+fn host_header(target: &Target) -> String {
+    let host = if target.host.contains(':') {
+        format!("[{}]", target.host)
+    } else {
+        target.host.clone()
+    };
+    let default_port = if target.tls { 443 } else { 80 };
+    if target.port == default_port {
+        host
+    } else {
+        format!("{host}:{}", target.port)
+    }
+}
+
+/// Checks that the request head is one HTTP/1.1 head: a header name that is
+/// not a token, or a value with a line break, would smuggle another header
+/// or request (curl's exit 43: bad function argument).
+fn check_headers(spec: &pb::ProbeSpec, method: &str, user_agent: &str) -> Result<(), Failure> {
+    let bad = |what: String| {
+        Failure::with_exit(
+            Outcome::SendFailed,
+            Stage::Write,
+            43,
+            format!("bad request: {what}"),
+        )
+    };
+    http::Method::from_bytes(method.as_bytes())
+        .map_err(|_| bad(format!("method {method:?} is not a token")))?;
+    http::HeaderValue::from_str(user_agent)
+        .map_err(|_| bad("the User-Agent has a control character".into()))?;
+    for header in &spec.headers {
+        http::HeaderName::from_bytes(header.name.as_bytes())
+            .map_err(|_| bad(format!("header name {:?} is not a token", header.name)))?;
+        http::HeaderValue::from_bytes(&header.value)
+            .map_err(|_| bad(format!("header {} has a control character", header.name)))?;
+    }
+    Ok(())
 }
 
 /// Where a successful 3xx answer points, as an absolute URL.
@@ -875,7 +951,8 @@ mod tests {
                 &spec,
                 RequestSlot {
                     attempt: 2,
-                    burst_index: 3
+                    burst_index: 3,
+                    deadline: None,
                 }
             ),
             "abc-2-3"

@@ -5,8 +5,9 @@
 //! The module is pure (no I/O, no clock, no async) so that every rule can be
 //! unit tested from hand-built evidence. Reasoning runs in this order:
 //!
-//! 1. Regions whose agent was lost, or that sent nothing, are excluded: they
-//!    are neither suspects nor controls.
+//! 1. Regions that sent nothing are excluded: they are neither suspects nor
+//!    controls. A region that did not finish (agent lost, deadline) is named
+//!    in `missing` with the reason, and what it did send still counts.
 //! 2. Carrier interference is looked for first, per route, variant and
 //!    address, by comparing each region with the *control* regions: the ones
 //!    the witness saw, or else the unique largest group of regions that
@@ -21,8 +22,9 @@
 //! Status: `faulty` when there is any finding — even one that rests on a
 //! single region, which is then reported with low confidence, because a
 //! refused or dead origin seen from the only region is still worth naming;
-//! otherwise `inconclusive` when fewer than two regions are live or no direct
-//! baseline probe came back (`missing` says what is missing), else `healthy`.
+//! otherwise `inconclusive` when fewer than two regions finished with a
+//! direct baseline (`missing` says what is missing), else `healthy` — with
+//! a summary that names the regions it rests on when some did not finish.
 
 mod compare;
 mod curl;
@@ -59,6 +61,12 @@ pub struct Target {
     pub cdn: CdnProfile,
     /// How long the edge waits for the origin's first byte.
     pub edge_timeout: Duration,
+    /// How the edge pulls from the origin: what the direct probes replayed.
+    pub pull: crate::plan::Pull,
+    /// The User-Agent the probes sent.
+    pub user_agent: String,
+    /// The phase limits the probes had.
+    pub timeouts: crate::plan::Timeouts,
 }
 
 /// Which of the seed's steps a probe belongs to.
@@ -70,6 +78,10 @@ pub enum Variant {
     CdnHeaders,
     /// Concurrent requests (step 3.2).
     Burst,
+    /// For an `http://` target: the same request over HTTPS to the same
+    /// origin address, the control that shows a carrier touching plain HTTP
+    /// only (seed step 4, DESIGN §5.6).
+    Https,
 }
 
 impl Variant {
@@ -79,6 +91,7 @@ impl Variant {
             Variant::Baseline => "baseline",
             Variant::CdnHeaders => "cdn_headers",
             Variant::Burst => "burst",
+            Variant::Https => "https",
         }
     }
 }
@@ -128,6 +141,8 @@ pub struct Observation {
     pub sent_headers: Vec<(String, String)>,
     /// The engine's error text, if any.
     pub error: String,
+    /// How the peer ended the connection before the answer was complete.
+    pub peer_close: Option<vantage_proto::domain::PeerClose>,
 }
 
 impl Observation {
@@ -150,9 +165,11 @@ pub struct RegionEvidence {
     pub region: String,
     /// The agents that probed from it.
     pub agents: Vec<String>,
-    /// True when the region's agent died or disconnected before finishing;
-    /// its observations are then ignored.
+    /// True when the region did not return every probe of its plan (agent
+    /// lost, plan refused, deadline); whatever it did send still counts.
     pub lost: bool,
+    /// Why it did not finish (empty when it did).
+    pub lost_reason: String,
     /// Its requests' results.
     pub observations: Vec<Observation>,
 }
@@ -249,26 +266,35 @@ pub struct Diagnosis {
     pub status: Status,
     /// What was found.
     pub findings: Vec<Finding>,
-    /// What evidence is missing (set when it limits the verdict).
+    /// Regions that did not finish (`region: why`), and what evidence is
+    /// missing when it limits the verdict.
     pub missing: Vec<String>,
+    /// One sentence: the verdict, and what it rests on when regions are
+    /// missing.
+    pub summary: String,
 }
 
 /// Turns a campaign's evidence into findings (see the module docs for the
 /// order of reasoning and the status rules).
 pub fn diagnose(evidence: &Evidence) -> Diagnosis {
     let ctx = rules::Ctx::new(evidence);
-    let missing = rules::missing(&ctx);
+    let unfinished = rules::unfinished(&ctx);
+    let insufficient = rules::insufficient(&ctx);
     let findings = rules::all_findings(&ctx);
     let status = if !findings.is_empty() {
         Status::Faulty
-    } else if !missing.is_empty() {
+    } else if !insufficient.is_empty() {
         Status::Inconclusive
     } else {
         Status::Healthy
     };
+    let summary = rules::summary(&ctx, status, &findings, unfinished.len());
+    let mut missing = unfinished;
+    missing.extend(insufficient);
     Diagnosis {
         status,
         findings,
         missing,
+        summary,
     }
 }

@@ -22,13 +22,13 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    /// Regions whose agent was lost, or that sent nothing, are not live:
-    /// they are neither suspects nor controls.
+    /// Regions that sent nothing are not live: they are neither suspects nor
+    /// controls. A region that did not finish still counts with what it sent.
     pub(crate) fn new(ev: &'a Evidence) -> Self {
         let live = ev
             .regions
             .iter()
-            .filter(|r| !r.lost && !r.observations.is_empty())
+            .filter(|r| !r.observations.is_empty())
             .collect();
         Ctx { ev, live }
     }
@@ -285,28 +285,51 @@ fn secs_ceil(ms: f64) -> u64 {
 
 // ---------------------------------------------------------------- missing
 
-/// What is missing for a verdict; empty when the evidence is sufficient.
-pub(crate) fn missing(ctx: &Ctx<'_>) -> Vec<String> {
+/// Every region that did not finish its plan, as `region: why`.
+pub(crate) fn unfinished(ctx: &Ctx<'_>) -> Vec<String> {
+    ctx.ev
+        .regions
+        .iter()
+        .filter(|r| r.lost || r.observations.is_empty())
+        .map(|r| {
+            let why = if !r.lost_reason.is_empty() {
+                r.lost_reason.clone()
+            } else if r.lost {
+                format!("agent {} lost before it finished", r.agents.join(", "))
+            } else {
+                "no observations came back".to_string()
+            };
+            let sent = if r.observations.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} results it sent are used)", r.observations.len())
+            };
+            format!("{}: {why}{sent}", r.region)
+        })
+        .collect()
+}
+
+/// Regions that finished and have a direct baseline: the ones a verdict
+/// can rest on.
+fn decisive<'a>(ctx: &Ctx<'a>) -> Vec<&'a str> {
+    ctx.live
+        .iter()
+        .filter(|r| !r.lost)
+        .filter(|r| {
+            r.observations
+                .iter()
+                .any(|o| o.route == Route::Direct && o.variant == Variant::Baseline)
+        })
+        .map(|r| r.region.as_str())
+        .collect()
+}
+
+/// What is missing for a verdict; empty when the finished regions are
+/// decisive on their own.
+pub(crate) fn insufficient(ctx: &Ctx<'_>) -> Vec<String> {
     let mut out = Vec::new();
-    if ctx.live.len() < 2 {
-        if ctx.ev.regions.is_empty() {
-            out.push("no region took part in the campaign".to_string());
-        }
-        for r in &ctx.ev.regions {
-            if r.lost {
-                out.push(format!(
-                    "region {}: agent lost before it reported ({})",
-                    r.region,
-                    r.agents.join(", ")
-                ));
-            } else if r.observations.is_empty() {
-                out.push(format!("region {}: no observations came back", r.region));
-            }
-        }
-        out.push(format!(
-            "at least 2 live regions are needed to tell regional interference from an origin fault; {} live",
-            ctx.live.len()
-        ));
+    if ctx.ev.regions.is_empty() {
+        out.push("no region took part in the campaign".to_string());
     }
     let any_direct = ctx.live.iter().any(|r| {
         r.observations
@@ -316,7 +339,42 @@ pub(crate) fn missing(ctx: &Ctx<'_>) -> Vec<String> {
     if !ctx.live.is_empty() && !any_direct {
         out.push("no direct/baseline probe came back from any region".to_string());
     }
+    let decisive = decisive(ctx);
+    if decisive.len() < 2 {
+        out.push(format!(
+            "at least 2 regions that finished with a direct baseline are needed to tell regional interference from an origin fault; {} did",
+            decisive.len()
+        ));
+    }
     out
+}
+
+/// One sentence for the report's top: the verdict, and, when regions did
+/// not finish, which regions it rests on.
+pub(crate) fn summary(
+    ctx: &Ctx<'_>,
+    status: super::Status,
+    findings: &[Finding],
+    unfinished: usize,
+) -> String {
+    let decisive = decisive(ctx);
+    let verdict = match status {
+        super::Status::Healthy => "healthy".to_string(),
+        super::Status::Faulty => format!(
+            "faulty: {}",
+            distinct(findings.iter().map(|f| f.code.as_str())).join(", ")
+        ),
+        super::Status::Inconclusive => "inconclusive".to_string(),
+    };
+    if unfinished == 0 {
+        return format!("{verdict} ({} regions)", decisive.len());
+    }
+    format!(
+        "{verdict}, from the {} region{} that finished ({}); {unfinished} did not finish (see missing)",
+        decisive.len(),
+        if decisive.len() == 1 { "" } else { "s" },
+        decisive.join(", ")
+    )
 }
 
 // ---------------------------------------------------------------- all
@@ -412,7 +470,16 @@ fn interference_kind(v: Verdict<'_>) -> Option<&'static str> {
             | Outcome::ResponseTimeout
             | Outcome::BodyTimeout
             | Outcome::NetworkUnreachable => Some("blackhole"),
-            Outcome::TlsHandshakeFailed | Outcome::TlsCertInvalid => Some("tls_interception"),
+            // The kind follows the packet (DESIGN §5): a handshake the
+            // peer cut is SNI filtering, one that never got an answer a
+            // blackhole, and interception needs a completed handshake with
+            // a certificate that fails where the controls' verified.
+            Outcome::TlsHandshakeFailed => Some(match v.rep().peer_close {
+                Some(_) => "tcp_reset",
+                None if v.rep().curl_exit == 28 => "blackhole",
+                None => "http_injection",
+            }),
+            Outcome::TlsCertInvalid => Some("tls_interception"),
             Outcome::MalformedResponse | Outcome::Truncated => Some("http_injection"),
             Outcome::DnsFailure => Some("dns_tampering"),
             // The agent's own policy refusal says nothing about the path.
@@ -640,6 +707,37 @@ fn interference_advice(kind: &str) -> &'static str {
     }
 }
 
+/// What the HTTPS control (DESIGN §5.6) says about a hit on plain HTTP to
+/// an origin: only where the control regions got an answer over HTTPS.
+fn https_control_line(ctx: &Ctx<'_>, h: &Hit<'_>) -> Option<String> {
+    if h.route != Route::Direct {
+        return None;
+    }
+    let groups = ctx.groups(Route::Direct, Variant::Https);
+    let at = |region: &str| {
+        groups
+            .iter()
+            .find(|g| g.region == region && g.address == h.address)
+    };
+    let controls: Vec<&Group<'_>> = h.controls.iter().filter_map(|c| at(c)).collect();
+    if controls.is_empty() || !controls.iter().all(|g| g.verdict.failure().is_none()) {
+        return None;
+    }
+    let mine = at(&h.region)?;
+    Some(match mine.verdict.failure() {
+        None => format!(
+            "HTTPS to the same origin from {} works: the carrier touches plain HTTP only",
+            h.region
+        ),
+        Some(f) => format!(
+            "HTTPS to the same origin from {} fails too ({}) while {} get an answer over it: the carrier blocks more than plain HTTP",
+            h.region,
+            f.kind(),
+            h.controls.join(", ")
+        ),
+    })
+}
+
 /// One finding per interference kind, naming only the regions it holds in.
 fn interference_findings(ctx: &Ctx<'_>, hits: &[Hit<'_>]) -> Vec<Finding> {
     let target = ctx.target();
@@ -673,6 +771,11 @@ fn interference_findings(ctx: &Ctx<'_>, hits: &[Hit<'_>]) -> Vec<Finding> {
                 h.control_line
             ));
         }
+        for h in &mine {
+            if let Some(line) = https_control_line(ctx, h) {
+                evidence.push(line);
+            }
+        }
         match witness {
             Witness::Agrees => {
                 for h in &mine {
@@ -695,10 +798,16 @@ fn interference_findings(ctx: &Ctx<'_>, hits: &[Hit<'_>]) -> Vec<Finding> {
         for h in &mine {
             let cmd = match h.route {
                 Route::Dns => curl::dig(target),
-                _ => curl::curl(target, &h.address, &[], Some(30)),
+                _ => curl::curl(target, h.route, &h.address, &[], Some(30)),
             };
             if !reproduce.contains(&cmd) {
                 reproduce.push(cmd);
+            }
+            if https_control_line(ctx, h).is_some() {
+                let cmd = curl::curl_https_control(target, &h.address);
+                if !reproduce.contains(&cmd) {
+                    reproduce.push(cmd);
+                }
             }
         }
         out.push(Finding {
@@ -772,7 +881,7 @@ fn origin_tls_error(ctx: &Ctx<'_>, groups: &[&Group<'_>]) -> Option<Finding> {
         } else {
             format!("Install a certificate on the origin that is valid (unexpired, trusted chain) for {}, or relax the CDN's origin certificate verification.", ctx.target().host)
         },
-        reproduce: vec![curl::curl(ctx.target(), address, &[], Some(30))],
+        reproduce: vec![curl::curl(ctx.target(), Route::Direct, address, &[], Some(30))],
         regions,
     })
 }
@@ -821,6 +930,7 @@ fn origin_down(ctx: &Ctx<'_>, groups: &[&Group<'_>]) -> Option<Finding> {
         advice,
         reproduce: vec![curl::curl(
             ctx.target(),
+            Route::Direct,
             address,
             &[],
             Some(if kind == "connect_timeout" { 10 } else { 30 }),
@@ -886,9 +996,16 @@ fn origin_slow(ctx: &Ctx<'_>, groups: &[&Group<'_>]) -> Option<Finding> {
             ctx.target().cdn.name()
         ),
         evidence: groups.iter().map(|g| g.line()).collect(),
-        advice: format!(
-            "Time to first byte seen: {seen}. Make the origin answer faster, or raise the CDN's origin-response (HTTP response) timeout from {edge_s} s to about {suggest} s — above the TTFB seen, and below your clients' own timeout so that clients do not give up before the edge does."
-        ),
+        advice: if timed_out {
+            format!(
+                "Time to first byte seen: {seen} (the report does not wait past the edge's own limit; the command below waits up to {} s and prints the real TTFB). Make the origin answer faster, or raise the CDN's origin-response (HTTP response) timeout from {edge_s} s above the TTFB that command shows — and below your clients' own timeout, so that clients do not give up before the edge does.",
+                suggest + 10
+            )
+        } else {
+            format!(
+                "Time to first byte seen: {seen}. Make the origin answer faster, or raise the CDN's origin-response (HTTP response) timeout from {edge_s} s to about {suggest} s — above the TTFB seen, and below your clients' own timeout so that clients do not give up before the edge does."
+            )
+        },
         reproduce: vec![curl::curl_timed(ctx.target(), address, suggest + 10)],
         regions,
     })
@@ -965,7 +1082,13 @@ fn origin_rate_limited(ctx: &Ctx<'_>, direct: &[Group<'_>]) -> Option<Finding> {
             reproduce.push(cmd);
         }
     }
-    reproduce.push(curl::curl(ctx.target(), first.0.address, &[], None));
+    reproduce.push(curl::curl(
+        ctx.target(),
+        Route::Direct,
+        first.0.address,
+        &[],
+        None,
+    ));
     Some(Finding {
         code: "origin_rate_limited".to_string(),
         kind: None,
@@ -1042,8 +1165,8 @@ fn origin_blocks_cdn_headers(ctx: &Ctx<'_>, direct: &[Group<'_>]) -> Option<Find
         rep.sent_headers.clone()
     };
     let mut reproduce = vec![
-        curl::curl(ctx.target(), first.address, &[], None),
-        curl::curl(ctx.target(), first.address, &sent, None),
+        curl::curl(ctx.target(), Route::Direct, first.address, &[], None),
+        curl::curl(ctx.target(), Route::Direct, first.address, &sent, None),
     ];
     let only: Vec<(String, String)> = sent
         .iter()
@@ -1051,7 +1174,13 @@ fn origin_blocks_cdn_headers(ctx: &Ctx<'_>, direct: &[Group<'_>]) -> Option<Find
         .cloned()
         .collect();
     if !only.is_empty() && only.len() < sent.len() {
-        reproduce.push(curl::curl(ctx.target(), first.address, &only, None));
+        reproduce.push(curl::curl(
+            ctx.target(),
+            Route::Direct,
+            first.address,
+            &only,
+            None,
+        ));
     }
     let everywhere = blocked.len() == tried;
     let regions = distinct(blocked.iter().map(|(g, _)| g.region));
@@ -1137,10 +1266,22 @@ fn origin_blocks_edge(ctx: &Ctx<'_>, direct: &[Group<'_>], edge: &[Group<'_>]) -
     });
     let mut reproduce: Vec<String> = Vec::new();
     for address in distinct(edge.iter().map(|g| g.address)) {
-        reproduce.push(curl::curl(ctx.target(), &address, &[], Some(30)));
+        reproduce.push(curl::curl(
+            ctx.target(),
+            Route::Edge,
+            &address,
+            &[],
+            Some(30),
+        ));
     }
     if let Some(g) = direct.first() {
-        reproduce.push(curl::curl(ctx.target(), g.address, &[], Some(30)));
+        reproduce.push(curl::curl(
+            ctx.target(),
+            Route::Direct,
+            g.address,
+            &[],
+            Some(30),
+        ));
     }
     Some(Finding {
         code: "origin_blocks_edge".to_string(),
@@ -1205,10 +1346,16 @@ fn edge_fault(ctx: &Ctx<'_>, edge: &[Group<'_>]) -> Option<Finding> {
     });
     let mut reproduce: Vec<String> = Vec::new();
     for address in distinct(failing.iter().map(|g| g.address)) {
-        reproduce.push(curl::curl(ctx.target(), &address, &[], Some(30)));
+        reproduce.push(curl::curl(
+            ctx.target(),
+            Route::Edge,
+            &address,
+            &[],
+            Some(30),
+        ));
     }
     if let Some(g) = working.first() {
-        let cmd = curl::curl(ctx.target(), g.address, &[], Some(30));
+        let cmd = curl::curl(ctx.target(), Route::Edge, g.address, &[], Some(30));
         if !reproduce.contains(&cmd) {
             reproduce.push(cmd);
         }

@@ -24,6 +24,13 @@ fn target() -> Target {
         edges: vec![EDGE.to_string()],
         cdn: CdnProfile::EdgeOne,
         edge_timeout: Duration::from_secs(15),
+        pull: crate::plan::Pull {
+            protocol: crate::plan::PullProtocol::Http,
+            host: "www.test.com".to_string(),
+            path: "/test.jpg".to_string(),
+        },
+        user_agent: "curl/8.5.0".to_string(),
+        timeouts: crate::plan::Timeouts::for_edge_timeout(Duration::from_secs(15)),
     }
 }
 
@@ -55,6 +62,7 @@ fn ok(route: Route, variant: Variant, address: &str) -> Observation {
             Vec::new()
         },
         error: String::new(),
+        peer_close: None,
     }
 }
 
@@ -125,6 +133,7 @@ fn region(name: &str, obs: Vec<Observation>) -> RegionEvidence {
         region: name.to_string(),
         agents: vec![format!("agent-{name}")],
         lost: false,
+        lost_reason: String::new(),
         observations,
     }
 }
@@ -678,12 +687,29 @@ fn witness_seeing_the_request_rules_out_the_carrier() {
 }
 
 #[test]
-fn lost_region_is_excluded_and_only_missing_when_too_few_remain() {
+fn an_unfinished_region_is_named_and_what_it_sent_still_counts() {
     let mut regions = three(direct_all(Outcome::Reset));
     regions[2].lost = true;
+    regions[2].lost_reason = "agent agent-ap disconnected: killed".into();
+    let d = diagnose(&evidence(regions));
+    assert_eq!(d.status, Status::Faulty, "{d:#?}");
+    assert!(d
+        .findings
+        .iter()
+        .any(|f| f.code == "carrier_interference" && f.regions == ["ap"]));
+    assert_eq!(d.missing.len(), 1, "{:?}", d.missing);
+    assert!(d.missing[0].starts_with("ap: agent agent-ap disconnected"));
+
+    // Healthy only because the two regions that finished are decisive; the
+    // summary says which regions the verdict rests on.
+    let mut regions = three(healthy());
+    regions[2].lost = true;
+    regions[2].observations.clear();
     let d = diagnose(&evidence(regions));
     assert_eq!(d.status, Status::Healthy, "{d:#?}");
-    assert!(d.missing.is_empty());
+    assert!(d.summary.contains("eu, us"), "{}", d.summary);
+    assert!(d.summary.contains("1 did not finish"), "{}", d.summary);
+    assert!(d.missing.iter().any(|m| m.starts_with("ap: ")));
 
     let mut regions = three(healthy());
     regions[0].lost = true;
@@ -691,14 +717,14 @@ fn lost_region_is_excluded_and_only_missing_when_too_few_remain() {
     let d = diagnose(&evidence(regions));
     assert_eq!(d.status, Status::Inconclusive);
     assert!(
-        d.missing.iter().any(|m| m.contains("region eu")),
+        d.missing.iter().any(|m| m.starts_with("eu: ")),
         "{:?}",
         d.missing
     );
     assert!(d
         .missing
         .iter()
-        .any(|m| m.contains("at least 2 live regions")));
+        .any(|m| m.contains("at least 2 regions that finished")));
 }
 
 #[test]
@@ -759,11 +785,11 @@ fn ipv6_addresses_are_bracketed() {
     t.port = 443;
     t.url = "https://www.test.com/".to_string();
     assert_eq!(
-        curl::curl(&t, "2001:db8::1", &[], Some(5)),
+        curl::curl(&t, Route::Edge, "2001:db8::1", &[], Some(5)),
         "curl -vo/dev/null 'https://www.test.com/' --resolve www.test.com:443:[2001:db8::1] --max-time 5"
     );
     assert_eq!(
-        curl::curl(&t, "[2001:db8::1]:8443", &[], None),
+        curl::curl(&t, Route::Edge, "[2001:db8::1]:8443", &[], None),
         "curl -vo/dev/null 'https://www.test.com/' --connect-to www.test.com:443:[2001:db8::1]:8443"
     );
     assert_eq!(
