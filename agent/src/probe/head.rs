@@ -98,15 +98,17 @@ impl<S> ShapedHead<S> {
 }
 
 /// The end (exclusive) of the first `\r\n\r\n` in `tail ++ data`, as an
-/// offset into `data`.
+/// offset into `data`. `tail` holds at most 3 bytes, so only the seam
+/// between the two is copied; `data` itself is searched in place.
 fn head_end(tail: &[u8], data: &[u8]) -> Option<usize> {
-    let mut window: Vec<u8> = Vec::with_capacity(tail.len() + data.len().min(4096));
-    window.extend_from_slice(tail);
-    window.extend_from_slice(data);
-    window
-        .windows(4)
+    let mut seam = tail.to_vec();
+    seam.extend_from_slice(&data[..data.len().min(3)]);
+    if let Some(at) = seam.windows(4).position(|w| w == b"\r\n\r\n") {
+        return Some(at + 4 - tail.len());
+    }
+    data.windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .map(|at| at + 4 - tail.len())
+        .map(|at| at + 4)
 }
 
 impl<S: AsyncWrite + Unpin> ShapedHead<S> {
@@ -150,10 +152,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ShapedHead<S> {
         if let State::Swallow { tail } = &mut this.state {
             match head_end(tail, data) {
                 None => {
-                    let mut joined = std::mem::take(tail);
-                    joined.extend_from_slice(data);
-                    let keep = joined.len().saturating_sub(3);
-                    *tail = joined.split_off(keep);
+                    // Keep the last 3 bytes seen: a terminator may span writes.
+                    tail.extend_from_slice(&data[data.len().saturating_sub(3)..]);
+                    let excess = tail.len().saturating_sub(3);
+                    tail.drain(..excess);
                     // hyper's head is accepted (and dropped): ours replaces it.
                     return Poll::Ready(Ok(data.len()));
                 }

@@ -835,6 +835,18 @@ fn interference_findings(ctx: &Ctx<'_>, hits: &[Hit<'_>]) -> Vec<Finding> {
 
 // ---------------------------------------------------------------- origin
 
+/// One bounded curl per distinct address of `route`, in order.
+fn curl_each<'s>(
+    ctx: &Ctx<'_>,
+    route: Route,
+    addresses: impl IntoIterator<Item = &'s str>,
+) -> Vec<String> {
+    distinct(addresses)
+        .iter()
+        .map(|address| curl::curl(ctx.target(), route, address, &[], Some(30)))
+        .collect()
+}
+
 fn alike<'g, 'a>(groups: &[&'g Group<'a>], f: impl Fn(Verdict<'a>) -> bool) -> bool {
     !groups.is_empty() && groups.iter().all(|g| f(g.verdict))
 }
@@ -1264,25 +1276,12 @@ fn origin_blocks_edge(ctx: &Ctx<'_>, direct: &[Group<'_>], edge: &[Group<'_>]) -
         Witness::Agrees => "origin witness: saw none of the requests sent through the edge".to_string(),
         _ => "no origin witness ran: it could not be confirmed that the edge's pulls never reached the origin".to_string(),
     });
-    let mut reproduce: Vec<String> = Vec::new();
-    for address in distinct(edge.iter().map(|g| g.address)) {
-        reproduce.push(curl::curl(
-            ctx.target(),
-            Route::Edge,
-            &address,
-            &[],
-            Some(30),
-        ));
-    }
-    if let Some(g) = direct.first() {
-        reproduce.push(curl::curl(
-            ctx.target(),
-            Route::Direct,
-            g.address,
-            &[],
-            Some(30),
-        ));
-    }
+    let mut reproduce = curl_each(ctx, Route::Edge, edge.iter().map(|g| g.address));
+    reproduce.extend(curl_each(
+        ctx,
+        Route::Direct,
+        direct.first().map(|g| g.address),
+    ));
     Some(Finding {
         code: "origin_blocks_edge".to_string(),
         kind: None,
@@ -1344,22 +1343,14 @@ fn edge_fault(ctx: &Ctx<'_>, edge: &[Group<'_>]) -> Option<Finding> {
         Witness::Agrees => "origin witness: saw the edge's pulls and answered them".to_string(),
         _ => "no witness confirmation that the origin answered the edge; the working edge paths show it does".to_string(),
     });
-    let mut reproduce: Vec<String> = Vec::new();
-    for address in distinct(failing.iter().map(|g| g.address)) {
-        reproduce.push(curl::curl(
-            ctx.target(),
-            Route::Edge,
-            &address,
-            &[],
-            Some(30),
-        ));
-    }
-    if let Some(g) = working.first() {
-        let cmd = curl::curl(ctx.target(), Route::Edge, g.address, &[], Some(30));
-        if !reproduce.contains(&cmd) {
-            reproduce.push(cmd);
-        }
-    }
+    let reproduce = curl_each(
+        ctx,
+        Route::Edge,
+        failing
+            .iter()
+            .map(|g| g.address)
+            .chain(working.first().map(|g| g.address)),
+    );
     let total_regions = distinct(edge.iter().map(|g| g.region)).len();
     Some(Finding {
         code: "edge_fault".to_string(),
