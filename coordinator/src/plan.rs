@@ -33,12 +33,16 @@ const MAX_HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
 /// without an answer then proves the origin slower than the edge's limit.
 const DIRECT_PAST_EDGE: Duration = Duration::from_millis(250);
 /// An edge probe outwaits the edge's own timeout by this much, so its 52x
-/// (sent at the timeout) arrives.
-const EDGE_PAST_EDGE: Duration = Duration::from_millis(500);
+/// (sent at the timeout, after the edge's own connect and TLS to the
+/// origin, on a host that may be busy) arrives: a real nginx edge under
+/// load missed a 500 ms margin, and the late 524 read as a blackhole.
+const EDGE_PAST_EDGE: Duration = Duration::from_millis(1000);
 /// The plan's budget past the edge timeout (plus the attempts' stagger):
-/// the longest probe fits in it, and the report still prints within the
-/// edge timeout + 1 s (DESIGN §9).
-const BUDGET_PAST_EDGE: Duration = Duration::from_millis(600);
+/// the longest probe — an edge that never answers — fits in it. Where the
+/// edge does answer (a 524, a blackholed region, a hanging or refused
+/// origin), the plan is done by the direct probes' limit, so the report
+/// still prints within the edge timeout + 1 s (DESIGN §9).
+const BUDGET_PAST_EDGE: Duration = Duration::from_millis(1100);
 /// Attempts of one probe start at most this far apart: a hanging attempt
 /// does not hold the next one back past the budget, and a fast one (the
 /// usual case) still ends before the next begins.
@@ -650,7 +654,7 @@ mod tests {
             })
             .unwrap();
             let budget = plan_budget(&target);
-            assert_eq!(budget, Duration::from_millis(edge_timeout + 600 + 2 * 200));
+            assert_eq!(budget, Duration::from_millis(edge_timeout + 1100 + 2 * 200));
             for probe in build_probes(&target, "c0ffee", "eu") {
                 let t = probe.timeouts.unwrap();
                 let last_start = Duration::from_millis(u64::from(probe.attempt_interval_ms))
@@ -660,7 +664,7 @@ mod tests {
                     "{}: its last attempt's longest wait fits the budget",
                     probe.probe_id
                 );
-                assert!(u64::from(t.total_ms) <= edge_timeout + 600);
+                assert!(u64::from(t.total_ms) <= edge_timeout + 1100);
                 if probe.route == pb::Route::Direct as i32 {
                     assert_eq!(u64::from(t.connect_ms), connect);
                     assert_eq!(

@@ -434,9 +434,15 @@ pub(crate) fn all_findings(ctx: &Ctx<'_>) -> Vec<Finding> {
         findings.extend(found);
     }
     findings.extend(origin_rate_limited(ctx, &direct));
-    findings.extend(origin_blocks_cdn_headers(ctx, &direct));
+    let waf = origin_blocks_cdn_headers(ctx, &direct);
+    // A WAF on the pull headers refuses the edge's pulls too: that refusal
+    // is the WAF finding's, not a second one about the pull addresses.
+    let headers_blocked = waf.is_some();
+    findings.extend(waf);
     if !origin_faulty && direct_fine(ctx, &direct) {
-        findings.extend(origin_blocks_edge(ctx, &direct, &edge));
+        if !headers_blocked {
+            findings.extend(origin_blocks_edge(ctx, &direct, &edge));
+        }
         findings.extend(edge_fault(ctx, &edge));
     }
     findings
@@ -646,12 +652,14 @@ fn dns_tampering<'a>(ctx: &Ctx<'a>) -> Vec<Hit<'a>> {
             (*r, answers, dns.first().copied())
         })
         .collect();
+    let genuine = genuine_answers(ctx, &per_region);
     let mut hits = Vec::new();
     for (region, answers, first) in &per_region {
         let Some(rep) = first else { continue };
         let controls: Vec<&(&RegionEvidence, BTreeSet<&str>, Option<&Observation>)> = per_region
             .iter()
             .filter(|(r, a, _)| r.region != region.region && !a.is_empty())
+            .filter(|(_, a, _)| genuine.as_ref().is_none_or(|g| !a.is_disjoint(g)))
             .collect();
         if controls.is_empty() {
             continue;
@@ -695,6 +703,57 @@ fn dns_tampering<'a>(ctx: &Ctx<'a>) -> Vec<Hit<'a>> {
         });
     }
     hits
+}
+
+/// The answers that are known to be genuine, when the evidence says: those
+/// of regions whose requests to the answered address reached the origin
+/// (the witness saw their resolver-routed edge requests), else those of the
+/// unique largest group of regions that answered alike. A region is never
+/// compared with a lying one: two regions told the same lie would otherwise
+/// hide each other. `None`: nothing to tell them apart by (the caller then
+/// compares with every other region).
+fn genuine_answers<'a>(
+    ctx: &Ctx<'a>,
+    per_region: &[(
+        &'a RegionEvidence,
+        BTreeSet<&'a str>,
+        Option<&'a Observation>,
+    )],
+) -> Option<BTreeSet<&'a str>> {
+    let answered: Vec<&(&RegionEvidence, BTreeSet<&str>, Option<&Observation>)> = per_region
+        .iter()
+        .filter(|(_, a, _)| !a.is_empty())
+        .collect();
+    if ctx.witness().is_some() {
+        let confirmed: BTreeSet<&str> = answered
+            .iter()
+            .filter(|(r, _, _)| {
+                let via_resolver: Vec<&Observation> = r
+                    .observations
+                    .iter()
+                    .filter(|o| o.route == Route::Edge && o.address.is_empty())
+                    .collect();
+                ctx.witness_saw(&via_resolver) == Some(true)
+            })
+            .flat_map(|(_, a, _)| a.iter().copied())
+            .collect();
+        if !confirmed.is_empty() {
+            return Some(confirmed);
+        }
+    }
+    let mut groups: Vec<(&BTreeSet<&str>, usize)> = Vec::new();
+    for (_, answers, _) in &answered {
+        match groups.iter_mut().find(|(g, _)| *g == answers) {
+            Some((_, n)) => *n += 1,
+            None => groups.push((answers, 1)),
+        }
+    }
+    let most = groups.iter().map(|(_, n)| *n).max()?;
+    let mut largest = groups.iter().filter(|(_, n)| *n == most);
+    match (largest.next(), largest.next()) {
+        (Some((answers, _)), None) if most > 1 => Some((*answers).clone()),
+        _ => None,
+    }
 }
 
 fn interference_advice(kind: &str) -> &'static str {
@@ -1238,28 +1297,54 @@ fn edge_id_line(ctx: &Ctx<'_>, g: &Group<'_>) -> String {
     }
 }
 
-/// Direct fine everywhere, the edge answers 5xx everywhere, and the witness
-/// saw none of the edge's pulls.
+/// A refusal status: what an HTTP-level allowlist (nginx `deny`, an access
+/// rule) answers.
+fn refusal(status: Option<u16>) -> bool {
+    matches!(status, Some(401 | 403 | 451))
+}
+
+/// Direct fine everywhere, and the edge fails everywhere, in one of two
+/// ways that both mean the origin keeps the edge's pull addresses out:
+///
+/// - a firewall: the edge answers 5xx (its 521/522) and the witness saw
+///   none of the edge's pulls;
+/// - an HTTP-level allowlist: the edge passes on the origin's refusal
+///   (403…) while direct requests get the page, and the witness saw the
+///   pulls arrive (so the refusal is the origin's, not the CDN's own rule).
 fn origin_blocks_edge(ctx: &Ctx<'_>, direct: &[Group<'_>], edge: &[Group<'_>]) -> Option<Finding> {
     let all_5xx = !edge.is_empty()
         && edge
             .iter()
             .all(|g| matches!(g.verdict, Verdict::Failed(Failure::Http(_), _)));
-    if !all_5xx {
+    let all_refused = !edge.is_empty()
+        && edge
+            .iter()
+            .all(|g| matches!(g.verdict, Verdict::Fine(o) if refusal(o.status)))
+        && direct
+            .iter()
+            .all(|g| g.verdict.rep().status.is_some_and(|s| s < 400));
+    if !all_5xx && !all_refused {
         return None;
     }
     let edge_obs: Vec<&Observation> = edge.iter().flat_map(|g| g.obs.iter().copied()).collect();
-    let witness = match ctx.witness_saw(&edge_obs) {
-        // The pulls did reach the origin: not a firewall on the pull IPs.
-        Some(true) => return None,
-        Some(false) => Witness::Agrees,
-        None => Witness::Absent,
+    let witness = match (ctx.witness_saw(&edge_obs), all_5xx) {
+        // A firewall: the pulls must not have reached the origin.
+        (Some(true), true) => return None,
+        (Some(false), true) => Witness::Agrees,
+        // An allowlist answers: the pulls reached the origin. If they did
+        // not, the refusal is the CDN's own access rule, not the origin's.
+        (Some(true), false) => Witness::Agrees,
+        (Some(false), false) => return None,
+        (None, _) => Witness::Absent,
     };
     let regions = distinct(edge.iter().map(|g| g.region));
     let codes = distinct(
         edge.iter()
             .filter_map(|g| g.verdict.rep().status)
             .map(|s| match s {
+                401 => "401",
+                403 => "403",
+                451 => "451",
                 520 => "520",
                 521 => "521",
                 522 => "522",
@@ -1272,9 +1357,22 @@ fn origin_blocks_edge(ctx: &Ctx<'_>, direct: &[Group<'_>], edge: &[Group<'_>]) -
     );
     let mut evidence: Vec<String> = direct.iter().map(|g| g.line()).collect();
     evidence.extend(edge.iter().map(|g| edge_id_line(ctx, g)));
-    evidence.push(match witness {
-        Witness::Agrees => "origin witness: saw none of the requests sent through the edge".to_string(),
-        _ => "no origin witness ran: it could not be confirmed that the edge's pulls never reached the origin".to_string(),
+    evidence.push(match (witness, all_5xx) {
+        (Witness::Agrees, true) => "origin witness: saw none of the requests sent through the edge".to_string(),
+        (Witness::Agrees, false) => {
+            let pull_ips: Vec<String> = edge_obs
+                .iter()
+                .filter_map(|o| ctx.witness().and_then(|w| w.seen.get(&o.nonce)))
+                .flatten()
+                .cloned()
+                .collect();
+            format!(
+                "origin witness: the edge's pulls arrived (from {}) and were refused, while the same request sent directly was answered",
+                distinct(pull_ips.iter().map(String::as_str)).join(", ")
+            )
+        }
+        (_, true) => "no origin witness ran: it could not be confirmed that the edge's pulls never reached the origin".to_string(),
+        (_, false) => "no origin witness ran: the refusal may also be the CDN's own access rule".to_string(),
     });
     let mut reproduce = curl_each(ctx, Route::Edge, edge.iter().map(|g| g.address));
     reproduce.extend(curl_each(
@@ -1282,22 +1380,23 @@ fn origin_blocks_edge(ctx: &Ctx<'_>, direct: &[Group<'_>], edge: &[Group<'_>]) -
         Route::Direct,
         direct.first().map(|g| g.address),
     ));
+    let why = match (witness, all_5xx) {
+        (Witness::Agrees, true) => " and the origin never saw the edge's pulls: the origin's firewall or allowlist keeps the edge's pull addresses out",
+        (Witness::Agrees, false) => " while the origin answers the same request sent directly: the origin's allowlist (or an access rule) refuses the edge's pull addresses",
+        (_, true) => ": most likely the origin's firewall or allowlist keeps the edge's pull addresses out (no witness to confirm)",
+        (_, false) => ": most likely the origin's allowlist refuses the edge's pull addresses (no witness to rule out the CDN's own access rule)",
+    };
     Some(Finding {
         code: "origin_blocks_edge".to_string(),
         kind: None,
         confidence: confidence(regions.len(), witness),
         summary: format!(
-            "Direct requests to the origin succeed from every region, but every request through the edge fails with {}{}",
+            "Direct requests to the origin succeed from every region, but every request through the edge fails with {}{why}",
             codes.join("/"),
-            if witness == Witness::Agrees {
-                " and the origin never saw the edge's pulls: the origin's firewall or allowlist keeps the edge's pull addresses out"
-            } else {
-                ": most likely the origin's firewall or allowlist keeps the edge's pull addresses out (no witness to confirm)"
-            }
         ),
         evidence,
         advice: format!(
-            "Allow the {} pull (origin-fetch) IP ranges through the origin's firewall, security group and any IP allowlist. Give the {} values above to the CDN's support to learn which pull node IPs were refused.",
+            "Allow the {} pull (origin-fetch) IP ranges through the origin's firewall, security group and any IP allowlist (nginx allow/deny, an application's access list). Give the {} values above to the CDN's support to learn which pull node IPs were refused.",
             ctx.target().cdn.name(),
             ctx.target().cdn.request_id_header()
         ),

@@ -654,6 +654,140 @@ fn edge_pulls_the_witness_saw_are_not_origin_blocks_edge() {
         .all(|f| f.code != "origin_blocks_edge"));
 }
 
+/// The edge passes on the origin's 403 everywhere (nginx `allow/deny` on
+/// the pull IPs) while direct requests get the page.
+fn edge_refused() -> Vec<Observation> {
+    bend(healthy(), Route::Edge, Variant::Baseline, |o| {
+        o.status = Some(403);
+        o.title = "403 Forbidden".into();
+    })
+}
+
+fn edge_pulls_seen(ev: Evidence) -> Evidence {
+    let mut w = WitnessEvidence::default();
+    for r in &ev.regions {
+        for o in r.observations.iter() {
+            w.seen
+                .insert(o.nonce.clone(), vec!["43.175.1.9".to_string()]);
+        }
+    }
+    Evidence {
+        witness: Some(w),
+        ..ev
+    }
+}
+
+#[test]
+fn an_allowlist_that_answers_403_is_origin_blocks_edge() {
+    let f = only(&edge_pulls_seen(evidence(all_three(edge_refused))));
+    assert_eq!(f.code, "origin_blocks_edge");
+    assert_eq!(
+        f.regions,
+        ALL.iter().map(|r| r.to_string()).collect::<Vec<_>>()
+    );
+    assert_eq!(f.confidence, Confidence::High);
+    assert!(f.summary.contains("403"), "{}", f.summary);
+    assert!(
+        f.evidence
+            .iter()
+            .any(|e| e.contains("pulls arrived (from 43.175.1.9) and were refused")),
+        "{:?}",
+        f.evidence
+    );
+    let without = only(&evidence(all_three(edge_refused)));
+    assert_eq!(without.code, "origin_blocks_edge");
+    assert_eq!(without.confidence, Confidence::Medium);
+    assert!(without
+        .evidence
+        .iter()
+        .any(|e| e.contains("the CDN's own access rule")));
+    // The witness saw none of the refused pulls: the CDN refused them itself.
+    let not_origin = witnessed(evidence(all_three(edge_refused)), |_, o| {
+        o.route == Route::Edge
+    });
+    assert!(diagnose(&not_origin)
+        .findings
+        .iter()
+        .all(|f| f.code != "origin_blocks_edge"));
+}
+
+#[test]
+fn a_pull_header_waf_that_refuses_the_edge_too_is_one_finding() {
+    let ev = edge_pulls_seen(evidence(all_three(|| {
+        let blocked = bend(healthy(), Route::Direct, Variant::CdnHeaders, |o| {
+            o.status = Some(403);
+            o.body_bytes = 50;
+            o.title = "Forbidden".to_string();
+        });
+        bend(blocked, Route::Edge, Variant::Baseline, |o| {
+            o.status = Some(403)
+        })
+    })));
+    let d = diagnose(&ev);
+    let codes: Vec<&str> = d.findings.iter().map(|f| f.code.as_str()).collect();
+    assert_eq!(codes, ["origin_blocks_cdn_headers"], "{d:#?}");
+}
+
+/// Regions that resolve the site themselves (no --edge): the honest ones
+/// get the edge's address and reach the origin through it; the liars get a
+/// foreign address whose block page the origin never sees.
+fn resolver_regions(names: &[&str], liars: &[&str]) -> Evidence {
+    let regions = names
+        .iter()
+        .map(|name| {
+            let mut v = healthy();
+            v.retain(|o| o.route != Route::Dns);
+            if liars.contains(name) {
+                v.push(dns(&["10.10.34.35"]));
+                for o in v.iter_mut().filter(|o| o.route == Route::Edge) {
+                    injected(o);
+                }
+            } else {
+                v.push(dns(&["203.0.113.77"]));
+            }
+            for o in v.iter_mut().filter(|o| o.route == Route::Edge) {
+                o.address.clear();
+            }
+            region(name, v)
+        })
+        .collect();
+    let mut ev = evidence(regions);
+    ev.target.edges.clear();
+    // The witness saw what reached the origin: not the liars' edge requests.
+    witnessed(ev, |region, o| {
+        o.route == Route::Edge && liars.contains(&region)
+    })
+}
+
+#[test]
+fn two_regions_told_the_same_lie_do_not_hide_each_other() {
+    for (names, liars) in [
+        (&["eu", "us", "ap", "sa"][..], &["ap", "sa"][..]),
+        (&["eu", "us", "ap"][..], &["ap", "us"][..]),
+        (&["eu", "us", "ap"][..], &["ap"][..]),
+    ] {
+        let d = diagnose(&resolver_regions(names, liars));
+        let mut want: Vec<String> = liars.iter().map(|r| r.to_string()).collect();
+        want.sort();
+        let dns: Vec<&Finding> = d
+            .findings
+            .iter()
+            .filter(|f| f.kind.as_deref() == Some("dns_tampering"))
+            .collect();
+        assert_eq!(dns.len(), 1, "{liars:?}: {d:#?}");
+        let mut got = dns[0].regions.clone();
+        got.sort();
+        assert_eq!(got, want, "{liars:?}: {d:#?}");
+        assert!(
+            d.findings
+                .iter()
+                .all(|f| f.code == "carrier_interference"
+                    && f.kind.as_deref() == Some("dns_tampering")),
+            "the liars' block pages are the lie's, not a second finding: {d:#?}"
+        );
+    }
+}
+
 #[test]
 fn interference_without_witness_is_medium_and_with_it_high() {
     let bent = || three(direct_all(Outcome::Reset));
