@@ -42,8 +42,11 @@ pub enum OriginMode {
         /// The application behind nginx.
         upstream: SocketAddr,
     },
-    /// `limit_req` per client address (20 r/s, burst 16, `nodelay`),
-    /// answering 429 over the limit.
+    /// `limit_req` per client address (1 r/s, burst 20, `nodelay`),
+    /// answering 429 over the limit: a region's single requests of one
+    /// campaign (about a dozen) fit in the burst, its 20 concurrent ones do
+    /// not. (A faster rate refills the bucket while a burst's TLS
+    /// handshakes are still being made, and nothing is limited.)
     LimitReq,
     /// `limit_conn` of 10 connections per client address, answering 503
     /// over the limit, in front of an application that takes its time
@@ -130,7 +133,7 @@ fn ssl(cert: &CertFiles) -> String {
 pub fn origin_conf(dir: &Path, pki: &LabPki, members: &[OriginMember]) -> String {
     let mut conf = preamble(dir);
     conf.push_str(
-        "  limit_req_zone $binary_remote_addr zone=perip:1m rate=20r/s;\n\
+        "  limit_req_zone $binary_remote_addr zone=perip:1m rate=1r/s;\n\
          \x20 limit_conn_zone $binary_remote_addr zone=perconn:1m;\n",
     );
     let root = dir.join("html");
@@ -144,7 +147,7 @@ pub fn origin_conf(dir: &Path, pki: &LabPki, members: &[OriginMember]) -> String
                 "proxy_pass http://{upstream}; proxy_set_header Host $host; proxy_read_timeout 120s;"
             ),
             OriginMode::LimitReq => {
-                "limit_req zone=perip burst=16 nodelay; limit_req_status 429; try_files /index.html =404;"
+                "limit_req zone=perip burst=20 nodelay; limit_req_status 429; try_files /index.html =404;"
                     .to_string()
             }
             OriginMode::LimitConn { upstream } => format!(
