@@ -14,7 +14,8 @@
 //! `CI=true`, where a skip fails.
 //!
 //! `VANTAGE_REAL_CASES=a,b` runs only the cases whose name contains `a` or
-//! `b`; `VANTAGE_REAL_JOBS=N` runs N cases at a time (default 6).
+//! `b`; `VANTAGE_REAL_JOBS=N` runs N cases at a time (default 8);
+//! `VANTAGE_REAL_REPORTS=DIR` keeps each case's JSON report in DIR.
 
 use vantage_lab::real::{self, matrix};
 
@@ -41,7 +42,7 @@ fn real_server_matrix() {
     let jobs = std::env::var("VANTAGE_REAL_JOBS")
         .ok()
         .and_then(|j| j.parse().ok())
-        .unwrap_or(6);
+        .unwrap_or(8);
     eprintln!(
         "real-server matrix: {} cases, {jobs} at a time",
         cases.len()

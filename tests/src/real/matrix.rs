@@ -173,7 +173,7 @@ pub enum Affected {
     /// Every region (an origin or edge fault).
     All,
     /// This many regions (a carrier fault).
-    Some(usize),
+    Regions(usize),
 }
 
 impl Kind {
@@ -262,7 +262,7 @@ impl Kind {
 
     fn affected(self) -> &'static [Affected] {
         if self.is_carrier() {
-            &[Affected::Some(1), Affected::Some(2)]
+            &[Affected::Regions(1), Affected::Regions(2)]
         } else {
             &[Affected::All]
         }
@@ -309,7 +309,7 @@ impl Case {
     pub fn name(&self) -> String {
         let affected = match self.affected {
             Affected::All => "all".to_string(),
-            Affected::Some(n) => format!("{n}of{}", self.regions),
+            Affected::Regions(n) => format!("{n}of{}", self.regions),
         };
         format!(
             "{}/{}/{}/{}{}/{}",
@@ -352,7 +352,7 @@ impl Case {
         let all = self.region_list();
         match self.affected {
             Affected::All => all,
-            Affected::Some(n) => (0..n).map(|i| all[(self.seed + i) % all.len()]).collect(),
+            Affected::Regions(n) => (0..n).map(|i| all[(self.seed + i) % all.len()]).collect(),
         }
     }
 
@@ -397,7 +397,7 @@ impl Case {
     fn valid(&self) -> bool {
         match self.affected {
             Affected::All => true,
-            Affected::Some(n) => n < self.regions && (self.witness || 2 * n < self.regions),
+            Affected::Regions(n) => n < self.regions && (self.witness || 2 * n < self.regions),
         }
     }
 }
@@ -578,6 +578,8 @@ pub struct Run {
     pub rule_hits: Option<u64>,
     /// Requests the origin's access log gained during the diagnosis.
     pub origin_requests: usize,
+    /// Queries for the site that the affected regions' resolvers logged.
+    pub resolver_queries: usize,
 }
 
 /// What curl must see from a region, to prove the network is what the case
@@ -718,6 +720,10 @@ fn lab_checks(case: &Case) -> Vec<LabCheck> {
                 headers: vec!["EO-Connecting-IP: 198.51.100.10".into()],
                 sees: CurlSees::Status(403),
             });
+            if case.has_edge() {
+                // The edge's pulls carry the header: the WAF refuses them.
+                checks.push(check(first, EDGE_A, CurlSees::Status(403)));
+            }
             CurlSees::Body(ORIGIN_TITLE)
         }
         Kind::AllowlistNginx => {
@@ -1042,6 +1048,13 @@ pub async fn run_case(ns: &str, case: &Case) -> anyhow::Result<Run> {
         None => None,
     };
     let origin_requests = origin.access_lines().len().saturating_sub(logged_before);
+    let resolver_queries = case
+        .region_list()
+        .iter()
+        .zip(&resolvers)
+        .filter(|((region, _), _)| affected.iter().any(|(r, _)| r == region))
+        .map(|(_, resolver)| resolver.queries(SITE))
+        .sum();
     drop((
         witness,
         agents,
@@ -1058,6 +1071,7 @@ pub async fn run_case(ns: &str, case: &Case) -> anyhow::Result<Run> {
         diagnose,
         rule_hits,
         origin_requests,
+        resolver_queries,
     })
 }
 
@@ -1119,16 +1133,27 @@ pub fn run_and_judge(case: &Case) -> Judged {
     };
     match run {
         Ok(run) => {
+            if let Ok(dir) = std::env::var("VANTAGE_REAL_REPORTS") {
+                let file = Path::new(&dir).join(format!("{}.json", name.replace('/', "_")));
+                let _ = std::fs::create_dir_all(&dir)
+                    .and_then(|()| std::fs::write(&file, run.report.to_string()));
+            }
             let (wrong, false_findings) = judge(&expected, &run.report);
             let verdict = if wrong.is_empty() {
                 "correct".to_string()
             } else {
                 format!("wrong ({})", wrong.join("; "))
             };
-            let hits = run
+            let mut hits = run
                 .rule_hits
                 .map(|h| format!(", rule hits {h}"))
                 .unwrap_or_default();
+            if case.kind == Kind::DnsLie {
+                hits.push_str(&format!(
+                    ", lying resolvers asked {} times",
+                    run.resolver_queries
+                ));
+            }
             Judged {
                 correct: wrong.is_empty(),
                 false_findings,
@@ -1213,7 +1238,7 @@ mod tests {
     #[test]
     fn without_a_witness_a_carrier_touches_a_strict_minority() {
         for case in cases().iter().filter(|c| c.kind.is_carrier() && !c.witness) {
-            let Affected::Some(n) = case.affected else {
+            let Affected::Regions(n) = case.affected else {
                 panic!("{case:?}")
             };
             assert!(2 * n < case.regions, "{case:?}");
