@@ -215,14 +215,14 @@ pub fn origin_page() -> String {
 /// pull fails.
 ///
 /// The 52x mapping uses what nginx knows about the failed pull: a pull
-/// whose connection never completed (`$upstream_connect_time` is `-`) and
-/// received nothing is 521 (refused); one that never completed but received
-/// bytes is 525 (a failed TLS handshake); a pull that connected and then got
-/// nothing usable is 520; a timeout before the connection completed is
-/// 522, after it 524. What nginx cannot tell apart: a reset from an empty
-/// reply (both 520), and a refused HTTPS pull from one whose peer closed
-/// during the handshake without a byte (both 521); an invalid origin
-/// certificate is 525 here, where EdgeOne says 526.
+/// whose connection never completed (`$upstream_connect_time` is `-`) is
+/// 521 (refused), one that connected and then got nothing usable is 520; a
+/// timeout before the connection completed is 522, after it 524. What nginx
+/// cannot tell apart (measured): a reset from an empty reply (both 520),
+/// and a refused HTTPS pull from a failed TLS handshake or an origin
+/// certificate that does not verify — for nginx the TLS handshake is part
+/// of connecting, and `$upstream_bytes_received` is 0 in all three — so
+/// this edge answers 521 where EdgeOne answers 525 or 526.
 pub fn edge_conf(dir: &Path, pki: &LabPki, edge: &EdgeSetup) -> String {
     let mut conf = preamble(dir);
     let port = if edge.https_pull { 443 } else { 80 };
@@ -232,13 +232,6 @@ pub fn edge_conf(dir: &Path, pki: &LabPki, edge: &EdgeSetup) -> String {
         let _ = writeln!(conf, "    server {origin}:{port};");
     }
     conf.push_str("  }\n");
-    conf.push_str(
-        "  map \"$upstream_connect_time:$upstream_bytes_received\" $pull_failure {\n\
-         \x20   \"~^-:0$\" refused;\n\
-         \x20   \"~^-:\" tls;\n\
-         \x20   default reply;\n\
-         \x20 }\n",
-    );
     let timeout = EDGEONE_TIMEOUT.as_secs();
     for (ip, broken) in &edge.nodes {
         let upstream = if *broken {
@@ -276,8 +269,7 @@ pub fn edge_conf(dir: &Path, pki: &LabPki, edge: &EdgeSetup) -> String {
              \x20     proxy_ssl_trusted_certificate {ca};\n\
              \x20   }}\n\
              \x20   location @bad_gateway {{\n\
-             \x20     if ($pull_failure = refused) {{ return 521 \"<html><head><title>521 Origin refused the connection</title></head></html>\\n\"; }}\n\
-             \x20     if ($pull_failure = tls) {{ return 525 \"<html><head><title>525 Origin SSL handshake failed</title></head></html>\\n\"; }}\n\
+             \x20     if ($upstream_connect_time = \"-\") {{ return 521 \"<html><head><title>521 Origin refused the connection</title></head></html>\\n\"; }}\n\
              \x20     return 520 \"<html><head><title>520 Origin returned an empty or unknown reply</title></head></html>\\n\";\n\
              \x20   }}\n\
              \x20   location @gateway_timeout {{\n\
