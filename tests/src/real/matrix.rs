@@ -26,7 +26,9 @@
 //!
 //! [`judge`] compares the report with what DESIGN §5 says is true of that
 //! network: the expected code and kind, in exactly the expected regions, no
-//! finding naming a clean region, no other finding code.
+//! finding naming a clean region, no other finding code. [`Kind::Healthy`]
+//! cases (nothing wrong, every region clean) must be `healthy` with no
+//! finding at all: they are the control for false findings.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -68,6 +70,9 @@ pub const CASE_BOUND: Duration = Duration::from_secs(300);
 /// What is wrong in a case's network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
+    /// Nothing is wrong: the report must be healthy, with no finding (the
+    /// control for false findings).
+    Healthy,
     /// The origin answers `return 503;`.
     Down503,
     /// The origin answers `return 444;` (closes without a reply).
@@ -116,7 +121,8 @@ pub enum Kind {
 }
 
 /// Every kind, in report order.
-pub const KINDS: [Kind; 22] = [
+pub const KINDS: [Kind; 23] = [
+    Kind::Healthy,
     Kind::Down503,
     Kind::Down444,
     Kind::DownStopped,
@@ -174,12 +180,15 @@ pub enum Affected {
     All,
     /// This many regions (a carrier fault).
     Regions(usize),
+    /// No region (nothing is wrong).
+    None,
 }
 
 impl Kind {
     /// The snake-case name used in case names.
     pub fn name(self) -> &'static str {
         match self {
+            Kind::Healthy => "healthy",
             Kind::Down503 => "origin_503",
             Kind::Down444 => "origin_444",
             Kind::DownStopped => "origin_stopped",
@@ -205,9 +214,11 @@ impl Kind {
         }
     }
 
-    /// The finding code and kind DESIGN §5 names for it.
+    /// The finding code and kind DESIGN §5 names for it (no code: no
+    /// finding).
     pub fn finding(self) -> (&'static str, Option<&'static str>) {
         match self {
+            Kind::Healthy => ("", None),
             Kind::Down503 => ("origin_down", Some("http_5xx")),
             Kind::Down444 => ("origin_down", Some("empty_reply")),
             Kind::DownStopped => ("origin_down", Some("connect_refused")),
@@ -252,7 +263,9 @@ impl Kind {
 
     fn routes(self) -> &'static [Route] {
         match self {
-            Kind::Down503 | Kind::DownStopped => &[Route::Direct, Route::Edge, Route::Group],
+            Kind::Healthy | Kind::Down503 | Kind::DownStopped => {
+                &[Route::Direct, Route::Edge, Route::Group]
+            }
             Kind::AllowlistNginx | Kind::AllowlistFirewall | Kind::EdgeNodeBroken => &[Route::Edge],
             Kind::DnsLie => &[Route::Direct, Route::Edge],
             k if k.is_carrier() => &[Route::Direct, Route::Edge, Route::Both],
@@ -263,6 +276,8 @@ impl Kind {
     fn affected(self) -> &'static [Affected] {
         if self.is_carrier() {
             &[Affected::Regions(1), Affected::Regions(2)]
+        } else if self == Kind::Healthy {
+            &[Affected::None]
         } else {
             &[Affected::All]
         }
@@ -291,7 +306,7 @@ pub struct Case {
 /// What the report must say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expected {
-    /// The finding code.
+    /// The finding code; empty: no finding, the report is healthy.
     pub code: &'static str,
     /// Its kind, where the code has kinds.
     pub kind: Option<&'static str>,
@@ -309,6 +324,7 @@ impl Case {
     pub fn name(&self) -> String {
         let affected = match self.affected {
             Affected::All => "all".to_string(),
+            Affected::None => "clean".to_string(),
             Affected::Regions(n) => format!("{n}of{}", self.regions),
         };
         format!(
@@ -325,7 +341,7 @@ impl Case {
                 Scheme::Https => "https",
             },
             affected,
-            if self.affected == Affected::All {
+            if matches!(self.affected, Affected::All | Affected::None) {
                 format!("-{}r", self.regions)
             } else {
                 String::new()
@@ -352,6 +368,7 @@ impl Case {
         let all = self.region_list();
         match self.affected {
             Affected::All => all,
+            Affected::None => Vec::new(),
             Affected::Regions(n) => (0..n).map(|i| all[(self.seed + i) % all.len()]).collect(),
         }
     }
@@ -396,7 +413,7 @@ impl Case {
 
     fn valid(&self) -> bool {
         match self.affected {
-            Affected::All => true,
+            Affected::All | Affected::None => true,
             Affected::Regions(n) => n < self.regions && (self.witness || 2 * n < self.regions),
         }
     }
@@ -514,7 +531,9 @@ fn finding_label(f: &serde_json::Value) -> String {
 /// the report is right) and the false findings on clean regions.
 pub fn judge(expected: &Expected, report: &serde_json::Value) -> (Vec<String>, usize) {
     let mut wrong = Vec::new();
-    if report["status"] != "faulty" {
+    let healthy = expected.code.is_empty();
+    let status = if healthy { "healthy" } else { "faulty" };
+    if report["status"] != status {
         wrong.push(format!("status {}", report["status"]));
     }
     let all: Vec<&serde_json::Value> = report["findings"]
@@ -530,6 +549,7 @@ pub fn judge(expected: &Expected, report: &serde_json::Value) -> (Vec<String>, u
         None => expected.code.to_string(),
     };
     match mine.as_slice() {
+        _ if healthy => {}
         [] => wrong.push(format!("no {label} finding")),
         [one] => {
             let named = regions_of(one);
@@ -544,7 +564,7 @@ pub fn judge(expected: &Expected, report: &serde_json::Value) -> (Vec<String>, u
         many => wrong.push(format!("{} {label} findings", many.len())),
     }
     for f in &all {
-        let same = f["code"] == expected.code && f["kind"].as_str() == expected.kind;
+        let same = !healthy && f["code"] == expected.code && f["kind"].as_str() == expected.kind;
         let allowed = f["code"]
             .as_str()
             .is_some_and(|c| expected.also.contains(&c));
@@ -670,7 +690,11 @@ fn lab_checks(case: &Case) -> Vec<LabCheck> {
         .into_iter()
         .filter(|r| !affected.contains(r))
         .collect();
-    let first = affected[0].1;
+    let first = affected
+        .first()
+        .or(case.region_list().first())
+        .map(|(_, ip)| *ip)
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let check = |from, to, sees| LabCheck {
         from,
         to,
@@ -703,6 +727,7 @@ fn lab_checks(case: &Case) -> Vec<LabCheck> {
         return checks;
     }
     let sees = match case.kind {
+        Kind::Healthy => CurlSees::Body(ORIGIN_TITLE),
         Kind::Down503 => CurlSees::Status(503),
         Kind::Down444 => CurlSees::Exit(52),
         Kind::DownStopped => CurlSees::Exit(7),
@@ -1128,6 +1153,7 @@ pub fn run_and_judge(case: &Case) -> Judged {
         Err(e) => Err(format!("namespace: {e:#}")),
     };
     let want = match expected.kind {
+        _ if expected.code.is_empty() => "no finding".to_string(),
         Some(kind) => format!("{}/{kind}", expected.code),
         None => expected.code.to_string(),
     };
@@ -1265,5 +1291,15 @@ mod tests {
         assert_eq!(problems.len(), 4, "{problems:?}");
         let healthy = serde_json::json!({"status": "healthy", "findings": []});
         assert_eq!(judge(&expected, &healthy).0.len(), 2);
+        let clean = Expected {
+            code: "",
+            kind: None,
+            regions: Vec::new(),
+            clean: vec!["ap".into(), "eu".into(), "us".into()],
+            also: Vec::new(),
+        };
+        assert_eq!(judge(&clean, &healthy), (Vec::<String>::new(), 0));
+        let (problems, false_findings) = judge(&clean, &wrong);
+        assert_eq!(false_findings, 2, "{problems:?}");
     }
 }
