@@ -13,4 +13,5 @@ pub mod netns;
 pub mod origin;
 pub mod probe_bench;
 pub mod process;
+pub mod real;
 pub mod scenario;
