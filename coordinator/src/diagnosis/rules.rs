@@ -652,7 +652,7 @@ fn dns_tampering<'a>(ctx: &Ctx<'a>) -> Vec<Hit<'a>> {
             (*r, answers, dns.first().copied())
         })
         .collect();
-    let genuine = genuine_answers(ctx, &per_region);
+    let genuine = genuine_answers(ctx, &known, &per_region);
     let mut hits = Vec::new();
     for (region, answers, first) in &per_region {
         let Some(rep) = first else { continue };
@@ -706,6 +706,7 @@ fn dns_tampering<'a>(ctx: &Ctx<'a>) -> Vec<Hit<'a>> {
 }
 
 /// The answers that are known to be genuine, when the evidence says: those
+/// that contain an address the user named (an origin or edge); else those
 /// of regions whose requests to the answered address reached the origin
 /// (the witness saw their resolver-routed edge requests), else those of the
 /// unique largest group of regions that answered alike. A region is never
@@ -714,6 +715,7 @@ fn dns_tampering<'a>(ctx: &Ctx<'a>) -> Vec<Hit<'a>> {
 /// compares with every other region).
 fn genuine_answers<'a>(
     ctx: &Ctx<'a>,
+    known: &BTreeSet<String>,
     per_region: &[(
         &'a RegionEvidence,
         BTreeSet<&'a str>,
@@ -724,6 +726,15 @@ fn genuine_answers<'a>(
         .iter()
         .filter(|(_, a, _)| !a.is_empty())
         .collect();
+    // What the user named (--origin, --edge) is genuine by definition.
+    let named: BTreeSet<&str> = answered
+        .iter()
+        .filter(|(_, a, _)| a.iter().any(|x| known.contains(*x)))
+        .flat_map(|(_, a, _)| a.iter().copied())
+        .collect();
+    if !named.is_empty() {
+        return Some(named);
+    }
     if ctx.witness().is_some() {
         let confirmed: BTreeSet<&str> = answered
             .iter()

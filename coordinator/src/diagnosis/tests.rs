@@ -728,30 +728,39 @@ fn a_pull_header_waf_that_refuses_the_edge_too_is_one_finding() {
     assert_eq!(codes, ["origin_blocks_cdn_headers"], "{d:#?}");
 }
 
-/// Regions that resolve the site themselves (no --edge): the honest ones
-/// get the edge's address and reach the origin through it; the liars get a
-/// foreign address whose block page the origin never sees.
-fn resolver_regions(names: &[&str], liars: &[&str]) -> Evidence {
+/// Regions whose resolvers answer for the site: the honest ones give the
+/// edge's address, the liars a foreign one. Without `--edge`
+/// (`named_edge` false) the regions reach the edge through their own
+/// answer, so the liars get a block page the origin never sees; with it,
+/// every region's edge requests go to the named edge and are fine, and no
+/// witness ran.
+fn resolver_regions(names: &[&str], liars: &[&str], named_edge: bool) -> Evidence {
+    const EDGE_IP: &str = "203.0.113.77";
     let regions = names
         .iter()
         .map(|name| {
             let mut v = healthy();
             v.retain(|o| o.route != Route::Dns);
-            if liars.contains(name) {
-                v.push(dns(&["10.10.34.35"]));
-                for o in v.iter_mut().filter(|o| o.route == Route::Edge) {
-                    injected(o);
-                }
-            } else {
-                v.push(dns(&["203.0.113.77"]));
-            }
+            let lied = liars.contains(name);
+            v.push(dns(&[if lied { "10.10.34.35" } else { EDGE_IP }]));
             for o in v.iter_mut().filter(|o| o.route == Route::Edge) {
-                o.address.clear();
+                if named_edge {
+                    o.address = EDGE_IP.to_string();
+                } else {
+                    o.address.clear();
+                    if lied {
+                        injected(o);
+                    }
+                }
             }
             region(name, v)
         })
         .collect();
     let mut ev = evidence(regions);
+    if named_edge {
+        ev.target.edges = vec![EDGE_IP.to_string()];
+        return ev;
+    }
     ev.target.edges.clear();
     // The witness saw what reached the origin: not the liars' edge requests.
     witnessed(ev, |region, o| {
@@ -766,25 +775,25 @@ fn two_regions_told_the_same_lie_do_not_hide_each_other() {
         (&["eu", "us", "ap"][..], &["ap", "us"][..]),
         (&["eu", "us", "ap"][..], &["ap"][..]),
     ] {
-        let d = diagnose(&resolver_regions(names, liars));
-        let mut want: Vec<String> = liars.iter().map(|r| r.to_string()).collect();
-        want.sort();
-        let dns: Vec<&Finding> = d
-            .findings
-            .iter()
-            .filter(|f| f.kind.as_deref() == Some("dns_tampering"))
-            .collect();
-        assert_eq!(dns.len(), 1, "{liars:?}: {d:#?}");
-        let mut got = dns[0].regions.clone();
-        got.sort();
-        assert_eq!(got, want, "{liars:?}: {d:#?}");
-        assert!(
-            d.findings
+        for named_edge in [false, true] {
+            let d = diagnose(&resolver_regions(names, liars, named_edge));
+            let mut want: Vec<String> = liars.iter().map(|r| r.to_string()).collect();
+            want.sort();
+            let dns: Vec<&Finding> = d
+                .findings
                 .iter()
-                .all(|f| f.code == "carrier_interference"
+                .filter(|f| f.kind.as_deref() == Some("dns_tampering"))
+                .collect();
+            assert_eq!(dns.len(), 1, "{liars:?}: {d:#?}");
+            let mut got = dns[0].regions.clone();
+            got.sort();
+            assert_eq!(got, want, "{liars:?}: {d:#?}");
+            assert!(
+                d.findings.iter().all(|f| f.code == "carrier_interference"
                     && f.kind.as_deref() == Some("dns_tampering")),
-            "the liars' block pages are the lie's, not a second finding: {d:#?}"
-        );
+                "the liars' block pages are the lie's, not a second finding: {d:#?}"
+            );
+        }
     }
 }
 
