@@ -31,7 +31,7 @@ pub const REPLAY_CLIENT_IP: &str = "198.51.100.10";
 const MAX_HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
 /// A direct probe outwaits the edge by this much: a direct request still
 /// without an answer then proves the origin slower than the edge's limit.
-const DIRECT_PAST_EDGE: Duration = Duration::from_millis(250);
+const DIRECT_PAST_EDGE: Duration = Duration::from_millis(100);
 /// An edge probe outwaits the edge's own timeout by this much, so its 52x
 /// (sent at the timeout, after the edge's own connect and TLS to the
 /// origin, on a host that may be busy) arrives: a real nginx edge under
@@ -669,7 +669,7 @@ mod tests {
                     assert_eq!(u64::from(t.connect_ms), connect);
                     assert_eq!(
                         u64::from(t.first_byte_ms),
-                        edge_timeout + 250,
+                        edge_timeout + 100,
                         "a direct probe outwaits the edge, just"
                     );
                 }
