@@ -218,8 +218,21 @@ impl Coordinator {
             if let Ok(mut running) = core.campaigns.lock() {
                 running.remove(&id);
             }
-            let (status, json) = report?;
+            let (status, json, followup) = report?;
             let _ = events_tx.send(CampaignEvent::ReportReady { status });
+            if let Some(report) = followup {
+                let finished: Vec<(String, String)> = runs
+                    .iter()
+                    .filter(|r| r.state == RegionState::Done)
+                    .map(|r| (r.region.clone(), r.agent.clone()))
+                    .collect();
+                let (core, id) = (core.clone(), id.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = core.measure_ttfb(id, target, finished, report).await {
+                        tracing::warn!(error = %e.message(), "the TTFB follow-up could not be stored");
+                    }
+                });
+            }
             Ok(json)
         });
         Ok(CampaignHandle {
@@ -231,13 +244,14 @@ impl Coordinator {
     }
 
     /// Gathers the evidence, diagnoses and stores the report; returns
-    /// (status, report JSON).
+    /// (status, report JSON, and the report again when it awaits a TTFB
+    /// follow-up).
     async fn conclude(
         &self,
         campaign_id: &str,
         target: &CampaignTarget,
         runs: &[RegionRun],
-    ) -> Result<(String, String), Status> {
+    ) -> Result<(String, String, Option<crate::report::Report>), Status> {
         let witness_connected = self
             .list_agents()
             .await?
@@ -314,14 +328,18 @@ impl Coordinator {
             blocked_headers,
         };
         let diagnosis = diagnosis::diagnose(&evidence);
-        let report = crate::report::build(campaign_id, &evidence, &diagnosis);
+        let mut report = crate::report::build(campaign_id, &evidence, &diagnosis);
+        let followup = crate::followup::wanted(&report);
+        if followup {
+            crate::followup::mark_running(&mut report, target);
+        }
         let json =
             serde_json::to_string_pretty(&report).map_err(|e| Status::internal(e.to_string()))?;
         let status = diagnosis.status.as_str().to_string();
         let (id, st, js) = (campaign_id.to_string(), status.clone(), json.clone());
         self.db(move |s| s.finish_campaign(&id, now_ms(), &st, &js))
             .await?;
-        Ok((status, json))
+        Ok((status, json, followup.then_some(report)))
     }
 }
 

@@ -90,6 +90,14 @@ pub struct DiagnoseArgs {
     /// reproduce commands carry it as -A.
     #[arg(long, value_name = "UA")]
     pub user_agent: Option<String>,
+    /// When the origin is slower than the edge (a 524), the report prints
+    /// by the edge timeout + 1 s and says only "more than …"; the
+    /// coordinator then measures the real time to first byte (waiting up to
+    /// 4 edge timeouts, at most 2 minutes past it). With this flag, wait for
+    /// that measurement and print the report with it (it is also shown by
+    /// `vantage campaign show ID` later).
+    #[arg(long)]
+    pub wait_ttfb: bool,
     /// Run an embedded coordinator and one agent in this process (region
     /// `local`): no server, no enrollment.
     #[arg(long)]
@@ -153,10 +161,7 @@ fn html_page(report: &Report) -> String {
 pub fn print_report(json: &str, output: &OutputArgs) -> anyhow::Result<ExitCode> {
     let report: Report =
         serde_json::from_str(json).context("the coordinator sent a damaged report")?;
-    let status = serde_json::to_value(&report)?["status"]
-        .as_str()
-        .unwrap_or("inconclusive")
-        .to_string();
+    let status = report.status.as_str();
     if output.json {
         println!("{json}");
     } else if output.markdown {
@@ -171,7 +176,7 @@ pub fn print_report(json: &str, output: &OutputArgs) -> anyhow::Result<ExitCode>
         std::fs::write(path, html_page(&report))
             .with_context(|| format!("--html {}", path.display()))?;
     }
-    Ok(exit_code(&status))
+    Ok(exit_code(status))
 }
 
 fn progress(line: &str) {
@@ -239,14 +244,57 @@ pub async fn diagnose_remote(args: DiagnoseArgs, target: Target) -> anyhow::Resu
         started.campaign_id,
         started.regions.len()
     ));
-    watch_and_print(&mut control, &started.campaign_id, &args.output).await
+    watch(&mut control, &started.campaign_id).await?;
+    if args.wait_ttfb {
+        wait_for_followup(&mut control, &started.campaign_id).await?;
+    }
+    show(&mut control, &started.campaign_id, &args.output).await
 }
 
-async fn watch_and_print(
-    control: &mut client::ControlClient,
-    id: &str,
-    output: &OutputArgs,
-) -> anyhow::Result<ExitCode> {
+/// Whether a stored report still waits for its TTFB follow-up, and how
+/// long that may take.
+fn followup_pending(json: &str) -> Option<Duration> {
+    let report: Report = serde_json::from_str(json).ok()?;
+    report
+        .ttfb_followup
+        .filter(|f| f.state == crate::report::FollowupState::Running)
+        .map(|f| Duration::from_millis(f.wait_ms))
+}
+
+/// Polls the stored report until its TTFB follow-up is done, bounded by the
+/// follow-up's own wait plus a margin.
+async fn wait_for_followup(control: &mut client::ControlClient, id: &str) -> anyhow::Result<()> {
+    let mut give_up: Option<tokio::time::Instant> = None;
+    loop {
+        let report = control
+            .get_report(pb::GetReportRequest {
+                campaign_id: id.to_string(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        let Some(wait) = followup_pending(&report.report_json) else {
+            return Ok(());
+        };
+        let give_up = *give_up.get_or_insert_with(|| {
+            progress(&format!(
+                "measuring the origin's real time to first byte (up to {} s)",
+                wait.as_secs()
+            ));
+            tokio::time::Instant::now() + wait + FOLLOWUP_MARGIN
+        });
+        if tokio::time::Instant::now() >= give_up {
+            bail!("the TTFB follow-up of campaign {id} did not finish in time");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// How long past its own wait `--wait-ttfb` waits for the follow-up.
+const FOLLOWUP_MARGIN: Duration = Duration::from_secs(30);
+
+/// Follows a campaign's progress until its report is ready.
+async fn watch(control: &mut client::ControlClient, id: &str) -> anyhow::Result<()> {
     let mut stream = control
         .watch_campaign(pb::WatchCampaignRequest {
             campaign_id: id.to_string(),
@@ -264,6 +312,15 @@ async fn watch_and_print(
             break;
         }
     }
+    Ok(())
+}
+
+async fn watch_and_print(
+    control: &mut client::ControlClient,
+    id: &str,
+    output: &OutputArgs,
+) -> anyhow::Result<ExitCode> {
+    watch(control, id).await?;
     show(control, id, output).await
 }
 
@@ -384,9 +441,34 @@ pub async fn diagnose_local(args: DiagnoseArgs, env: &dyn Env) -> anyhow::Result
         }
     };
     let (report, ()) = tokio::join!(&mut handle.done, follow);
-    let json = report
+    let mut json = report
         .context("campaign task")?
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    if args.wait_ttfb {
+        if let Some(wait) = followup_pending(&json) {
+            progress(&format!(
+                "measuring the origin's real time to first byte (up to {} s)",
+                wait.as_secs()
+            ));
+            let give_up = tokio::time::Instant::now() + wait + FOLLOWUP_MARGIN;
+            let id = handle.campaign_id.clone();
+            loop {
+                let id = id.clone();
+                let row = core
+                    .db(move |s| s.campaign(&id))
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+                json = row.and_then(|r| r.report_json).unwrap_or(json);
+                if followup_pending(&json).is_none() {
+                    break;
+                }
+                if tokio::time::Instant::now() >= give_up {
+                    bail!("the TTFB follow-up did not finish in time");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
     let _ = stop.send(());
     let _ = agent_task.await;
     let _ = running.shutdown().await;

@@ -12,6 +12,7 @@ pub mod control_service;
 pub mod coordinator;
 pub mod diagnose_cli;
 pub mod diagnosis;
+pub mod followup;
 pub mod ingest;
 pub mod pki;
 pub mod plan;

@@ -42,6 +42,45 @@ pub struct Report {
     pub regions: Vec<ReportRegion>,
     /// What the origin witness saw.
     pub witness: ReportWitness,
+    /// The follow-up that measures a slow origin's real time to first byte
+    /// after this report (present only when the report found `origin_slow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttfb_followup: Option<TtfbFollowup>,
+}
+
+/// Where the TTFB follow-up is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FollowupState {
+    /// Its requests are still waiting for a first byte.
+    Running,
+    /// Every measurement is in (or its wait ran out).
+    Done,
+}
+
+/// A slow origin's real TTFB, measured after the first report, which does
+/// not wait past the edge's own limit (DESIGN §4 "Time budget").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TtfbFollowup {
+    /// Running or done.
+    pub state: FollowupState,
+    /// How long each request waits for its first byte.
+    pub wait_ms: u64,
+    /// One per region and origin address.
+    pub measurements: Vec<TtfbMeasurement>,
+}
+
+/// One follow-up request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TtfbMeasurement {
+    /// The region it ran in.
+    pub region: String,
+    /// The origin address.
+    pub address: String,
+    /// Its outcome's stable name.
+    pub outcome: String,
+    /// Its time to first byte, if a byte came.
+    pub ttfb_ms: Option<f64>,
 }
 
 /// The target as the report shows it.
@@ -296,6 +335,7 @@ pub fn build(campaign: &str, evidence: &Evidence, diagnosis: &Diagnosis) -> Repo
         summary: diagnosis.summary.clone(),
         regions: sorted_regions(evidence),
         witness,
+        ttfb_followup: None,
     }
 }
 
@@ -478,6 +518,34 @@ pub fn render_terminal(report: &Report, color: bool) -> String {
         let _ = writeln!(out, "  {}", paint(BOLD, "reproduce:"));
         for c in &f.reproduce {
             let _ = writeln!(out, "    $ {c}");
+        }
+    }
+    if let Some(f) = &report.ttfb_followup {
+        let _ = writeln!(out, "\n{}", paint(BOLD, "ttfb follow-up:"));
+        match f.state {
+            crate::report::FollowupState::Running => {
+                let _ = writeln!(
+                    out,
+                    "  measuring the origin's real time to first byte (waits up to {} s); see `vantage campaign show {}` later",
+                    f.wait_ms / 1000,
+                    report.campaign
+                );
+            }
+            crate::report::FollowupState::Done => {
+                for m in &f.measurements {
+                    let seen = match m.ttfb_ms {
+                        Some(ms) if m.outcome == "ok" => {
+                            format!("first byte after {:.1} s", ms / 1000.0)
+                        }
+                        _ => format!(
+                            "{} (no first byte within {} s)",
+                            m.outcome,
+                            f.wait_ms / 1000
+                        ),
+                    };
+                    let _ = writeln!(out, "  {} → {}: {seen}", m.region, m.address);
+                }
+            }
         }
     }
     if !report.missing.is_empty() {
