@@ -441,9 +441,11 @@ pub struct ProbeArgs {
     /// attempt starts when the previous one has finished.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub attempts: u32,
-    /// Send N requests per attempt (1-200) at once, on separate connections —
-    /// the concurrent-curl test that shows rate limiting at the origin (empty
-    /// replies, resets, 429/503 under load).
+    /// Send N requests per attempt (1-20000) at once, on separate
+    /// connections — the concurrent-curl test that shows rate limiting at
+    /// the origin (empty replies, resets, 429/503 under load). With
+    /// --concurrency C it is `ab -n N -c C`. (A coordinator's plan may ask
+    /// for at most 200; this is your own command.)
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub burst: u32,
     /// At most C requests of a burst in flight at once (1 to --burst;
@@ -510,6 +512,16 @@ pub struct ProbeConfig {
     pub max_rate: u32,
 }
 
+/// The runner's limits for `vantage-agent probe`: the agent's, but a burst
+/// as large as a load test's (`ab -n`), since the operator, not a
+/// coordinator, asks for it (and `--max-rate` still caps the rate).
+fn probe_limits() -> RunnerLimits {
+    RunnerLimits {
+        max_burst: 20_000,
+        ..RunnerLimits::default()
+    }
+}
+
 /// The highest `--max-rate` an operator can set (run and probe alike).
 const MAX_RATE_LIMIT: u32 = 100_000;
 
@@ -570,7 +582,7 @@ impl ProbeArgs {
                 self.method
             );
         }
-        let limits = RunnerLimits::default();
+        let limits = probe_limits();
         if !(1..=limits.max_attempts).contains(&self.attempts) {
             bail!(
                 "--attempts {}: must be between 1 and {}",
@@ -797,7 +809,7 @@ async fn probe(args: ProbeArgs) -> anyhow::Result<ExitCode> {
             .with_ca_pem(&read_ca_pem(path)?)
             .with_context(|| format!("--cacert {}", path.display()))?;
     }
-    let runner = Runner::new(engine, RunnerLimits::default());
+    let runner = Runner::new(engine, probe_limits());
     let expected = expected_requests(&config.spec, runner.limits());
     let (tx, mut rx) = mpsc::channel(64);
     let spec = config.spec;

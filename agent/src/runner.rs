@@ -250,6 +250,9 @@ impl Runner {
                     // Later requests fit even less; the ones in flight finish.
                     break 'attempts;
                 }
+                // Reap finished requests as we go: a large burst must not
+                // keep every finished task until the end of its attempt.
+                while slots.try_join_next().is_some() {}
                 let engine = self.engine.clone();
                 let spec = spec.clone();
                 let plan_id = plan_id.clone();

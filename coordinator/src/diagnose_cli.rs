@@ -246,7 +246,18 @@ pub async fn diagnose_remote(args: DiagnoseArgs, target: Target) -> anyhow::Resu
     ));
     watch(&mut control, &started.campaign_id).await?;
     if args.wait_ttfb {
-        wait_for_followup(&mut control, &started.campaign_id).await?;
+        await_followup(|| {
+            let (mut control, id) = (control.clone(), started.campaign_id.clone());
+            async move {
+                Ok(control
+                    .get_report(pb::GetReportRequest { campaign_id: id })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                    .into_inner()
+                    .report_json)
+            }
+        })
+        .await?;
     }
     show(&mut control, &started.campaign_id, &args.output).await
 }
@@ -261,20 +272,19 @@ fn followup_pending(json: &str) -> Option<Duration> {
         .map(|f| Duration::from_millis(f.wait_ms))
 }
 
-/// Polls the stored report until its TTFB follow-up is done, bounded by the
-/// follow-up's own wait plus a margin.
-async fn wait_for_followup(control: &mut client::ControlClient, id: &str) -> anyhow::Result<()> {
+/// Polls the stored report (`fetch` reads it) until its TTFB follow-up is
+/// done, bounded by the follow-up's own wait plus a margin; returns the
+/// report as last read.
+async fn await_followup<F, Fut>(mut fetch: F) -> anyhow::Result<String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<String>>,
+{
     let mut give_up: Option<tokio::time::Instant> = None;
     loop {
-        let report = control
-            .get_report(pb::GetReportRequest {
-                campaign_id: id.to_string(),
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-            .into_inner();
-        let Some(wait) = followup_pending(&report.report_json) else {
-            return Ok(());
+        let json = fetch().await?;
+        let Some(wait) = followup_pending(&json) else {
+            return Ok(json);
         };
         let give_up = *give_up.get_or_insert_with(|| {
             progress(&format!(
@@ -284,7 +294,7 @@ async fn wait_for_followup(control: &mut client::ControlClient, id: &str) -> any
             tokio::time::Instant::now() + wait + FOLLOWUP_MARGIN
         });
         if tokio::time::Instant::now() >= give_up {
-            bail!("the TTFB follow-up of campaign {id} did not finish in time");
+            bail!("the TTFB follow-up did not finish in time");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -445,29 +455,17 @@ pub async fn diagnose_local(args: DiagnoseArgs, env: &dyn Env) -> anyhow::Result
         .context("campaign task")?
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     if args.wait_ttfb {
-        if let Some(wait) = followup_pending(&json) {
-            progress(&format!(
-                "measuring the origin's real time to first byte (up to {} s)",
-                wait.as_secs()
-            ));
-            let give_up = tokio::time::Instant::now() + wait + FOLLOWUP_MARGIN;
-            let id = handle.campaign_id.clone();
-            loop {
-                let id = id.clone();
+        json = await_followup(|| {
+            let (core, id, first) = (core.clone(), handle.campaign_id.clone(), json.clone());
+            async move {
                 let row = core
                     .db(move |s| s.campaign(&id))
                     .await
                     .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-                json = row.and_then(|r| r.report_json).unwrap_or(json);
-                if followup_pending(&json).is_none() {
-                    break;
-                }
-                if tokio::time::Instant::now() >= give_up {
-                    bail!("the TTFB follow-up did not finish in time");
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                Ok(row.and_then(|r| r.report_json).unwrap_or(first))
             }
-        }
+        })
+        .await?;
     }
     let _ = stop.send(());
     let _ = agent_task.await;

@@ -491,6 +491,36 @@ pub fn spawn_agent_process(state_dir: &Path, extra: &[&str]) -> anyhow::Result<C
     ChildProcess::spawn("vantage-agent", &bin_path("vantage-agent"), &args)
 }
 
+/// Starts a real `vantage-agent witness` that follows `access_log`, enrolled
+/// with a fresh `origin` token of `coordinator`, plus `extra` flags, and
+/// waits until its session is established.
+pub async fn start_witness_process(
+    coordinator: &CoordinatorProcess,
+    access_log: &Path,
+    state_dir: &Path,
+    extra: &[&str],
+) -> anyhow::Result<ChildProcess> {
+    let token = coordinator.create_token("origin").await?;
+    let mut args: Vec<String> = vec![
+        "witness".into(),
+        "--token".into(),
+        token,
+        "--access-log".into(),
+        access_log.display().to_string(),
+        "--state-dir".into(),
+        state_dir.display().to_string(),
+        "--name".into(),
+        "witness-1".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let mut witness =
+        ChildProcess::spawn("vantage-agent witness", &bin_path("vantage-agent"), &args)?;
+    wait_agent_connected(&mut witness)
+        .await
+        .context("witness")?;
+    Ok(witness)
+}
+
 /// Waits until an agent process logs that its session is established.
 pub async fn wait_agent_connected(agent: &mut ChildProcess) -> anyhow::Result<()> {
     agent

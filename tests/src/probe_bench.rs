@@ -123,12 +123,11 @@ pub async fn engine_rate(url: &str, total: u64, concurrency: u64) -> anyhow::Res
 }
 
 /// The shipped `vantage-agent probe` process (next to this binary) against
-/// `url`: `total` requests as attempts of a 200-request burst with
-/// `concurrency` in flight, `--max-rate` lifted, output to /dev/null as a
-/// user would send it. Returns requests per second, process start to exit.
+/// `url`, the way `ab -n total -c concurrency` runs: one burst of `total`
+/// requests with `concurrency` in flight, `--max-rate` lifted, output to
+/// /dev/null as a user would send it. Returns requests per second, process
+/// start to exit.
 pub async fn binary_rate(url: &str, total: u64, concurrency: u64) -> anyhow::Result<f64> {
-    let burst = total.clamp(1, 200);
-    let attempts = total.div_ceil(burst);
     let began = Instant::now();
     let status = Command::new(crate::process::bin_path("vantage-agent"))
         .args([
@@ -137,12 +136,10 @@ pub async fn binary_rate(url: &str, total: u64, concurrency: u64) -> anyhow::Res
             "--allow-private",
             "--max-rate",
             "100000",
-            "--attempts",
-            &attempts.to_string(),
             "--burst",
-            &burst.to_string(),
+            &total.to_string(),
             "--concurrency",
-            &concurrency.min(burst).to_string(),
+            &concurrency.min(total).to_string(),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -153,7 +150,7 @@ pub async fn binary_rate(url: &str, total: u64, concurrency: u64) -> anyhow::Res
     if !status.success() {
         bail!("vantage-agent probe failed: {status}");
     }
-    Ok((attempts * burst) as f64 / began.elapsed().as_secs_f64())
+    Ok(total as f64 / began.elapsed().as_secs_f64())
 }
 
 /// `ab -n total -c concurrency url`: requests per second and failures.

@@ -11,8 +11,10 @@ use anyhow::Context as _;
 
 use crate::edge::{Edge, EdgeBuilder};
 use crate::fixture::{Fault, Fixture, TlsMode};
-use crate::lab::{spawn_agent_process, wait_agent_connected, CoordinatorProcess};
-use crate::process::{bin_path, ChildProcess};
+use crate::lab::{
+    spawn_agent_process, start_witness_process, wait_agent_connected, CoordinatorProcess,
+};
+use crate::process::ChildProcess;
 
 /// The lab's regions and the source address that stands for each; a
 /// scenario uses the first three unless it asks for more.
@@ -187,29 +189,9 @@ impl ScenarioBuilder {
             agents.push(agent);
             dirs.push(state);
         }
-        let token = coordinator.create_token("origin").await?;
         let state = tempfile::tempdir()?;
-        let args: Vec<String> = [
-            "witness",
-            "--token",
-            &token,
-            "--access-log",
-            log.to_str().unwrap_or_default(),
-            "--state-dir",
-            state.path().to_str().unwrap_or_default(),
-            "--name",
-            "witness-1",
-            "--poll",
-            "20ms",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut witness =
-            ChildProcess::spawn("vantage-agent witness", &bin_path("vantage-agent"), &args)?;
-        wait_agent_connected(&mut witness)
-            .await
-            .context("witness")?;
+        let witness =
+            start_witness_process(&coordinator, &log, state.path(), &["--poll", "20ms"]).await?;
         dirs.push(state);
         Ok(Scenario {
             coordinator,

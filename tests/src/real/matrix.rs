@@ -47,7 +47,9 @@ use super::{
     PULL_IP, REDIRECT_PORT, SITE,
 };
 use crate::fixture::{Fault, Fixture};
-use crate::lab::{spawn_agent_process, wait_agent_connected, CoordinatorProcess};
+use crate::lab::{
+    spawn_agent_process, start_witness_process, wait_agent_connected, CoordinatorProcess,
+};
 use crate::process::{bin_path, run_cli, ChildProcess};
 use crate::scenario::{findings, regions_of, REGIONS};
 
@@ -993,27 +995,9 @@ pub async fn run_case(ns: &str, case: &Case) -> anyhow::Result<Run> {
             .with_context(|| format!("agent {region}"))?;
     }
     let witness = if case.witness {
-        let token = coordinator.create_token("origin").await?;
         let state = tempfile::tempdir()?;
-        let args: Vec<String> = [
-            "witness",
-            "--token",
-            &token,
-            "--access-log",
-            &origin.access_log().display().to_string(),
-            "--state-dir",
-            &state.path().display().to_string(),
-            "--name",
-            "witness-1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut witness =
-            ChildProcess::spawn("vantage-agent witness", &bin_path("vantage-agent"), &args)?;
-        wait_agent_connected(&mut witness)
-            .await
-            .context("witness")?;
+        let witness =
+            start_witness_process(&coordinator, &origin.access_log(), state.path(), &[]).await?;
         states.push(state);
         Some(witness)
     } else {
