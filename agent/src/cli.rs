@@ -1177,7 +1177,7 @@ mod tests {
 
     #[test]
     fn bad_probe_flags_are_named_before_any_network() {
-        let cases: [(&[&str], &str); 16] = [
+        let cases: [(&[&str], &str); 19] = [
             (&["http://x/", "--header", "no colon"], "--header"),
             (&["http://x/", "--header", ": empty name"], "--header"),
             (&["http://x/", "--header", "Bad Name: v"], "--header"),
@@ -1194,13 +1194,16 @@ mod tests {
             (&["http://x/", "--attempts", "0"], "--attempts"),
             (&["http://x/", "--attempts", "101"], "--attempts"),
             (&["http://x/", "--burst", "0"], "--burst"),
-            (&["http://x/", "--burst", "201"], "--burst"),
+            (&["http://x/", "--burst", "20001"], "--burst"),
             (
                 &["http://x/", "--burst", "4", "--concurrency", "5"],
                 "--concurrency",
             ),
             (&["http://x/", "--concurrency", "0"], "--concurrency"),
             (&["http://x/", "--timeout", "0ms"], "--timeout"),
+            (&["http://x/", "--max-rate", "0"], "--max-rate"),
+            (&["http://x/", "--max-rate", "100001"], "--max-rate"),
+            (&["http://x/", "--user-agent", "a\nb"], "--user-agent"),
             (&["ftp://x/"], "URL"),
             (&["not a url"], "URL"),
         ];
