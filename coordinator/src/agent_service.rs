@@ -28,6 +28,75 @@ use crate::time::now_ms;
 /// How long an agent has to send `Hello` after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Plans remembered per session at most; past it the cache starts over
+/// (a long-lived agent receives plans without end).
+const MAX_OWNED_PLANS: usize = 4096;
+
+/// The plans a session's agent may report on. A result, a "finished" or a
+/// "rejected" mark for any other plan is refused: an enrolled agent must not
+/// be able to write evidence into another region's verdict. Ownership is
+/// looked up in the store once per plan and remembered for the session,
+/// since a plan sent to an agent stays its plan.
+#[derive(Debug, Default)]
+struct OwnedPlans {
+    known: std::collections::HashSet<String>,
+}
+
+impl OwnedPlans {
+    /// Ok when every plan of `plan_ids` was sent to `record`'s agent;
+    /// otherwise `PermissionDenied` naming the first foreign plan, logged
+    /// with the agent's name.
+    async fn check(
+        &mut self,
+        core: &Coordinator,
+        record: &AgentRecord,
+        what: &str,
+        plan_ids: impl IntoIterator<Item = &str>,
+    ) -> Result<(), Status> {
+        let mut unknown: Vec<String> = Vec::new();
+        for id in plan_ids {
+            if !self.known.contains(id) && !unknown.iter().any(|u| u == id) {
+                unknown.push(id.to_string());
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let (agent_id, asked) = (record.agent_id.clone(), unknown.clone());
+        let sent = core.db(move |s| s.plans_sent_to(&agent_id, &asked)).await?;
+        if let Some(foreign) = unknown.iter().find(|id| !sent.contains(*id)) {
+            tracing::warn!(
+                agent = %record.name,
+                region = %record.region,
+                plan_id = %foreign,
+                "refused {what} for a plan that was not sent to this agent"
+            );
+            return Err(Status::permission_denied(format!(
+                "{what} refused: plan {foreign:?} was not sent to agent {}",
+                record.name
+            )));
+        }
+        if self.known.len() + sent.len() > MAX_OWNED_PLANS {
+            self.known.clear();
+        }
+        self.known.extend(sent);
+        Ok(())
+    }
+}
+
+/// Refuses plan traffic from a witness: it follows an access log and has no
+/// plans, so it may send observations only.
+fn plans_only_from_agents(record: &AgentRecord, what: &str) -> Result<(), Status> {
+    if record.role == "witness" {
+        tracing::warn!(agent = %record.name, "refused {what} from a witness");
+        return Err(Status::permission_denied(format!(
+            "{what} refused: {} is a witness, and a witness sends observations only",
+            record.name
+        )));
+    }
+    Ok(())
+}
+
 /// The service implementation.
 #[derive(Debug, Clone)]
 pub struct AgentService {
@@ -260,6 +329,7 @@ async fn serve_session(
     let heartbeat = core.heartbeat;
     let mut ticker = tokio::time::interval(heartbeat);
     let mut last_heard = Instant::now();
+    let mut owned = OwnedPlans::default();
     loop {
         tokio::select! {
             status = &mut killed => {
@@ -272,7 +342,7 @@ async fn serve_session(
                 last_heard = Instant::now();
                 match message {
                     Ok(Some(message)) => {
-                        if let Err(status) = handle(core, record, message, outbound).await {
+                        if let Err(status) = handle(core, record, &mut owned, message, outbound).await {
                             let reason = status.message().to_string();
                             let _ = outbound.send(Err(status));
                             return reason;
@@ -330,12 +400,18 @@ fn sighting_of(observation: pb::Observation) -> Result<Sighting, Status> {
 async fn handle(
     core: &Arc<Coordinator>,
     record: &AgentRecord,
+    owned: &mut OwnedPlans,
     message: pb::AgentMessage,
     outbound: &crate::registry::Outbound,
 ) -> Result<(), Status> {
     match message.body {
         Some(Up::Results(batch)) => {
             domain::check_batch(&batch).map_err(invalid)?;
+            plans_only_from_agents(record, "results")?;
+            let plans = batch.results.iter().map(|r| r.plan_id.as_str()).chain(
+                (!batch.finished_plan_id.is_empty()).then_some(batch.finished_plan_id.as_str()),
+            );
+            owned.check(core, record, "results", plans).await?;
             let job = IngestJob {
                 agent_id: record.agent_id.clone(),
                 agent_name: record.name.clone(),
@@ -355,6 +431,15 @@ async fn handle(
             if rejected.plan_id.len() > 128 || rejected.reason.len() > 1024 {
                 return Err(Status::invalid_argument("PlanRejected fields too long"));
             }
+            plans_only_from_agents(record, "a plan rejection")?;
+            owned
+                .check(
+                    core,
+                    record,
+                    "a plan rejection",
+                    [rejected.plan_id.as_str()],
+                )
+                .await?;
             tracing::warn!(agent = %record.name, plan_id = %rejected.plan_id, reason = %rejected.reason, "plan refused by agent");
             let (id, plan, reason) = (
                 record.agent_id.clone(),

@@ -67,8 +67,10 @@ CREATE INDEX agents_region_name ON agents (region, name);
     // plan_agents.agent_id and results.* deliberately carry no foreign key to
     // agents: re-enrolling a revoked name deletes the old agent row, and its
     // history must survive that. results has no foreign key to plans either,
-    // because one stray row must not fail a whole batch on the hot path; the
-    // session layer validates plan ownership before rows get here.
+    // because one stray row must not fail a whole batch on the hot path. The
+    // session layer (agent_service.rs, `OwnedPlans`) refuses any result,
+    // "finished" or "rejected" mark for a plan that has no plan_agents row
+    // for the reporting agent, so rows only get here for plans sent to it.
     r#"
 CREATE TABLE plans (
     plan_id     TEXT    PRIMARY KEY NOT NULL,
@@ -764,6 +766,30 @@ impl Store {
             tracing::debug!(plan_id, agent_id, "state update for unknown plan agent");
         }
         Ok(())
+    }
+
+    /// Which of `plan_ids` were sent to `agent_id` (have a `plan_agents`
+    /// row for it, in any state: a plan marked lost is still the agent's to
+    /// finish).
+    pub fn plans_sent_to(
+        &self,
+        agent_id: &str,
+        plan_ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let conn = self.lock()?;
+        let mut stmt =
+            conn.prepare_cached("SELECT 1 FROM plan_agents WHERE plan_id = ?1 AND agent_id = ?2")?;
+        let mut sent = std::collections::HashSet::new();
+        for plan_id in plan_ids {
+            if stmt
+                .query_row(params![plan_id, agent_id], |_| Ok(()))
+                .optional()?
+                .is_some()
+            {
+                sent.insert(plan_id.clone());
+            }
+        }
+        Ok(sent)
     }
 
     /// Marks every plan that `agent_id` has not finished (state `"sent"`) as

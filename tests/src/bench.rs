@@ -180,6 +180,20 @@ pub async fn ingest(params: IngestParams) -> anyhow::Result<IngestReport> {
     for agent in 0..params.agents {
         identities.push(enroll_identity(&token, &format!("bench-{agent:03}")).await?);
     }
+    // The coordinator accepts results only for plans sent to the reporting
+    // agent: register the benchmark's plan for every simulated agent, the
+    // way a campaign does before it sends one.
+    let plan_agents: Vec<(String, u64)> = identities
+        .iter()
+        .map(|i| (i.info.agent_id.clone(), params.results_per_agent))
+        .collect();
+    Store::open(&data.path().join("vantage.db"))?.insert_plan(
+        "bench-plan",
+        None,
+        0,
+        "[]",
+        &plan_agents,
+    )?;
     let start = Arc::new(tokio::sync::Barrier::new(params.agents + 1));
     let mut sessions = tokio::task::JoinSet::new();
     for (agent, identity) in identities.into_iter().enumerate() {

@@ -248,3 +248,161 @@ async fn witness_observations_are_stored_and_checked() {
     assert_eq!(status.code(), Code::InvalidArgument);
     lab.stop().await.unwrap();
 }
+
+/// A result that passes every field check (only ownership is in question).
+fn valid_result(plan_id: &str, result_id: &str) -> pb::ProbeResult {
+    pb::ProbeResult {
+        result_id: result_id.into(),
+        plan_id: plan_id.into(),
+        probe_id: "direct/baseline".into(),
+        attempt: 1,
+        route: pb::Route::Direct as i32,
+        variant: "baseline".into(),
+        url: "http://www.example.com/".into(),
+        nonce: format!("n-{result_id}"),
+        outcome: pb::Outcome::ConnectRefused as i32,
+        curl_exit: 7,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_and_marks_are_refused_for_plans_sent_to_another_agent() {
+    let lab = LabCoordinator::builder().start().await.unwrap();
+    let victim = enroll_identity(&lab.token("eu").await.unwrap(), "victim-1")
+        .await
+        .unwrap();
+    let forger = enroll_identity(&lab.token("us").await.unwrap(), "forger-1")
+        .await
+        .unwrap();
+    let witness =
+        vantage_lab::lab::enroll_identity_as(&lab.token("origin").await.unwrap(), "w-1", "witness")
+            .await
+            .unwrap();
+    let store = lab.core().store();
+    store
+        .insert_plan(
+            "plan-victim",
+            None,
+            0,
+            "[]",
+            &[(victim.info.agent_id.clone(), 3)],
+        )
+        .unwrap();
+    let state_of_victim = || {
+        let status = store.plan_status("plan-victim").unwrap().unwrap();
+        assert_eq!(status.len(), 1);
+        (status[0].state.clone(), status[0].stored)
+    };
+
+    // Forged results for the victim's plan, then a forged "finished" mark on
+    // an otherwise empty batch, then a forged rejection: each is refused by
+    // name and nothing changes.
+    let forged = [
+        Up::Results(pb::ResultBatch {
+            seq: 1,
+            results: (0..30)
+                .map(|i| valid_result("plan-victim", &format!("forged-{i}")))
+                .collect(),
+            ..Default::default()
+        }),
+        Up::Results(pb::ResultBatch {
+            seq: 2,
+            finished_plan_id: "plan-victim".into(),
+            ..Default::default()
+        }),
+        Up::PlanRejected(pb::PlanRejected {
+            plan_id: "plan-victim".into(),
+            reason: "forged".into(),
+        }),
+    ];
+    for message in forged {
+        let status = final_status(
+            raw_session(&forger, vec![hello_for(&forger), up(message)])
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(
+            status.message().contains("plan-victim") && status.message().contains("forger-1"),
+            "{status:?}"
+        );
+        assert_eq!(state_of_victim(), ("sent".to_string(), 0));
+    }
+    assert_eq!(store.count_all_results().unwrap(), 0);
+
+    // A plan that was never sent to anyone is refused the same way.
+    let status = final_status(
+        raw_session(
+            &forger,
+            vec![
+                hello_for(&forger),
+                up(Up::Results(pb::ResultBatch {
+                    seq: 3,
+                    results: vec![valid_result("no-such-plan", "stray-1")],
+                    ..Default::default()
+                })),
+            ],
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // A witness sends observations only, even for a plan of its own name.
+    let status = final_status(
+        raw_session(
+            &witness,
+            vec![
+                hello_for(&witness),
+                up(Up::Results(pb::ResultBatch {
+                    seq: 1,
+                    results: vec![valid_result("plan-victim", "w-result")],
+                    ..Default::default()
+                })),
+            ],
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("witness"), "{status:?}");
+
+    // The plan's own agent is accepted: its results are stored and acked,
+    // and its "finished" mark lands.
+    let session = raw_session(
+        &victim,
+        vec![
+            hello_for(&victim),
+            up(Up::Results(pb::ResultBatch {
+                seq: 1,
+                results: (0..3)
+                    .map(|i| valid_result("plan-victim", &format!("own-{i}")))
+                    .collect(),
+                finished_plan_id: "plan-victim".into(),
+            })),
+        ],
+    )
+    .await
+    .unwrap();
+    let mut inbound = session.inbound.unwrap();
+    let acked = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match inbound.message().await {
+                Ok(Some(pb::CoordinatorMessage {
+                    body: Some(pb::coordinator_message::Body::Ack(ack)),
+                })) => return ack.seq,
+                Ok(Some(_)) => continue,
+                other => panic!("the owner's batch was not acknowledged: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("an Ack within 20 s");
+    assert_eq!(acked, 1);
+    assert_eq!(state_of_victim(), ("finished".to_string(), 3));
+    lab.stop().await.unwrap();
+}
