@@ -453,6 +453,7 @@ impl Agent {
                 if let Ok(mut plans) = self.plans.lock() {
                     if let Some(handle) = plans.remove(&cancel.plan_id) {
                         handle.abort();
+                        tracing::info!(plan_id = %cancel.plan_id, "plan cancelled by the coordinator");
                     }
                 }
             }

@@ -37,6 +37,18 @@ const HARD_EXTRA: Duration = Duration::from_secs(10);
 /// How long to wait for a witness's last sightings after the plans end.
 const WITNESS_GRACE: Duration = Duration::from_millis(1500);
 
+/// Why a region stopped when its campaign was cancelled.
+const CANCELLED: &str = "cancelled by the operator (vantage campaign cancel)";
+/// How long `cancel` waits for the cancelled campaign's report.
+const CANCEL_WAIT: Duration = Duration::from_secs(60);
+
+/// A campaign running now: its progress feed and the switch that cancels it.
+#[derive(Debug)]
+pub(crate) struct RunningCampaign {
+    events: broadcast::Sender<CampaignEvent>,
+    cancel: Arc<tokio::sync::Notify>,
+}
+
 /// What to diagnose.
 #[derive(Debug, Clone)]
 pub struct CampaignRequest {
@@ -148,7 +160,144 @@ impl Coordinator {
         self.campaigns
             .lock()
             .ok()
-            .and_then(|running| running.get(campaign_id).map(broadcast::Sender::subscribe))
+            .and_then(|running| running.get(campaign_id).map(|r| r.events.subscribe()))
+    }
+
+    /// Cancels a running campaign: the regions still running are stopped
+    /// (their agents told to stop the plan) and named in `missing`, and the
+    /// report is concluded from what was stored. Returns the report's status
+    /// and the regions that were stopped, once the report is stored.
+    pub async fn cancel_campaign(
+        &self,
+        campaign_id: &str,
+    ) -> Result<(String, Vec<String>), Status> {
+        let running = self.campaigns.lock().ok().and_then(|running| {
+            running
+                .get(campaign_id)
+                .map(|r| (r.events.subscribe(), r.cancel.clone()))
+        });
+        let Some((mut events, cancel)) = running else {
+            let id = campaign_id.to_string();
+            let row = self
+                .db(move |s| s.campaign(&id))
+                .await?
+                .ok_or_else(|| Status::not_found(format!("no campaign {campaign_id}")))?;
+            return Err(Status::failed_precondition(format!(
+                "campaign {campaign_id} is not running (its status is {})",
+                row.status
+            )));
+        };
+        // A stored permit: a campaign that reaches its wait after this still sees it.
+        cancel.notify_one();
+        let mut stopped = Vec::new();
+        let report = async {
+            loop {
+                match events.recv().await {
+                    Ok(CampaignEvent::RegionLost { region, reason }) if reason == CANCELLED => {
+                        stopped.push(region);
+                    }
+                    Ok(CampaignEvent::ReportReady { status }) => return Ok(status),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return Err(Status::internal(
+                        "the campaign ended without storing a report (see the coordinator's log)",
+                    )),
+                }
+            }
+        };
+        let status = tokio::time::timeout(CANCEL_WAIT, report)
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "campaign {campaign_id} was cancelled, but its report was not stored within {}s",
+                    CANCEL_WAIT.as_secs()
+                ))
+            })??;
+        Ok((status, stopped))
+    }
+
+    /// Finishes, from what is stored, every campaign that a previous
+    /// coordinator process left `running` (a crash, a kill, a power cut):
+    /// the regions that had not finished are named in `missing` with the
+    /// reason. Called at start-up, before any agent connects. Returns how
+    /// many campaigns were finished.
+    pub async fn recover_campaigns(&self) -> Result<usize, Status> {
+        let rows = self.db(|s| s.running_campaigns()).await?;
+        let mut finished = 0;
+        for row in rows {
+            match self.recover_campaign(&row).await {
+                Ok(status) => {
+                    finished += 1;
+                    tracing::info!(campaign = %row.campaign_id, %status, "finished a campaign the previous coordinator process left running");
+                }
+                Err(e) => {
+                    tracing::error!(campaign = %row.campaign_id, error = %e.message(), "cannot finish a campaign left running");
+                }
+            }
+        }
+        Ok(finished)
+    }
+
+    async fn recover_campaign(&self, row: &crate::store::CampaignRow) -> Result<String, Status> {
+        let stored: crate::report::ReportTarget = serde_json::from_str(&row.target_json)
+            .map_err(|e| Status::internal(format!("stored target: {e}")))?;
+        let target = CampaignTarget::new(&request_of_stored(&stored)?)
+            .map_err(|e| Status::internal(format!("stored target: {e}")))?;
+        let id = row.campaign_id.clone();
+        let plans = self.db(move |s| s.campaign_plan_agents(&id)).await?;
+        let runs: Vec<RegionRun> = row
+            .regions
+            .iter()
+            .map(|region| {
+                let Some(plan) = plans.iter().find(|p| p.region.as_deref() == Some(region)) else {
+                    return RegionRun {
+                        region: region.clone(),
+                        agent: String::new(),
+                        plan_id: String::new(),
+                        state: RegionState::Lost(
+                            "the coordinator stopped before this region's plan was sent".into(),
+                        ),
+                    };
+                };
+                let state = if plan.state == "finished" {
+                    RegionState::Done
+                } else {
+                    RegionState::Lost(format!(
+                        "the coordinator stopped before agent {} finished (plan {}{})",
+                        plan.agent_name,
+                        plan.state,
+                        plan.reason
+                            .as_deref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    ))
+                };
+                RegionRun {
+                    region: region.clone(),
+                    agent: plan.agent_name.clone(),
+                    plan_id: plan.plan_id.clone(),
+                    state,
+                }
+            })
+            .collect();
+        let (status, _, _) = self.conclude(&row.campaign_id, &target, &runs).await?;
+        Ok(status)
+    }
+
+    /// Tells the agents of the `stopped` regions to stop their plans.
+    async fn stop_plans(&self, runs: &[RegionRun], stopped: &[String]) {
+        for run in runs.iter().filter(|r| stopped.contains(&r.region)) {
+            let name = run.agent.clone();
+            let Ok(Some(record)) = self.db(move |s| s.agent_by_name(&name)).await else {
+                continue;
+            };
+            if let Some(outbound) = self.registry.outbound(&record.agent_id) {
+                let _ = outbound.send(Ok(pb::CoordinatorMessage {
+                    body: Some(pb::coordinator_message::Body::Cancel(pb::Cancel {
+                        plan_id: run.plan_id.clone(),
+                    })),
+                }));
+            }
+        }
     }
 
     /// Starts a campaign; the returned handle follows it to its report.
@@ -169,8 +318,15 @@ impl Coordinator {
             .await?;
 
         let (events_tx, events) = broadcast::channel(1024);
+        let cancel = Arc::new(tokio::sync::Notify::new());
         if let Ok(mut running) = self.campaigns.lock() {
-            running.insert(campaign_id.clone(), events_tx.clone());
+            running.insert(
+                campaign_id.clone(),
+                RunningCampaign {
+                    events: events_tx.clone(),
+                    cancel: cancel.clone(),
+                },
+            );
         }
         let mut agent_events = self.subscribe();
         let mut runs = Vec::new();
@@ -213,14 +369,17 @@ impl Coordinator {
         let core = self.clone();
         let id = campaign_id.clone();
         let done = tokio::spawn(async move {
-            follow(&mut runs, &mut agent_events, &events_tx, deadlines).await;
+            let stopped =
+                follow(&mut runs, &mut agent_events, &events_tx, deadlines, &cancel).await;
+            core.stop_plans(&runs, &stopped).await;
             let report = core.conclude(&id, &target, &runs).await;
             if let Ok(mut running) = core.campaigns.lock() {
                 running.remove(&id);
             }
             let (status, json, followup) = report?;
             let _ = events_tx.send(CampaignEvent::ReportReady { status });
-            if let Some(report) = followup {
+            // A cancelled campaign measures nothing more.
+            if let Some(report) = followup.filter(|_| stopped.is_empty()) {
                 let finished: Vec<(String, String)> = runs
                     .iter()
                     .filter(|r| r.state == RegionState::Done)
@@ -374,13 +533,16 @@ struct Deadlines {
 /// Follows every region's plan until it is done or lost. Past the soft
 /// deadline a region whose agent is still storing results is waited for
 /// (a connected agent that is still sending is never declared lost), up to
-/// the hard deadline; a quiet one is named missing with the reason.
+/// the hard deadline; a quiet one is named missing with the reason. When
+/// `cancel` fires, every region still running is lost as cancelled; those
+/// regions are returned.
 async fn follow(
     runs: &mut [RegionRun],
     agent_events: &mut broadcast::Receiver<AgentEvent>,
     events: &broadcast::Sender<CampaignEvent>,
     deadlines: Deadlines,
-) {
+    cancel: &tokio::sync::Notify,
+) -> Vec<String> {
     let settle = |runs: &mut [RegionRun], index: usize, state: RegionState| {
         if runs[index].state == RegionState::Running {
             let region = runs[index].region.clone();
@@ -425,12 +587,23 @@ async fn follow(
                 check_at = (now + Duration::from_millis(100)).min(deadlines.hard);
                 continue;
             }
+            () = cancel.notified() => {
+                let stopped: Vec<String> = runs
+                    .iter()
+                    .filter(|r| r.state == RegionState::Running)
+                    .map(|r| r.region.clone())
+                    .collect();
+                for index in 0..runs.len() {
+                    settle(runs, index, RegionState::Lost(CANCELLED.to_string()));
+                }
+                return stopped;
+            }
             event = agent_events.recv() => event,
         };
         let event = match event {
             Ok(event) => event,
             Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => return,
+            Err(broadcast::error::RecvError::Closed) => return Vec::new(),
         };
         let find = |runs: &[RegionRun], f: &dyn Fn(&RegionRun) -> bool| runs.iter().position(f);
         match event {
@@ -470,6 +643,32 @@ async fn follow(
             _ => {}
         }
     }
+    Vec::new()
+}
+
+/// The request a stored campaign was planned from, as far as its conclusion
+/// needs it: the report's target carries every setting the diagnosis reads
+/// (burst size and attempts only shaped the plans, which have run).
+fn request_of_stored(stored: &crate::report::ReportTarget) -> Result<TargetRequest, Status> {
+    let bad = |what: String| Status::internal(format!("stored target: {what}"));
+    let origins: Vec<&str> = stored.origin.iter().map(String::as_str).collect();
+    let mut request = TargetRequest::new(&stored.url, &origins);
+    request.edges = stored.edge.clone();
+    request.cdn = stored
+        .cdn
+        .parse()
+        .map_err(|e: vantage_proto::cdn::UnknownProfile| bad(e.to_string()))?;
+    request.edge_timeout = Some(Duration::from_millis(stored.edge_timeout_ms));
+    request.pull_protocol = match stored.pull.protocol.as_str() {
+        "" => None,
+        "http" => Some(crate::plan::PullProtocol::Http),
+        "https" => Some(crate::plan::PullProtocol::Https),
+        other => return Err(bad(format!("pull protocol {other:?}"))),
+    };
+    request.pull_host = (!stored.pull.host.is_empty()).then(|| stored.pull.host.clone());
+    request.pull_path = (!stored.pull.path.is_empty()).then(|| stored.pull.path.clone());
+    request.user_agent = (!stored.user_agent.is_empty()).then(|| stored.user_agent.clone());
+    Ok(request)
 }
 
 /// Splits a plan's results into the diagnosis's observations and the

@@ -215,6 +215,20 @@ impl pb::control_service_server::ControlService for ControlService {
         }))
     }
 
+    async fn cancel_campaign(
+        &self,
+        request: Request<pb::CancelCampaignRequest>,
+    ) -> Result<Response<pb::CancelCampaignResponse>, Status> {
+        self.authorize(&request)?;
+        let id = request.into_inner().campaign_id;
+        let (status, stopped_regions) = self.core.cancel_campaign(&id).await?;
+        tracing::info!(campaign = %id, %status, stopped = ?stopped_regions, "campaign cancelled");
+        Ok(Response::new(pb::CancelCampaignResponse {
+            status,
+            stopped_regions,
+        }))
+    }
+
     async fn list_campaigns(
         &self,
         request: Request<pb::ListCampaignsRequest>,

@@ -35,10 +35,9 @@ pub struct Coordinator {
     pub(crate) admin_hash: String,
     pub(crate) token_addrs: Vec<String>,
     pub(crate) heartbeat: Duration,
-    /// Progress feeds of the campaigns running now.
-    pub(crate) campaigns: std::sync::Mutex<
-        std::collections::HashMap<String, broadcast::Sender<crate::campaign::CampaignEvent>>,
-    >,
+    /// The campaigns running now: their progress feeds and cancel switches.
+    pub(crate) campaigns:
+        std::sync::Mutex<std::collections::HashMap<String, crate::campaign::RunningCampaign>>,
 }
 
 impl std::fmt::Debug for Coordinator {

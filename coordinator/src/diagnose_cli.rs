@@ -135,6 +135,17 @@ pub enum CampaignCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Stop a running campaign: its agents stop their plans, and the report
+    /// is concluded from what was stored, with the stopped regions named in
+    /// `missing`. Prints that report; the exit code follows its status, as
+    /// for `show` (2 if the campaign is unknown or not running).
+    Cancel {
+        /// Campaign id.
+        id: String,
+        /// Output format.
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 /// The exit code a report's status calls for.
@@ -388,6 +399,24 @@ pub async fn campaign(command: CampaignCommand, target: Target) -> anyhow::Resul
         }
         CampaignCommand::Show { id, output } => show(&mut control, &id, &output).await,
         CampaignCommand::Watch { id, output } => watch_and_print(&mut control, &id, &output).await,
+        CampaignCommand::Cancel { id, output } => {
+            let cancelled = control
+                .cancel_campaign(pb::CancelCampaignRequest {
+                    campaign_id: id.clone(),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            eprintln!(
+                "cancelled campaign {id}: {}",
+                if cancelled.stopped_regions.is_empty() {
+                    "every region had already finished".to_string()
+                } else {
+                    format!("stopped {}", cancelled.stopped_regions.join(", "))
+                }
+            );
+            show(&mut control, &id, &output).await
+        }
     }
 }
 

@@ -274,6 +274,12 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
         campaigns: std::sync::Mutex::default(),
     });
 
+    // Before any agent can connect: campaigns a previous process left
+    // running are finished from what it stored.
+    if let Err(e) = core.recover_campaigns().await {
+        tracing::error!(error = %e.message(), "cannot recover the campaigns left running");
+    }
+
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
             &server_cert.chain_pem,

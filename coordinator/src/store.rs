@@ -156,6 +156,23 @@ pub struct CampaignRow {
     pub report_json: Option<String>,
 }
 
+/// One agent's part of a campaign's plans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CampaignPlanAgent {
+    /// The plan.
+    pub plan_id: String,
+    /// The agent's id.
+    pub agent_id: String,
+    /// Its name (its id if the agent row is gone).
+    pub agent_name: String,
+    /// Its region, if the agent row still exists.
+    pub region: Option<String>,
+    /// `"sent"`, `"rejected"`, `"finished"` or `"lost"`.
+    pub state: String,
+    /// Why it was rejected or lost, if known.
+    pub reason: Option<String>,
+}
+
 /// One sighting of a probe nonce in the origin's access log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sighting {
@@ -961,6 +978,47 @@ impl Store {
         )?;
         let rows = statement.query_map([limit], campaign_from_row)?;
         rows.map(|row| finish_campaign_row(row?)).collect()
+    }
+
+    /// Campaigns still marked `running`: at start-up, the ones a previous
+    /// coordinator process never finished.
+    pub fn running_campaigns(&self) -> Result<Vec<CampaignRow>, StoreError> {
+        let conn = self.lock()?;
+        let mut statement = conn.prepare_cached(
+            "SELECT campaign_id, created_at, finished_at, target_json, regions_json, status, report_json \
+             FROM campaigns WHERE status = 'running' ORDER BY created_at, campaign_id",
+        )?;
+        let rows = statement.query_map([], campaign_from_row)?;
+        rows.map(|row| finish_campaign_row(row?)).collect()
+    }
+
+    /// Every (plan, agent) of a campaign, with the agent's name and region
+    /// when its row still exists, ordered by plan creation.
+    pub fn campaign_plan_agents(
+        &self,
+        campaign_id: &str,
+    ) -> Result<Vec<CampaignPlanAgent>, StoreError> {
+        let conn = self.lock()?;
+        let mut statement = conn.prepare_cached(
+            "SELECT pa.plan_id, pa.agent_id, a.name, a.region, pa.state, pa.reason \
+             FROM plans p JOIN plan_agents pa ON pa.plan_id = p.plan_id \
+             LEFT JOIN agents a ON a.agent_id = pa.agent_id \
+             WHERE p.campaign_id = ?1 ORDER BY p.created_at, pa.plan_id, pa.agent_id",
+        )?;
+        let rows = statement.query_map([campaign_id], |row| {
+            let agent_id: String = row.get(1)?;
+            Ok(CampaignPlanAgent {
+                plan_id: row.get(0)?,
+                agent_name: row
+                    .get::<_, Option<String>>(2)?
+                    .unwrap_or_else(|| agent_id.clone()),
+                region: row.get(3)?,
+                agent_id,
+                state: row.get(4)?,
+                reason: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Stores witness sightings; a repeated sighting is stored once.
