@@ -10,7 +10,6 @@ use vantage::plan::TargetRequest;
 use vantage_lab::lab::{spawn_agent_process, wait_agent_connected, CoordinatorProcess};
 use vantage_lab::origin::Origin;
 use vantage_lab::process::{poll_until, ChildProcess};
-use vantage_proto::pb;
 
 /// Starts a campaign against `origin` from every connected region.
 async fn start_campaign(coordinator: &CoordinatorProcess, origin: &Origin) -> String {
