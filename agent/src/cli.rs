@@ -675,15 +675,35 @@ pub fn nearest_rank(sorted: &[u64], pct: u32) -> Option<u64> {
 }
 
 fn ms(us: u64) -> String {
-    format!("{:.3}", us as f64 / 1000.0)
+    Millis(us).to_string()
+}
+
+/// Microseconds shown as milliseconds with three decimals (exact: integer
+/// arithmetic, no float formatting on the per-request path).
+struct Millis(u64);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::io::Write as _;
+        let mut digits = [0u8; 32];
+        let mut cursor = std::io::Cursor::new(&mut digits[..]);
+        // u64::MAX µs is 20 digits plus a point and three decimals: it fits.
+        let _ = write!(cursor, "{}.{:03}", self.0 / 1000, self.0 % 1000);
+        let len = usize::try_from(cursor.position()).unwrap_or(0);
+        f.pad(std::str::from_utf8(&digits[..len]).unwrap_or("?"))
+    }
 }
 
 /// A phase that was not reached shows as `-`, not as a misleading 0.
-fn phase(us: u64) -> String {
-    if us == 0 {
-        "-".to_string()
-    } else {
-        ms(us)
+struct Phase(u64);
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 == 0 {
+            f.pad("-")
+        } else {
+            Millis(self.0).fmt(f)
+        }
     }
 }
 
@@ -697,33 +717,49 @@ fn human_header() -> String {
 
 /// One request as a table row: attempt/slot, outcome, status, cumulative
 /// phase times in ms, peer, and the error if it failed.
+#[cfg(test)]
 fn human_line(result: &pb::ProbeResult) -> String {
+    let mut line = String::new();
+    write_human_line(&mut line, result);
+    line
+}
+
+/// [`human_line`] appended to `line` (one buffer reused for every request).
+fn write_human_line(line: &mut String, result: &pb::ProbeResult) {
+    use std::fmt::Write as _;
     let t = result.timings.unwrap_or_default();
-    let status = match result.status {
-        0 => "-".to_string(),
-        code => code.to_string(),
-    };
     let remote = if result.remote_addr.is_empty() {
         "-"
     } else {
         result.remote_addr.as_str()
     };
-    let mut line = format!(
-        "{:<7} {:<20} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}  {remote}",
-        format!("{}/{}", result.attempt, result.burst_index),
-        outcome_name(result.outcome),
-        status,
-        phase(t.dns_us),
-        phase(t.connect_us),
-        phase(t.tls_us),
-        phase(t.ttfb_us),
-        ms(t.total_us),
+    let slot_start = line.len();
+    let _ = write!(line, "{}/{}", result.attempt, result.burst_index);
+    let slot_len = line.len() - slot_start;
+    line.extend(std::iter::repeat_n(
+        ' ',
+        8usize.saturating_sub(slot_len).max(1),
+    ));
+    let _ = write!(line, "{:<20} ", outcome_name(result.outcome));
+    match result.status {
+        0 => line.push_str("     -"),
+        code => {
+            let _ = write!(line, "{code:>6}");
+        }
+    }
+    let _ = write!(
+        line,
+        " {:>9} {:>9} {:>9} {:>9} {:>9}  {remote}",
+        Phase(t.dns_us),
+        Phase(t.connect_us),
+        Phase(t.tls_us),
+        Phase(t.ttfb_us),
+        Millis(t.total_us),
     );
     if !result.error.is_empty() {
         line.push_str("  ");
         line.push_str(&result.error);
     }
-    line
 }
 
 /// What the summary needs from each result.
@@ -792,13 +828,14 @@ impl Tally {
 }
 
 /// Writes one line to stdout. Rust's stdout is line-buffered even into a
-/// pipe, so a reader sees each request as soon as it completes.
+/// pipe, so a reader sees each line at once.
 fn emit(line: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     writeln!(std::io::stdout().lock(), "{line}").context("cannot write to stdout")
 }
 
 async fn probe(args: ProbeArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
     let config = args.validate()?;
     let mut engine = ProbeEngine::new(config.policy, config.bind_ip).with_limits(ProbeLimits {
         max_rate_per_target: Some(config.max_rate),
@@ -815,19 +852,35 @@ async fn probe(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     let spec = config.spec;
     let task = tokio::spawn(async move { runner.run_spec(PROBE_PLAN_ID, spec, tx).await });
 
+    // Results are written as a batch of whatever has arrived and flushed
+    // whenever none is waiting: a reader still sees each request as soon as
+    // it completes, and a fast burst costs one write per batch, not per line.
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+    let write_error = |e: std::io::Error| anyhow::anyhow!("cannot write to stdout: {e}");
     if !config.json {
-        emit(&human_header())?;
+        writeln!(out, "{}", human_header()).map_err(write_error)?;
+        out.flush().map_err(write_error)?;
     }
     let mut tally = Tally::default();
-    while let Some(result) = rx.recv().await {
-        let line = if config.json {
-            serde_json::to_string(&result_json(&result)).context("cannot encode a result")?
-        } else {
-            human_line(&result)
-        };
-        emit(&line)?;
-        tally.add(&result);
+    let mut line = String::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(result) = next {
+            line.clear();
+            if config.json {
+                serde_json::to_writer(&mut out, &result_json(&result))
+                    .context("cannot encode a result")?;
+            } else {
+                write_human_line(&mut line, &result);
+            }
+            line.push('\n');
+            out.write_all(line.as_bytes()).map_err(write_error)?;
+            tally.add(&result);
+            next = rx.try_recv().ok();
+        }
+        out.flush().map_err(write_error)?;
     }
+    drop(out);
     task.await
         .context("the probe runner stopped unexpectedly")?;
 

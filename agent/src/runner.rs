@@ -218,7 +218,7 @@ impl Runner {
         deadline: Option<std::time::Instant>,
     ) -> bool {
         let needs = longest_wait(&spec);
-        let fits = |deadline: Option<std::time::Instant>| {
+        let fits = move |deadline: Option<std::time::Instant>| {
             deadline.is_none_or(|d| {
                 d.saturating_duration_since(tokio::time::Instant::now().into_std()) >= needs
             })
@@ -228,53 +228,62 @@ impl Runner {
             .then(|| Duration::from_millis(u64::from(spec.attempt_interval_ms)));
         let spec = Arc::new(spec);
         let plan_id: Arc<str> = Arc::from(plan_id);
-        let window = Arc::new(Semaphore::new(schedule.concurrency as usize));
-        let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let shared = Arc::new(SpecRun::default());
         let mut slots = tokio::task::JoinSet::new();
-        'attempts: for attempt in 1..=schedule.attempts {
+        for attempt in 1..=schedule.attempts {
+            if shared.stopped() || tx.is_closed() {
+                break;
+            }
             let started = tokio::time::Instant::now();
-            for burst_index in 0..schedule.burst {
-                if tx.is_closed() {
-                    break 'attempts;
-                }
-                // The spec's own window first, then the shared budget, so a
-                // request waiting for its window holds no shared permit that
-                // other specs could use.
-                let (Ok(local), Ok(global)) = (
-                    window.clone().acquire_owned().await,
-                    self.permits.clone().acquire_owned().await,
-                ) else {
-                    break 'attempts;
-                };
-                if !fits(deadline) {
-                    // Later requests fit even less; the ones in flight finish.
-                    break 'attempts;
-                }
-                // Reap finished requests as we go: a large burst must not
-                // keep every finished task until the end of its attempt.
-                while slots.try_join_next().is_some() {}
-                let engine = self.engine.clone();
+            // One worker per request the burst may have in flight, each
+            // taking the next request of the burst until none is left: a
+            // burst of 20,000 costs `concurrency` task spawns, not 20,000.
+            let next_index = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            for _ in 0..schedule.concurrency {
+                let runner = self.clone();
                 let spec = spec.clone();
                 let plan_id = plan_id.clone();
                 let tx = tx.clone();
-                let timed_out = timed_out.clone();
+                let shared = shared.clone();
+                let next_index = next_index.clone();
                 slots.spawn(async move {
-                    let slot = RequestSlot {
-                        attempt,
-                        burst_index,
-                        deadline,
-                    };
-                    let result = engine.run(&plan_id, &spec, slot).await;
-                    // Free the permits before a possibly blocking send: a slow
-                    // consumer must not stall other probes' requests.
-                    drop((local, global));
-                    // A resolver that times out says nothing about the
-                    // server a later phase would stress.
-                    if result.curl_exit == 28 && result.stage != pb::Stage::Dns as i32 {
-                        timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
+                    loop {
+                        if shared.stopped() || tx.is_closed() {
+                            return;
+                        }
+                        let burst_index =
+                            next_index.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if burst_index >= schedule.burst {
+                            return;
+                        }
+                        // The shared budget bounds many specs together.
+                        let Ok(permit) = runner.permits.clone().acquire_owned().await else {
+                            return;
+                        };
+                        if !fits(deadline) {
+                            // Later requests fit even less; the ones in flight finish.
+                            shared.stop();
+                            return;
+                        }
+                        let slot = RequestSlot {
+                            attempt,
+                            burst_index,
+                            deadline,
+                        };
+                        let result = runner.engine.run(&plan_id, &spec, slot).await;
+                        // Free the permit before a possibly blocking send: a
+                        // slow consumer must not stall other probes' requests.
+                        drop(permit);
+                        // A resolver that times out says nothing about the
+                        // server a later phase would stress.
+                        if result.curl_exit == 28 && result.stage != pb::Stage::Dns as i32 {
+                            shared
+                                .timed_out
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        // A closed receiver is noticed at the top of the loop.
+                        let _ = tx.send(result).await;
                     }
-                    // A closed receiver is noticed by the loop above.
-                    let _ = tx.send(result).await;
                 });
             }
             // The next attempt starts when this one is done, or — with an
@@ -297,7 +306,26 @@ impl Runner {
             }
         }
         while slots.join_next().await.is_some() {}
-        timed_out.load(std::sync::atomic::Ordering::Relaxed)
+        shared.timed_out.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// What the workers of one spec share.
+#[derive(Debug, Default)]
+struct SpecRun {
+    /// A request no longer fits the deadline: start no more, in any attempt.
+    stop: std::sync::atomic::AtomicBool,
+    /// Some request ran out of time (curl's exit 28, DNS aside).
+    timed_out: std::sync::atomic::AtomicBool,
+}
+
+impl SpecRun {
+    fn stopped(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
