@@ -58,6 +58,8 @@ pub struct AgentView {
     pub connected: bool,
     /// Its remote address (live if connected, else the last one seen).
     pub remote_addr: Option<String>,
+    /// The health it reported on its live session (`None` if not connected).
+    pub health: Option<vantage_proto::domain::AgentHealth>,
 }
 
 pub(crate) fn store_status(e: StoreError) -> Status {
@@ -148,6 +150,7 @@ impl Coordinator {
                 AgentView {
                     connected: live.is_some(),
                     remote_addr: live.flatten().or_else(|| record.remote_addr.clone()),
+                    health: self.registry.health(&record.agent_id),
                     record,
                 }
             })

@@ -1,21 +1,99 @@
 //! Name resolution through a given DNS server (`--dns-server`, or a probe's
 //! own `dns_server`): what that resolver answers is evidence — a region whose
 //! resolver lies is DNS tampering. Uses hickory's resolver over UDP and TCP.
+//!
+//! The DNS server is an address the agent sends packets to, so it obeys the
+//! same SSRF policy as an HTTP target: the engine checks it before asking
+//! (a clear `blocked_by_policy` result), and the resolver's socket factory
+//! ([`GuardedRuntime`]) checks every socket hickory opens again, so no query
+//! can leave for a refused address whatever hickory decides to retry.
 
+use std::future::Future;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::time::Duration;
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::runtime::iocompat::AsyncIoTokioAsStd;
+use hickory_resolver::net::runtime::{
+    RuntimeProvider, TokioHandle, TokioRuntimeProvider, TokioTime,
+};
 use hickory_resolver::Resolver;
 use vantage_proto::domain::{Outcome, Stage};
 
 use super::classify::Failure;
+use crate::safety::TargetPolicy;
 
-/// Asks `server` for the addresses of `host` (A and AAAA).
+/// Queries one lookup sends at most in the normal case (A, then AAAA): what
+/// the per-target rate cap charges for it before it starts.
+pub const QUERIES_PER_LOOKUP: u32 = 2;
+
+/// hickory's Tokio runtime with the agent's target policy in front of every
+/// UDP socket and TCP connection it makes.
+#[derive(Clone)]
+pub struct GuardedRuntime {
+    inner: TokioRuntimeProvider,
+    policy: TargetPolicy,
+}
+
+impl GuardedRuntime {
+    /// A runtime that refuses to reach what `policy` refuses.
+    pub fn new(policy: TargetPolicy) -> Self {
+        GuardedRuntime {
+            inner: TokioRuntimeProvider::default(),
+            policy,
+        }
+    }
+
+    fn admit(&self, server: SocketAddr) -> io::Result<()> {
+        self.policy
+            .check(server.ip())
+            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()))
+    }
+}
+
+impl RuntimeProvider for GuardedRuntime {
+    type Handle = TokioHandle;
+    type Timer = TokioTime;
+    type Udp = tokio::net::UdpSocket;
+    type Tcp = AsyncIoTokioAsStd<tokio::net::TcpStream>;
+
+    fn create_handle(&self) -> Self::Handle {
+        self.inner.create_handle()
+    }
+
+    fn connect_tcp(
+        &self,
+        server_addr: SocketAddr,
+        bind_addr: Option<SocketAddr>,
+        timeout: Option<Duration>,
+    ) -> Pin<Box<dyn Send + Future<Output = Result<Self::Tcp, io::Error>>>> {
+        if let Err(e) = self.admit(server_addr) {
+            return Box::pin(async move { Err(e) });
+        }
+        self.inner.connect_tcp(server_addr, bind_addr, timeout)
+    }
+
+    fn bind_udp(
+        &self,
+        local_addr: SocketAddr,
+        server_addr: SocketAddr,
+    ) -> Pin<Box<dyn Send + Future<Output = Result<Self::Udp, io::Error>>>> {
+        if let Err(e) = self.admit(server_addr) {
+            return Box::pin(async move { Err(e) });
+        }
+        self.inner.bind_udp(local_addr, server_addr)
+    }
+}
+
+/// Asks `server` for the addresses of `host` (A and AAAA). The caller has
+/// checked `server` against `policy` and taken its rate tokens.
 pub async fn lookup(
     server: SocketAddr,
     host: &str,
     bind_ip: Option<IpAddr>,
+    policy: TargetPolicy,
 ) -> Result<Vec<IpAddr>, Failure> {
     let connection = |mut config: ConnectionConfig| {
         config.port = server.port();
@@ -29,7 +107,7 @@ pub async fn lookup(
         .map(connection)
         .collect();
     let config = ResolverConfig::from_parts(None, Vec::new(), vec![name_server]);
-    let resolver = Resolver::builder_with_config(config, TokioRuntimeProvider::default())
+    let resolver = Resolver::builder_with_config(config, GuardedRuntime::new(policy))
         .build()
         .map_err(|e| {
             Failure::new(
@@ -46,4 +124,42 @@ pub async fn lookup(
         )
     })?;
     Ok(answers.iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_guarded_runtime_opens_no_socket_to_a_refused_server() {
+        // A bound socket that must receive nothing.
+        let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let runtime = GuardedRuntime::new(TargetPolicy::default());
+        let err = runtime
+            .bind_udp("127.0.0.1:0".parse().unwrap(), addr)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("loopback"), "{err}");
+        let err = runtime
+            .connect_tcp(addr, None, None)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        // Even asked directly, the lookup sends nothing.
+        let failure = lookup(addr, "example.com", None, TargetPolicy::default())
+            .await
+            .unwrap_err();
+        assert_eq!(failure.outcome, Outcome::DnsFailure);
+        // Loopback delivers a datagram into the socket's buffer when it is
+        // sent, so after the lookup has returned anything sent is there.
+        let mut buf = [0u8; 512];
+        let got = server.try_recv_from(&mut buf);
+        assert!(
+            matches!(&got, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            "a query reached the refused server: {got:?}"
+        );
+    }
 }
