@@ -447,7 +447,51 @@ async fn an_unwritable_spool_refuses_plans_with_the_reason_and_shows_in_agents()
     );
 
     drop(guard);
+
+    // A spool that fails while a plan runs: the plan was accepted, its
+    // results cannot be kept, so the plan is rejected with the reason
+    // rather than left `sent`.
+    let held = Origin::builder().hold_after(0).spawn().await.unwrap();
+    let probe = pb::ProbeSpec {
+        url: held.url("/held"),
+        route: pb::Route::Direct as i32,
+        variant: "baseline".into(),
+        attempts: 1,
+        burst: 1,
+        ..Default::default()
+    };
+    let plan_id = lab
+        .core()
+        .run_plan(&["spool-1".to_string()], vec![probe])
+        .await
+        .unwrap();
+    // The request is at the origin: the plan was accepted and runs.
+    poll_until(
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || async { (held.arrived() >= 1).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let guard = Unwritable::make(&spool_dir);
+    held.release();
+    let event = wait_coordinator_event(
+        &mut events,
+        Duration::from_secs(30),
+        |e| matches!(e, AgentEvent::PlanRejected { plan_id: p, .. } if *p == plan_id),
+    )
+    .await
+    .unwrap();
+    let AgentEvent::PlanRejected { reason, .. } = event else {
+        unreachable!()
+    };
+    assert!(reason.contains("results could not be spooled"), "{reason}");
+    let status = lab.core().plan_status(&plan_id).await.unwrap();
+    assert_eq!(status[0].state, "rejected", "{status:?}");
+    drop(guard);
+
     spooler.terminate(READY).await.unwrap();
+    held.stop().await;
     origin.stop().await;
     lab.stop().await.unwrap();
 }

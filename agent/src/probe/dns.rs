@@ -25,8 +25,12 @@ use vantage_proto::domain::{Outcome, Stage};
 use super::classify::Failure;
 use crate::safety::TargetPolicy;
 
-/// Queries one lookup sends at most in the normal case (A, then AAAA): what
-/// the per-target rate cap charges for it before it starts.
+/// Queries one lookup sends in the normal case (A and AAAA): what the
+/// per-target rate cap charges for it before it starts, so that the wait is
+/// not counted against hickory's own timeouts. hickory's retries after a
+/// timeout (and a TCP retry after a truncated answer) are not charged
+/// again; they come only after the server failed to answer and are bounded
+/// by the agent's concurrency cap.
 pub const QUERIES_PER_LOOKUP: u32 = 2;
 
 /// hickory's Tokio runtime with the agent's target policy in front of every
