@@ -429,7 +429,14 @@ impl ProbeEngine {
             let answers = match server {
                 Some(server) => {
                     self.admit_dns_server(server, start).await?;
-                    dns::lookup(server, &target.host, self.bind_ip, self.policy).await?
+                    dns::lookup(
+                        server,
+                        &target.host,
+                        self.bind_ip,
+                        self.policy,
+                        self.rate.clone(),
+                    )
+                    .await?
                 }
                 None => tokio::net::lookup_host((target.host.as_str(), target.port))
                     .await
