@@ -439,10 +439,18 @@ impl Agent {
             Ok(mut queued) => std::mem::take(&mut *queued),
             Err(_) => Vec::new(),
         };
-        for rejected in rejections {
-            tx.send(message(Up::PlanRejected(rejected)))
-                .await
-                .map_err(|_| End::Transient("session stream closed".into()))?;
+        let mut rejections = rejections.into_iter();
+        while let Some(rejected) = rejections.next() {
+            if let Err(unsent) = tx.send(message(Up::PlanRejected(rejected))).await {
+                // Kept for the next session: the coordinator must still learn it.
+                if let (Ok(mut queued), Some(Up::PlanRejected(rejected))) =
+                    (self.rejections.lock(), unsent.0.body)
+                {
+                    queued.push(rejected);
+                    queued.extend(rejections);
+                }
+                return Err(End::Transient("session stream closed".into()));
+            }
         }
         if in_flight.len() >= WINDOW {
             return Ok(());
