@@ -86,6 +86,11 @@ pub struct WitnessArgs {
     /// VANTAGE_TOKEN).
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// Read the enrollment token from this file instead (surrounding
+    /// whitespace is ignored), so that it does not show in `ps`; same rules
+    /// as `run --token-file`.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// The web server's access log to follow (rotation by rename and
     /// truncation are followed; the file may appear later).
     #[arg(long, value_name = "PATH")]
@@ -124,6 +129,13 @@ pub struct RunArgs {
     /// start; env: VANTAGE_TOKEN).
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// Read the enrollment token from this file instead of --token (surrounding
+    /// whitespace is ignored), so that it does not show in `ps` or the shell
+    /// history. A file readable by group or others is used with a warning
+    /// (the token is single-use and expires, and secret mounts are often
+    /// 0644); chmod 600 it.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// Directory for the agent's key, certificate and result spool
     /// (env: VANTAGE_AGENT_STATE_DIR; default ./vantage-agent).
     #[arg(long, value_name = "DIR")]
@@ -210,12 +222,16 @@ fn default_name(env: &dyn Env) -> String {
 impl RunArgs {
     /// Checks every flag; nothing is touched on disk or the network.
     pub fn validate(self, env: &dyn Env) -> anyhow::Result<RunConfig> {
-        let token = self
-            .token
-            .or_else(|| env.var("VANTAGE_TOKEN"))
-            .map(|t| EnrollmentToken::decode(&t))
-            .transpose()
-            .context("--token")?;
+        let token = match (self.token, &self.token_file) {
+            (Some(_), Some(_)) => bail!("--token and --token-file: give one of them, not both"),
+            (Some(text), None) => Some(EnrollmentToken::decode(&text).context("--token")?),
+            (None, Some(path)) => Some(read_token_file(path)?),
+            (None, None) => env
+                .var("VANTAGE_TOKEN")
+                .map(|t| EnrollmentToken::decode(&t))
+                .transpose()
+                .context("VANTAGE_TOKEN")?,
+        };
         let name = self.name.unwrap_or_else(|| default_name(env));
         check_name("name", &name).context("--name")?;
         let mut labels = BTreeMap::new();
@@ -254,25 +270,34 @@ impl RunArgs {
             .state_dir
             .or_else(|| env.var("VANTAGE_AGENT_STATE_DIR").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("vantage-agent"));
+        let policy = TargetPolicy {
+            allow_private: self.allow_private,
+        };
+        let dns_server = self
+            .dns_server
+            .as_deref()
+            .map(|text| {
+                parse_override(text, 53)
+                    .with_context(|| format!("--dns-server {text:?}: expected IP or IP:PORT"))
+            })
+            .transpose()?;
+        if let Some(server) = dns_server {
+            // The DNS server gets packets like any target; refusing it here
+            // says so at start rather than in every result.
+            policy
+                .check(server.ip())
+                .with_context(|| format!("--dns-server {server}"))?;
+        }
         Ok(RunConfig {
             token,
             state_dir,
             name,
             labels,
             bind_ip: self.bind_ip,
-            dns_server: self
-                .dns_server
-                .as_deref()
-                .map(|text| {
-                    parse_override(text, 53)
-                        .with_context(|| format!("--dns-server {text:?}: expected IP or IP:PORT"))
-                })
-                .transpose()?,
+            dns_server,
             cacert_pem: self.cacert.as_deref().map(read_ca_pem).transpose()?,
             spool_max,
-            policy: TargetPolicy {
-                allow_private: self.allow_private,
-            },
+            policy,
             backoff,
             max_concurrency: self.max_concurrency,
             max_rate: self.max_rate,
@@ -359,6 +384,45 @@ pub async fn load_or_enroll(config: &RunConfig) -> anyhow::Result<Identity> {
         "enrolled"
     );
     Ok(identity)
+}
+
+/// Largest token file read: a token is a few hundred bytes.
+const MAX_TOKEN_FILE: u64 = 16 * 1024;
+
+/// Reads and decodes a `--token-file`: trimmed, non-empty, small. A file
+/// that group or others can read is used, with a warning.
+fn read_token_file(path: &std::path::Path) -> anyhow::Result<EnrollmentToken> {
+    let what = || format!("--token-file {}", path.display());
+    let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot read it", what()))?;
+    if !meta.is_file() {
+        bail!("{}: not a regular file", what());
+    }
+    if meta.len() > MAX_TOKEN_FILE {
+        bail!(
+            "{}: {} bytes, too large for a token (at most {MAX_TOKEN_FILE})",
+            what(),
+            meta.len()
+        );
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                mode = format!("{mode:04o}"),
+                "the token file is readable by group or others; chmod 600 it"
+            );
+        }
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("{}: cannot read it", what()))?;
+    let text = text.trim();
+    if text.is_empty() {
+        bail!("{}: the file is empty", what());
+    }
+    EnrollmentToken::decode(text).with_context(what)
 }
 
 /// Reads a `--cacert` file; its certificates are parsed where the engine is built.
@@ -947,6 +1011,7 @@ async fn witness(args: WitnessArgs, env: &dyn Env) -> anyhow::Result<()> {
     let run_args = default_run_args()?;
     let mut config = RunArgs {
         token: args.token.clone(),
+        token_file: args.token_file.clone(),
         state_dir: args.state_dir.clone().or_else(|| {
             Some(
                 env.var("VANTAGE_AGENT_STATE_DIR")
@@ -1113,6 +1178,113 @@ mod tests {
         let config = parse(&["--name", "a1"]).validate(&env).unwrap();
         assert_eq!(config.token, Some(token));
         assert_eq!(config.state_dir, PathBuf::from("/tmp/x"));
+    }
+
+    fn lab_token() -> EnrollmentToken {
+        EnrollmentToken {
+            addrs: vec!["127.0.0.1:1".into()],
+            ca_sha256: "0".repeat(64),
+            secret: "y".repeat(32),
+        }
+    }
+
+    #[test]
+    fn token_file_is_read_trimmed_and_wins_over_the_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, format!("  {}\n\n", lab_token().encode())).unwrap();
+        let env = MapEnv::from_pairs([("VANTAGE_TOKEN", "not-a-token")]);
+        let file = path.display().to_string();
+        let config = parse(&["--token-file", &file]).validate(&env).unwrap();
+        assert_eq!(config.token, Some(lab_token()));
+    }
+
+    #[test]
+    fn token_file_problems_are_named_before_any_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "  \n").unwrap();
+        let junk = dir.path().join("junk");
+        std::fs::write(&junk, "nope\n").unwrap();
+        let missing = dir.path().join("missing");
+        let env = MapEnv::default();
+        for (path, want) in [
+            (&empty, "the file is empty"),
+            (&junk, "--token-file"),
+            (&missing, "cannot read it"),
+        ] {
+            let file = path.display().to_string();
+            let err = parse(&["--token-file", &file]).validate(&env).unwrap_err();
+            let text = format!("{err:#}");
+            assert!(
+                text.contains("--token-file") && text.contains(want),
+                "{text}"
+            );
+        }
+        let folder = dir.path().display().to_string();
+        let err = parse(&["--token-file", &folder])
+            .validate(&env)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("not a regular file"), "{err:#}");
+    }
+
+    #[test]
+    fn token_and_token_file_are_mutually_exclusive() {
+        let err = Cli::try_parse_from([
+            "vantage-agent",
+            "run",
+            "--token",
+            "x",
+            "--token-file",
+            "/dev/null",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let err = Cli::try_parse_from([
+            "vantage-agent",
+            "witness",
+            "--access-log",
+            "/tmp/log",
+            "--token",
+            "x",
+            "--token-file",
+            "/dev/null",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        // Built by code rather than parsed, both still cannot be given.
+        let args = RunArgs {
+            token: Some(lab_token().encode()),
+            token_file: Some(PathBuf::from("/dev/null")),
+            ..parse(&[])
+        };
+        let err = args.validate(&MapEnv::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("not both"), "{err:#}");
+    }
+
+    #[test]
+    fn a_private_dns_server_needs_allow_private() {
+        let env = MapEnv::default();
+        let err = parse(&["--dns-server", "127.0.0.1:5353"])
+            .validate(&env)
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("--dns-server")
+                && text.contains("loopback")
+                && text.contains("--allow-private"),
+            "{text}"
+        );
+        let err = parse(&["--dns-server", "::ffff:0:a00:1"])
+            .validate(&env)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("private"), "{err:#}");
+        let config = parse(&["--dns-server", "127.0.0.1:5353", "--allow-private"])
+            .validate(&env)
+            .unwrap();
+        assert_eq!(config.dns_server, Some("127.0.0.1:5353".parse().unwrap()));
+        let config = parse(&["--dns-server", "9.9.9.9"]).validate(&env).unwrap();
+        assert_eq!(config.dns_server, Some("9.9.9.9:53".parse().unwrap()));
     }
 
     #[test]

@@ -10,9 +10,13 @@
 //! The check applies to the address actually connected to, so callers must
 //! run it after DNS resolution, on every resolved address, not on host names.
 //!
-//! IPv6 forms that embed an IPv4 address (IPv4-mapped, NAT64, 6to4) are judged
-//! by the embedded address, so `::ffff:127.0.0.1` is as loopback as
-//! `127.0.0.1`.
+//! IPv6 forms that embed an IPv4 address are judged by the embedded address
+//! (normalised before deciding): IPv4-mapped (`::ffff:a.b.c.d`),
+//! IPv4-translated (`::ffff:0:a.b.c.d`, RFC 2765), IPv4-compatible
+//! (`::a.b.c.d`), NAT64 (`64:ff9b::/96`) and 6to4 (`2002::/16`). So
+//! `::ffff:127.0.0.1` and `::ffff:0:7f00:1` are as loopback as `127.0.0.1`. The
+//! deprecated IPv4-compatible form is refused even when the embedded address
+//! is public: no legitimate target uses it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -24,6 +28,8 @@ struct V4Range {
     len: u8,
     name: &'static str,
     mapped: &'static str,
+    translated: &'static str,
+    compatible: &'static str,
     nat64: &'static str,
     six_to_four: &'static str,
 }
@@ -35,6 +41,8 @@ macro_rules! v4 {
             len: $len,
             name: $name,
             mapped: concat!("IPv4-mapped ", $name),
+            translated: concat!("IPv4-translated ", $name),
+            compatible: concat!("IPv4-compatible ", $name),
             nat64: concat!("NAT64 of ", $name),
             six_to_four: concat!("6to4 of ", $name),
         }
@@ -70,13 +78,21 @@ const V4_RANGES: &[V4Range] = &[
 enum V6Kind {
     /// Always special, under this name.
     Special(&'static str),
-    /// Judged by the IPv4 address in bits `from..from + 32`.
-    Embeds { from: u32, how: Embedding },
+    /// Judged by the IPv4 address in bits `from..from + 32`; `public` names
+    /// the range when that address is public and the form itself is still
+    /// refused (`None`: a public embedded address is public).
+    Embeds {
+        from: u32,
+        how: Embedding,
+        public: Option<&'static str>,
+    },
 }
 
 #[derive(Clone, Copy)]
 enum Embedding {
     Mapped,
+    Translated,
+    Compatible,
     Nat64,
     SixToFour,
 }
@@ -112,12 +128,26 @@ const V6_RANGES: &[V6Range] = &[
         V6Kind::Embeds {
             from: 96,
             how: Embedding::Mapped,
+            public: None,
+        },
+    ),
+    v6(
+        [0, 0, 0, 0, 0xffff, 0, 0, 0],
+        96,
+        V6Kind::Embeds {
+            from: 96,
+            how: Embedding::Translated,
+            public: None,
         },
     ),
     v6(
         [0, 0, 0, 0, 0, 0, 0, 0],
         96,
-        special("IPv4-compatible (deprecated, ::/96)"),
+        V6Kind::Embeds {
+            from: 96,
+            how: Embedding::Compatible,
+            public: Some("IPv4-compatible (deprecated, ::/96)"),
+        },
     ),
     v6(
         [0x64, 0xff9b, 0, 0, 0, 0, 0, 0],
@@ -125,6 +155,7 @@ const V6_RANGES: &[V6Range] = &[
         V6Kind::Embeds {
             from: 96,
             how: Embedding::Nat64,
+            public: None,
         },
     ),
     v6(
@@ -158,6 +189,7 @@ const V6_RANGES: &[V6Range] = &[
         V6Kind::Embeds {
             from: 16,
             how: Embedding::SixToFour,
+            public: None,
         },
     ),
     v6(
@@ -209,12 +241,16 @@ fn v6_range_name(ip: Ipv6Addr) -> Option<&'static str> {
         .find(|r| prefix_matches_u128(bits, r.net, r.len))?;
     match range.kind {
         V6Kind::Special(name) => Some(name),
-        V6Kind::Embeds { from, how } => {
+        V6Kind::Embeds { from, how, public } => {
             // Truncation is the point: keep the 32 bits starting at `from`.
             let embedded = Ipv4Addr::from((bits >> (96 - from)) as u32);
-            let r = v4_range(embedded)?;
+            let Some(r) = v4_range(embedded) else {
+                return public;
+            };
             Some(match how {
                 Embedding::Mapped => r.mapped,
+                Embedding::Translated => r.translated,
+                Embedding::Compatible => r.compatible,
                 Embedding::Nat64 => r.nat64,
                 Embedding::SixToFour => r.six_to_four,
             })
@@ -367,7 +403,7 @@ mod tests {
         let cases = [
             ("::", "unspecified"),
             ("::1", "loopback"),
-            ("::2", "IPv4-compatible (deprecated, ::/96)"),
+            ("::2", "IPv4-compatible this network (0.0.0.0/8)"),
             ("::8.8.8.8", "IPv4-compatible (deprecated, ::/96)"),
             ("64:ff9b:1::1", "local-use NAT64 (64:ff9b:1::/48)"),
             ("64:ff9b:1:ffff::", "local-use NAT64 (64:ff9b:1::/48)"),
@@ -422,6 +458,53 @@ mod tests {
         let policy = TargetPolicy::default();
         assert!(policy.check("::ffff:127.0.0.1".parse().unwrap()).is_err());
         assert!(policy.check("::ffff:8.8.8.8".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn ipv4_translated_is_judged_by_the_embedded_address() {
+        // RFC 2765: ::ffff:0:a.b.c.d, as written by hand or by a resolver.
+        assert_special("::ffff:0:7f00:1", "IPv4-translated loopback");
+        assert_special("::ffff:0:127.0.0.1", "IPv4-translated loopback");
+        assert_special("::ffff:0:a9fe:a9fe", "IPv4-translated link-local");
+        assert_special("::ffff:0:10.0.0.1", "IPv4-translated private (RFC 1918)");
+        assert_public("::ffff:0:8.8.8.8");
+        let err = TargetPolicy::default()
+            .check("::ffff:0:7f00:1".parse().unwrap())
+            .unwrap_err();
+        assert_eq!(err.range, "IPv4-translated loopback");
+        // Neighbours of the translated prefix are not mistaken for it.
+        assert_public("::1:ffff:0:7f00:1");
+        assert_public("0:0:0:1:ffff:0:7f00:1");
+    }
+
+    #[test]
+    fn ipv4_compatible_is_judged_by_the_embedded_address_and_always_refused() {
+        assert_special("::127.0.0.1", "IPv4-compatible loopback");
+        assert_special("::7f00:1", "IPv4-compatible loopback");
+        assert_special("::192.168.1.1", "IPv4-compatible private (RFC 1918)");
+        assert_special("::169.254.169.254", "IPv4-compatible link-local");
+        // The deprecated form itself is refused, even around a public address.
+        assert_special("::8.8.8.8", "IPv4-compatible (deprecated, ::/96)");
+        // The exact unspecified and loopback addresses keep their own names.
+        assert_special("::", "unspecified");
+        assert_special("::1", "loopback");
+    }
+
+    #[test]
+    fn every_embedding_of_loopback_is_refused() {
+        let policy = TargetPolicy::default();
+        for addr in [
+            "127.0.0.1",
+            "::ffff:127.0.0.1",
+            "::ffff:7f00:1",
+            "::ffff:0:7f00:1",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "2002:7f00:1::1",
+        ] {
+            let err = policy.check(addr.parse().unwrap()).unwrap_err();
+            assert!(err.range.contains("loopback"), "{addr}: {}", err.range);
+        }
     }
 
     #[test]

@@ -23,13 +23,36 @@ use vantage_proto::pb::coordinator_message::Body as Down;
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::identity::Identity;
 use crate::runner::Runner;
-use crate::spool::Spool;
+use crate::spool::{Spool, SpoolHealth};
 use crate::tls::{TlsConnector, TlsError};
 
 /// How long the coordinator has to answer `Hello` with `Welcome`.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
 /// Batches sent but not yet acknowledged, at most.
 const WINDOW: usize = 8;
+/// Longest reason or error text sent to the coordinator (it refuses longer).
+const MAX_REASON: usize = 1024;
+
+/// `text` cut to at most `MAX_REASON` bytes, on a character boundary.
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_REASON {
+        let mut end = MAX_REASON;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// The wire form of the spool's health.
+fn health_message(health: &SpoolHealth) -> pb::AgentHealth {
+    pb::AgentHealth {
+        spool_writable: health.writable(),
+        spool_error: bounded(health.error.clone().unwrap_or_default()),
+        spool_bytes_free: health.bytes_free.unwrap_or(0),
+    }
+}
 
 /// Whether a failed call is worth retrying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +180,9 @@ pub struct Agent {
     spooled: Arc<Notify>,
     events: broadcast::Sender<SessionEvent>,
     plans: Arc<Mutex<HashMap<String, tokio::task::AbortHandle>>>,
+    /// Plans stopped because their results could not be spooled: rejected
+    /// to the coordinator as soon as a session is live.
+    rejections: Arc<Mutex<Vec<pb::PlanRejected>>>,
     state_lock: Option<std::fs::File>,
     observations: tokio::sync::Mutex<Option<mpsc::Receiver<pb::Observation>>>,
 }
@@ -194,6 +220,7 @@ impl Agent {
             spooled: Arc::new(Notify::new()),
             events,
             plans: Arc::default(),
+            rejections: Arc::default(),
             state_lock: None,
             observations: tokio::sync::Mutex::new(None),
         }
@@ -292,7 +319,18 @@ impl Agent {
         State::Disconnected { retry_in }
     }
 
-    fn hello(&self) -> pb::Hello {
+    /// The spool's health, tested off the async runtime.
+    async fn spool_health(&self) -> SpoolHealth {
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || spool.health())
+            .await
+            .unwrap_or_else(|e| SpoolHealth {
+                error: Some(format!("spool check failed: {e}")),
+                bytes_free: None,
+            })
+    }
+
+    fn hello(&self, health: &SpoolHealth) -> pb::Hello {
         let info = &self.config.identity.info;
         pb::Hello {
             name: info.name.clone(),
@@ -302,6 +340,7 @@ impl Agent {
             capabilities: self.config.capabilities.clone(),
             spool_bytes: self.spool.bytes(),
             spool_batches: self.spool.len() as u64,
+            health: Some(health_message(health)),
         }
     }
 
@@ -311,7 +350,8 @@ impl Agent {
             .map_err(|e| End::Fatal(e.to_string()))?;
         let mut client = AgentServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(WINDOW * 2);
-        tx.send(message(Up::Hello(self.hello())))
+        let health = self.spool_health().await;
+        tx.send(message(Up::Hello(self.hello(&health))))
             .await
             .map_err(|_| End::Transient("session channel closed".into()))?;
         let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
@@ -377,7 +417,11 @@ impl Agent {
                     if last_heard.elapsed() > live.heartbeat * 3 {
                         return End::Transient("no word from the coordinator for three heartbeats".into());
                     }
-                    let beat = message(Up::Heartbeat(pb::Heartbeat { sent_at_unix_ms: now_ms() }));
+                    let health = self.spool_health().await;
+                    let beat = message(Up::Heartbeat(pb::Heartbeat {
+                        sent_at_unix_ms: now_ms(),
+                        health: Some(health_message(&health)),
+                    }));
                     if live.tx.send(beat).await.is_err() {
                         return End::Transient("session stream closed".into());
                     }
@@ -391,6 +435,23 @@ impl Agent {
         tx: &mpsc::Sender<pb::AgentMessage>,
         in_flight: &mut BTreeSet<u64>,
     ) -> Result<(), End> {
+        let rejections = match self.rejections.lock() {
+            Ok(mut queued) => std::mem::take(&mut *queued),
+            Err(_) => Vec::new(),
+        };
+        let mut rejections = rejections.into_iter();
+        while let Some(rejected) = rejections.next() {
+            if let Err(unsent) = tx.send(message(Up::PlanRejected(rejected))).await {
+                // Kept for the next session: the coordinator must still learn it.
+                if let (Ok(mut queued), Some(Up::PlanRejected(rejected))) =
+                    (self.rejections.lock(), unsent.0.body)
+                {
+                    queued.push(rejected);
+                    queued.extend(rejections);
+                }
+                return Err(End::Transient("session stream closed".into()));
+            }
+        }
         if in_flight.len() >= WINDOW {
             return Ok(());
         }
@@ -432,7 +493,10 @@ impl Agent {
                 self.emit(SessionEvent::Acked { seq: ack.seq });
             }
             Some(Down::Plan(plan)) => {
-                if let Some(reason) = self.refusal(&plan) {
+                // A plan is accepted only if its results can be kept: test the
+                // spool now rather than trust the last write.
+                let health = self.spool_health().await;
+                if let Some(reason) = self.refusal(&plan, &health).map(bounded) {
                     tracing::warn!(plan_id = %plan.plan_id, %reason, "refusing plan");
                     self.emit(SessionEvent::PlanRejected {
                         plan_id: plan.plan_id.clone(),
@@ -462,7 +526,12 @@ impl Agent {
         Ok(())
     }
 
-    fn refusal(&self, plan: &pb::Plan) -> Option<String> {
+    fn refusal(&self, plan: &pb::Plan, health: &SpoolHealth) -> Option<String> {
+        if let Some(error) = &health.error {
+            return Some(format!(
+                "spool not writable, results could not be kept: {error}"
+            ));
+        }
         if self.spool.is_full() {
             return Some(format!(
                 "spool full: {} bytes held, limit {} (results wait for the coordinator)",
@@ -496,9 +565,10 @@ impl Agent {
         let spooled = self.spooled.clone();
         let events = self.events.clone();
         let plans = self.plans.clone();
+        let rejections = self.rejections.clone();
         let id = plan_id.clone();
         let task = tokio::spawn(async move {
-            match runner.run(plan, spool, spooled).await {
+            match runner.run(plan, spool, spooled.clone()).await {
                 Ok(results) => {
                     let _ = events.send(SessionEvent::PlanSpooled {
                         plan_id: id.clone(),
@@ -506,7 +576,23 @@ impl Agent {
                     });
                 }
                 Err(e) => {
-                    tracing::error!(plan_id = %id, error = %e, "plan stopped: cannot spool results")
+                    // The coordinator must learn why the plan will never
+                    // finish: it is rejected with the reason, sent as soon as
+                    // a session is live.
+                    tracing::error!(plan_id = %id, error = %e, "plan stopped: cannot spool results");
+                    let reason =
+                        bounded(format!("plan stopped, results could not be spooled: {e}"));
+                    let _ = events.send(SessionEvent::PlanRejected {
+                        plan_id: id.clone(),
+                        reason: reason.clone(),
+                    });
+                    if let Ok(mut queued) = rejections.lock() {
+                        queued.push(pb::PlanRejected {
+                            plan_id: id.clone(),
+                            reason,
+                        });
+                    }
+                    spooled.notify_one();
                 }
             }
             if let Ok(mut plans) = plans.lock() {

@@ -268,6 +268,22 @@ impl Spool {
         self.bytes() >= self.max_bytes
     }
 
+    /// Whether the spool can take a new batch now, and how much room its
+    /// file system has left. The test is a real write: a small file is
+    /// written, synced and removed in the spool directory (a read-only
+    /// directory or mount, a full disk or a quota all fail it), so a plan is
+    /// never accepted whose results could not be kept. Blocking: call it off
+    /// the async runtime.
+    pub fn health(&self) -> SpoolHealth {
+        let probe = self.dir.join(format!("write-probe.{TMP_EXT}"));
+        let written = write_synced(&probe, b"vantage spool write probe");
+        let _ = fs::remove_file(&probe);
+        SpoolHealth {
+            error: written.err().map(|e| e.to_string()),
+            bytes_free: bytes_free(&self.dir),
+        }
+    }
+
     /// The index is updated by single inserts and removes that cannot leave
     /// it half-changed, so it is still consistent after a panic elsewhere
     /// while the lock was held and poisoning can be ignored.
@@ -313,6 +329,35 @@ impl Spool {
             reason,
         }
     }
+}
+
+/// What [`Spool::health`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolHealth {
+    /// Why a test write failed (`None`: the spool is writable).
+    pub error: Option<String>,
+    /// Bytes the agent's user may still write on the spool's file system
+    /// (`None` where the platform cannot say).
+    pub bytes_free: Option<u64>,
+}
+
+impl SpoolHealth {
+    /// Whether the test write worked.
+    pub fn writable(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// statvfs's free blocks for unprivileged users × fragment size.
+#[cfg(unix)]
+fn bytes_free(dir: &Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+#[cfg(not(unix))]
+fn bytes_free(_dir: &Path) -> Option<u64> {
+    None
 }
 
 fn io_err(path: &Path, source: io::Error) -> SpoolError {
@@ -476,6 +521,33 @@ mod tests {
     fn spool_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<Spool>();
+    }
+
+    #[test]
+    fn health_reports_a_writable_spool_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        let health = spool.health();
+        assert!(health.writable(), "{health:?}");
+        assert!(health.bytes_free.is_some_and(|free| free > 0), "{health:?}");
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "the write probe stayed: {left:?}");
+    }
+
+    #[test]
+    fn health_reports_a_spool_that_cannot_be_written() {
+        // Works for root too (a read-only mode does not stop root): the spool
+        // directory is replaced by a plain file, so nothing can be created in it.
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        let spool = Spool::open(&spool_dir, 1 << 20).unwrap();
+        fs::remove_dir(&spool_dir).unwrap();
+        fs::write(&spool_dir, b"not a directory").unwrap();
+        let health = spool.health();
+        assert!(!health.writable());
+        let error = health.error.unwrap();
+        assert!(error.contains("write-probe"), "{error}");
+        assert!(spool.append(vec![result("a")], None).is_err());
     }
 
     #[test]

@@ -285,6 +285,9 @@ impl pb::agent_service_server::AgentService for AgentService {
             remote_addr,
             outbound.clone(),
         );
+        if let Some(health) = hello.health.clone() {
+            registry.set_health(&record.agent_id, health);
+        }
         registry.emit(AgentEvent::Connected {
             name: record.name.clone(),
             region: record.region.clone(),
@@ -358,7 +361,10 @@ async fn serve_session(
                     let _ = outbound.send(Err(Status::unavailable(reason.clone())));
                     return reason;
                 }
-                let beat = down(Down::Heartbeat(pb::Heartbeat { sent_at_unix_ms: now_ms() }));
+                let beat = down(Down::Heartbeat(pb::Heartbeat {
+                    sent_at_unix_ms: now_ms(),
+                    health: None,
+                }));
                 if outbound.send(Ok(beat)).is_err() {
                     return "the agent's stream is gone".into();
                 }
@@ -423,7 +429,11 @@ async fn handle(
                 .await
                 .map_err(|_| Status::unavailable("the coordinator is shutting down"))
         }
-        Some(Up::Heartbeat(_)) => {
+        Some(Up::Heartbeat(beat)) => {
+            if let Some(health) = beat.health {
+                let health = domain::AgentHealth::try_from(health).map_err(invalid)?;
+                core.registry.set_health(&record.agent_id, health);
+            }
             let id = record.agent_id.clone();
             core.db(move |s| s.touch(&id, now_ms())).await
         }

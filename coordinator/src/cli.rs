@@ -129,8 +129,9 @@ pub enum AgentsAction {
     },
 }
 
-/// One agent in `vantage agents --json` (DESIGN §6 field names).
-#[derive(Debug, Serialize)]
+/// One agent in `vantage agents --json` (DESIGN §6 field names, plus the
+/// agent's health: `spool_writable`, `spool_error`, `spool_bytes_free`).
+#[derive(Debug, Clone, Serialize)]
 pub struct AgentJson {
     /// Name.
     pub name: String,
@@ -148,6 +149,13 @@ pub struct AgentJson {
     pub remote_addr: Option<String>,
     /// Revoked.
     pub revoked: bool,
+    /// Whether the agent's spool passed its last test write, or null when
+    /// the agent is not connected or reports no health.
+    pub spool_writable: Option<bool>,
+    /// Why the test write failed, or null.
+    pub spool_error: Option<String>,
+    /// Bytes free on the agent's spool file system, or null.
+    pub spool_bytes_free: Option<u64>,
 }
 
 impl From<pb::AgentInfo> for AgentJson {
@@ -162,8 +170,40 @@ impl From<pb::AgentInfo> for AgentJson {
             version: info.version,
             remote_addr: non_empty(info.remote_addr),
             revoked: info.revoked,
+            spool_writable: info.health.as_ref().map(|h| h.spool_writable),
+            spool_error: info
+                .health
+                .as_ref()
+                .and_then(|h| non_empty(h.spool_error.clone())),
+            spool_bytes_free: info.health.as_ref().map(|h| h.spool_bytes_free),
         }
     }
+}
+
+/// The SPOOL column: `ok (N free)`, `UNWRITABLE`, or `-` when unknown.
+fn spool_cell(agent: &AgentJson) -> String {
+    match (agent.spool_writable, agent.spool_bytes_free) {
+        (Some(true), Some(free)) => format!("ok ({} free)", human_bytes(free)),
+        (Some(true), None) => "ok".into(),
+        (Some(false), _) => "UNWRITABLE".into(),
+        (None, _) => "-".into(),
+    }
+}
+
+/// Bytes in binary units, one decimal: `512B`, `1.5KiB`, `20.0GiB`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes}B");
+    }
+    // Display only: the precision lost in the conversion does not matter.
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1}{}", UNITS[unit])
 }
 
 fn rpc_error(target: &Target, status: tonic::Status) -> anyhow::Error {
@@ -241,6 +281,7 @@ pub fn agents_table(agents: &[AgentJson]) -> String {
         "LAST SEEN".to_string(),
         "VERSION".to_string(),
         "REMOTE".to_string(),
+        "SPOOL".to_string(),
         "LABELS".to_string(),
     ]];
     for agent in agents {
@@ -258,6 +299,7 @@ pub fn agents_table(agents: &[AgentJson]) -> String {
             agent.last_seen.clone().unwrap_or_else(|| "never".into()),
             agent.version.clone(),
             agent.remote_addr.clone().unwrap_or_else(|| "-".into()),
+            spool_cell(agent),
             agent
                 .labels
                 .iter()
@@ -266,7 +308,7 @@ pub fn agents_table(agents: &[AgentJson]) -> String {
                 .join(","),
         ]);
     }
-    let mut widths = [0usize; 7];
+    let mut widths = [0usize; 8];
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
@@ -470,9 +512,32 @@ mod tests {
             version: "0.1.0".into(),
             remote_addr: None,
             revoked: false,
+            spool_writable: Some(true),
+            spool_error: None,
+            spool_bytes_free: Some(3 << 30),
         }];
         let table = agents_table(&agents);
         assert!(table.starts_with("NAME"));
         assert!(table.contains("fra-1") && table.contains("connected") && table.contains("isp=x"));
+        assert!(
+            table.contains("SPOOL") && table.contains("ok (3.0GiB free)"),
+            "{table}"
+        );
+        let broken = AgentJson {
+            spool_writable: Some(false),
+            spool_error: Some("read-only file system".into()),
+            ..agents[0].clone()
+        };
+        assert!(agents_table(&[broken]).contains("UNWRITABLE"));
+        let unknown = AgentJson {
+            spool_writable: None,
+            spool_bytes_free: None,
+            ..agents[0].clone()
+        };
+        let row = agents_table(&[unknown]);
+        assert!(
+            !row.contains("ok (") && !row.contains("UNWRITABLE"),
+            "{row}"
+        );
     }
 }

@@ -277,6 +277,7 @@ impl pb::control_service_server::ControlService for ControlService {
                 agent_id: view.record.agent_id,
                 role: view.record.role,
                 spool_bytes: view.record.spool_bytes,
+                health: view.health.map(Into::into),
             })
             .collect();
         Ok(Response::new(pb::ListAgentsResponse { agents }))

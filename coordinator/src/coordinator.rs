@@ -57,6 +57,8 @@ pub struct AgentView {
     pub connected: bool,
     /// Its remote address (live if connected, else the last one seen).
     pub remote_addr: Option<String>,
+    /// The health it reported on its live session (`None` if not connected).
+    pub health: Option<vantage_proto::domain::AgentHealth>,
 }
 
 pub(crate) fn store_status(e: StoreError) -> Status {
@@ -147,6 +149,7 @@ impl Coordinator {
                 AgentView {
                     connected: live.is_some(),
                     remote_addr: live.flatten().or_else(|| record.remote_addr.clone()),
+                    health: self.registry.health(&record.agent_id),
                     record,
                 }
             })

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::Status;
+use vantage_proto::domain::AgentHealth;
 use vantage_proto::pb;
 
 /// What flows to one agent: messages, or a final status that ends the stream.
@@ -65,6 +66,8 @@ struct Entry {
     remote_addr: Option<String>,
     outbound: Outbound,
     kill: Option<oneshot::Sender<Status>>,
+    /// What the agent last reported of its health on this session.
+    health: Option<AgentHealth>,
 }
 
 /// The live sessions, keyed by agent id.
@@ -126,6 +129,7 @@ impl Registry {
                 remote_addr,
                 outbound,
                 kill: Some(kill),
+                health: None,
             },
         );
         if let Some(mut old) = old {
@@ -178,6 +182,18 @@ impl Registry {
     /// Whether the agent has a live session, and its remote address.
     pub fn connection(&self, agent_id: &str) -> Option<Option<String>> {
         self.lock().get(agent_id).map(|e| e.remote_addr.clone())
+    }
+
+    /// Records the health a connected agent reported (Hello or Heartbeat).
+    pub fn set_health(&self, agent_id: &str, health: AgentHealth) {
+        if let Some(entry) = self.lock().get_mut(agent_id) {
+            entry.health = Some(health);
+        }
+    }
+
+    /// The health a connected agent last reported.
+    pub fn health(&self, agent_id: &str) -> Option<AgentHealth> {
+        self.lock().get(agent_id).and_then(|e| e.health.clone())
     }
 
     /// Names of the agents connected now.

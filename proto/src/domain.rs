@@ -412,6 +412,50 @@ pub struct Hello {
     pub spool_bytes: u64,
     /// Batches currently held in its spool.
     pub spool_batches: u64,
+    /// Its health when it connected (`None` from agents that send none).
+    pub health: Option<AgentHealth>,
+}
+
+/// Longest spool error an agent may report, in bytes.
+pub const MAX_HEALTH_ERROR_LEN: usize = 1024;
+
+/// What an agent reports of its own state, in Hello and every Heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentHealth {
+    /// Whether a test write in its spool directory worked.
+    pub spool_writable: bool,
+    /// Why it failed (empty when writable).
+    pub spool_error: String,
+    /// Bytes still free on the spool's file system.
+    pub spool_bytes_free: u64,
+}
+
+impl TryFrom<pb::AgentHealth> for AgentHealth {
+    type Error = ProtocolError;
+    fn try_from(health: pb::AgentHealth) -> Result<Self, Self::Error> {
+        if health.spool_error.len() > MAX_HEALTH_ERROR_LEN {
+            return Err(ProtocolError::TooLong {
+                field: "spool_error",
+                len: health.spool_error.len(),
+                limit: MAX_HEALTH_ERROR_LEN,
+            });
+        }
+        Ok(AgentHealth {
+            spool_writable: health.spool_writable,
+            spool_error: health.spool_error,
+            spool_bytes_free: health.spool_bytes_free,
+        })
+    }
+}
+
+impl From<AgentHealth> for pb::AgentHealth {
+    fn from(health: AgentHealth) -> Self {
+        pb::AgentHealth {
+            spool_writable: health.spool_writable,
+            spool_error: health.spool_error,
+            spool_bytes_free: health.spool_bytes_free,
+        }
+    }
 }
 
 impl TryFrom<pb::Hello> for Hello {
@@ -446,6 +490,7 @@ impl TryFrom<pb::Hello> for Hello {
             capabilities: hello.capabilities,
             spool_bytes: hello.spool_bytes,
             spool_batches: hello.spool_batches,
+            health: hello.health.map(AgentHealth::try_from).transpose()?,
         })
     }
 }
@@ -460,6 +505,7 @@ impl From<Hello> for pb::Hello {
             capabilities: hello.capabilities,
             spool_bytes: hello.spool_bytes,
             spool_batches: hello.spool_batches,
+            health: hello.health.map(Into::into),
         }
     }
 }

@@ -275,6 +275,11 @@ fn full_hello() -> pb::Hello {
         capabilities: vec!["http2".into(), "dns".into()],
         spool_bytes: 4096,
         spool_batches: 2,
+        health: Some(pb::AgentHealth {
+            spool_writable: false,
+            spool_error: "read-only file system".into(),
+            spool_bytes_free: 1 << 30,
+        }),
     }
 }
 
@@ -295,6 +300,7 @@ fn agent_seeds() -> Vec<pb::AgentMessage> {
         }),
         Body::Heartbeat(pb::Heartbeat {
             sent_at_unix_ms: 1_700_000_000_000,
+            health: Some(pb::AgentHealth::default()),
         }),
         Body::PlanRejected(pb::PlanRejected {
             plan_id: "plan-1".into(),
@@ -323,7 +329,10 @@ fn coordinator_seeds() -> Vec<pb::CoordinatorMessage> {
             plan_id: "plan-1".into(),
         }),
         Body::Ack(pb::Ack { seq: 9 }),
-        Body::Heartbeat(pb::Heartbeat { sent_at_unix_ms: 1 }),
+        Body::Heartbeat(pb::Heartbeat {
+            sent_at_unix_ms: 1,
+            health: None,
+        }),
     ]
     .into_iter()
     .map(|body| pb::CoordinatorMessage { body: Some(body) })
@@ -655,6 +664,7 @@ fn hello_strategy() -> impl Strategy<Value = pb::Hello> {
                 capabilities,
                 spool_bytes,
                 spool_batches,
+                health: None,
             },
         )
 }

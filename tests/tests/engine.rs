@@ -418,14 +418,33 @@ async fn a_given_dns_server_is_asked_and_its_answer_recorded() {
     // answer is then refused by the SSRF guard like any other target.
     probe.dns_server.clear();
     probe.route = pb::Route::Edge as i32;
+    let open = ProbeEngine::new(
+        TargetPolicy {
+            allow_private: true,
+        },
+        None,
+    )
+    .with_dns_server(Some(server))
+    .run("t", &probe, SLOT)
+    .await;
+    assert_eq!(open.dns_answers, vec!["192.0.2.55".to_string()]);
+
+    // A DNS server is a target too: a guarded engine sends a loopback
+    // resolver nothing and says why (issue #9).
     let guarded = ProbeEngine::new(TargetPolicy::default(), None)
         .with_dns_server(Some(server))
         .run("t", &probe, SLOT)
         .await;
-    assert_eq!(guarded.dns_answers, vec!["192.0.2.55".to_string()]);
+    assert!(guarded.dns_answers.is_empty(), "{:?}", guarded.dns_answers);
     assert_eq!(
         outcome(&guarded),
         Outcome::BlockedByPolicy,
+        "{}",
+        guarded.error
+    );
+    assert_eq!(guarded.stage, pb::Stage::Dns as i32);
+    assert!(
+        guarded.error.contains("DNS server") && guarded.error.contains("--allow-private"),
         "{}",
         guarded.error
     );

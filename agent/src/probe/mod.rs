@@ -298,6 +298,12 @@ impl ProbeEngine {
             if authority_of(&next_url) != authority_of(&next_spec.url) {
                 next_spec.address_override.clear();
             }
+            // Like curl without --location-trusted: the plan's own headers
+            // (credentials, cookies, debug keys) are for the plan's host, not
+            // for whichever host a redirect names.
+            if host_of(&next_url) != host_of(&next_spec.url) {
+                next_spec.headers.clear();
+            }
             if result.status == 303 {
                 next_spec.method = "GET".into();
             }
@@ -360,11 +366,34 @@ impl ProbeEngine {
         result
     }
 
+    /// A DNS server is a target like any other: the policy decides whether
+    /// the agent may send it a packet, and its queries count against the
+    /// per-target rate cap (the wait is not network time: the clock skips it).
+    async fn admit_dns_server(
+        &self,
+        server: SocketAddr,
+        start: &mut Instant,
+    ) -> Result<(), Failure> {
+        self.policy.check(server.ip()).map_err(|e| {
+            Failure::new(
+                Outcome::BlockedByPolicy,
+                Stage::Dns,
+                format!("DNS server: {e}"),
+            )
+        })?;
+        if let Some(rate) = &self.rate {
+            let before = Instant::now();
+            rate.acquire_n(server.ip(), dns::QUERIES_PER_LOOKUP).await;
+            *start += before.elapsed();
+        }
+        Ok(())
+    }
+
     async fn resolve(
         &self,
         spec: &pb::ProbeSpec,
         target: &Target,
-        start: Instant,
+        start: &mut Instant,
         result: &mut pb::ProbeResult,
     ) -> Result<SocketAddr, Failure> {
         let addr = if !spec.address_override.is_empty() {
@@ -398,7 +427,17 @@ impl ProbeEngine {
                 })?)
             };
             let answers = match server {
-                Some(server) => dns::lookup(server, &target.host, self.bind_ip).await?,
+                Some(server) => {
+                    self.admit_dns_server(server, start).await?;
+                    dns::lookup(
+                        server,
+                        &target.host,
+                        self.bind_ip,
+                        self.policy,
+                        self.rate.clone(),
+                    )
+                    .await?
+                }
                 None => tokio::net::lookup_host((target.host.as_str(), target.port))
                     .await
                     .map_err(|e| {
@@ -422,7 +461,7 @@ impl ProbeEngine {
             SocketAddr::new(ip, target.port)
         };
         if let Some(t) = result.timings.as_mut() {
-            t.dns_us = micros(start, Instant::now());
+            t.dns_us = micros(*start, Instant::now());
         }
         Ok(addr)
     }
@@ -523,7 +562,7 @@ impl ProbeEngine {
         result: &mut pb::ProbeResult,
     ) -> Result<(), Failure> {
         let target = parse_target(&spec.url)?;
-        let addr = self.resolve(spec, &target, *start, result).await?;
+        let addr = self.resolve(spec, &target, start, result).await?;
         if spec.route == pb::Route::Dns as i32 {
             if result.dns_answers.is_empty() {
                 result.dns_answers.push(addr.ip().to_string());
@@ -848,6 +887,13 @@ fn authority_of(url: &str) -> Option<String> {
     Some(uri.authority()?.as_str().to_ascii_lowercase())
 }
 
+/// The URL's host name, lower-cased (no port): what decides whether a
+/// redirect stays on the same host.
+fn host_of(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    Some(uri.host()?.to_ascii_lowercase())
+}
+
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 /// hyper's connection task, polled alongside the request it serves.
 type ConnFuture = BoxFuture<Result<(), hyper::Error>>;
@@ -912,6 +958,9 @@ mod tests {
             authority_of("http://A.test:8080/"),
             Some("a.test:8080".into())
         );
+        assert_eq!(host_of("https://A.test:8443/x"), Some("a.test".into()));
+        assert_eq!(host_of("http://a.test/"), host_of("https://A.TEST:81/y"));
+        assert_ne!(host_of("http://a.test/"), host_of("http://b.test/"));
     }
 
     #[test]

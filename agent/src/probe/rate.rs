@@ -39,6 +39,12 @@ impl RateLimiter {
     /// How long the caller must wait before sending to `target` (zero: go now).
     /// Taking a token is part of the call: the caller sends after the wait.
     pub fn reserve(&self, target: IpAddr, now: Instant) -> Duration {
+        self.reserve_n(target, 1, now)
+    }
+
+    /// [`RateLimiter::reserve`] for `n` packets at once (a DNS lookup may
+    /// send an A and an AAAA query).
+    pub fn reserve_n(&self, target: IpAddr, n: u32, now: Instant) -> Duration {
         let Ok(mut buckets) = self.buckets.lock() else {
             return Duration::ZERO;
         };
@@ -53,7 +59,7 @@ impl RateLimiter {
         bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.per_second);
         bucket.last = now;
         // Going negative queues the caller behind those already waiting.
-        bucket.tokens -= 1.0;
+        bucket.tokens -= f64::from(n);
         if bucket.tokens >= 0.0 {
             Duration::ZERO
         } else {
@@ -63,7 +69,12 @@ impl RateLimiter {
 
     /// Waits for a token for `target`.
     pub async fn acquire(&self, target: IpAddr) {
-        let wait = self.reserve(target, Instant::now());
+        self.acquire_n(target, 1).await;
+    }
+
+    /// Waits for `n` tokens for `target`.
+    pub async fn acquire_n(&self, target: IpAddr, n: u32) {
+        let wait = self.reserve_n(target, n, Instant::now());
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
@@ -92,5 +103,18 @@ mod tests {
         // A second later the bucket has refilled what was spent.
         let later = now + Duration::from_secs(1);
         assert!(limiter.reserve(a, later) <= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn several_packets_take_several_tokens() {
+        let limiter = RateLimiter::new(10);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let now = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(limiter.reserve_n(a, 2, now), Duration::ZERO);
+        }
+        // The bucket is empty: two more packets wait 0.2 s.
+        let wait = limiter.reserve_n(a, 2, now);
+        assert!((wait.as_secs_f64() - 0.2).abs() < 1e-6, "{wait:?}");
     }
 }
