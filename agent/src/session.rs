@@ -131,6 +131,7 @@ struct Live {
     tx: mpsc::Sender<pb::AgentMessage>,
     inbound: Streaming<pb::CoordinatorMessage>,
     heartbeat: Duration,
+    renewal: Option<Renewal>,
 }
 
 enum End {
@@ -159,6 +160,41 @@ pub struct Agent {
     plans: Arc<Mutex<HashMap<String, tokio::task::AbortHandle>>>,
     state_lock: Option<std::fs::File>,
     observations: tokio::sync::Mutex<Option<mpsc::Receiver<pb::Observation>>>,
+    /// Where renewed certificates are stored (`None`: no renewal).
+    renew_dir: Option<std::path::PathBuf>,
+    /// A renewed identity waiting for the next connection.
+    renewed: Arc<std::sync::Mutex<Option<Identity>>>,
+}
+
+/// The certificate renewal running beside one connection; it tells the
+/// session to reconnect once the renewed certificate is itself due, since
+/// this connection still authenticates with the old one.
+struct Renewal {
+    task: tokio::task::JoinHandle<()>,
+    reconnect: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn renewal_wants_reconnect(renewal: &mut Option<Renewal>) {
+    if let Some(r) = renewal.as_mut() {
+        if (&mut r.reconnect).await.is_ok() {
+            return;
+        }
+        // The renewal gave up: never poll its finished receiver again, but
+        // keep the task handle (dropping it aborts nothing left to do).
+        r.reconnect = tokio::sync::oneshot::channel().1;
+    }
+    std::future::pending().await
+}
+
+fn until(at: std::time::SystemTime) -> Duration {
+    at.duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO)
 }
 
 /// The next witness observation, or never when this agent is no witness.
@@ -196,7 +232,52 @@ impl Agent {
             plans: Arc::default(),
             state_lock: None,
             observations: tokio::sync::Mutex::new(None),
+            renew_dir: None,
+            renewed: Arc::default(),
         }
+    }
+
+    /// Renews the agent certificate over the session before it expires
+    /// (once less than a third of its lifetime is left), storing the new one
+    /// in `state_dir`; the next connection uses it.
+    pub fn renew_certs_in(mut self, state_dir: std::path::PathBuf) -> Self {
+        self.renew_dir = Some(state_dir);
+        self
+    }
+
+    fn start_renewal(
+        &self,
+        channel: tonic::transport::Channel,
+        identity: &Identity,
+    ) -> Option<Renewal> {
+        let dir = self.renew_dir.clone()?;
+        let due = identity.renewal_due()?;
+        let identity = identity.clone();
+        let renewed = self.renewed.clone();
+        let (tx, reconnect) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(until(due)).await;
+            // Bounded retries, a minute apart: a later connection tries again.
+            for _ in 0..1000 {
+                let result = crate::enroll::renew(channel.clone(), &identity).await;
+                match result.map(|new| new.save_cert(&dir).map(|()| new)) {
+                    Ok(Ok(new)) => {
+                        tracing::info!("agent certificate renewed");
+                        let next_due = new.renewal_due();
+                        *renewed.lock().unwrap_or_else(|e| e.into_inner()) = Some(new);
+                        if let Some(at) = next_due {
+                            tokio::time::sleep(until(at)).await;
+                        }
+                        let _ = tx.send(());
+                        return;
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "cannot store the renewed certificate"),
+                    Err(e) => tracing::warn!(error = %e, "certificate renewal failed; retrying"),
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        });
+        Some(Renewal { task, reconnect })
     }
 
     /// Forwards these witness observations to the coordinator while
@@ -230,7 +311,8 @@ impl Agent {
 
     /// Runs until `shutdown` resolves (Ok) or the coordinator refuses us (Err).
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), SessionError> {
-        let tls = self.config.identity.client_config()?;
+        let mut identity = self.config.identity.clone();
+        let mut tls = identity.client_config()?;
         let addrs = self.config.identity.info.coordinator.clone();
         let mut backoff =
             Backoff::new(self.config.backoff).map_err(|e| SessionError::Refused(e.to_string()))?;
@@ -242,8 +324,13 @@ impl Agent {
         loop {
             state = match state {
                 State::Connecting => {
+                    let renewed = self.renewed.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if let Some(new) = renewed {
+                        identity = new;
+                        tls = identity.client_config()?;
+                    }
                     let addr = &addrs[next_addr % addrs.len().max(1)];
-                    let attempt = self.connect(addr, tls.clone());
+                    let attempt = self.connect(addr, tls.clone(), &identity);
                     tokio::select! {
                         _ = &mut shutdown => State::Stopped,
                         result = attempt => match result {
@@ -305,11 +392,16 @@ impl Agent {
         }
     }
 
-    async fn connect(&self, addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<Live, End> {
+    async fn connect(
+        &self,
+        addr: &str,
+        tls: Arc<rustls::ClientConfig>,
+        identity: &Identity,
+    ) -> Result<Live, End> {
         let channel = TlsConnector::new(addr, tls, self.config.bind_ip)
             .and_then(|c| c.channel(Duration::from_secs(10)))
             .map_err(|e| End::Fatal(e.to_string()))?;
-        let mut client = AgentServiceClient::new(channel);
+        let mut client = AgentServiceClient::new(channel.clone());
         let (tx, rx) = mpsc::channel(WINDOW * 2);
         tx.send(message(Up::Hello(self.hello())))
             .await
@@ -335,6 +427,7 @@ impl Agent {
             tx,
             inbound,
             heartbeat,
+            renewal: self.start_renewal(channel, identity),
         })
     }
 
@@ -355,6 +448,9 @@ impl Agent {
             }
             tokio::select! {
                 _ = &mut *shutdown => return End::Shutdown,
+                _ = renewal_wants_reconnect(&mut live.renewal) => {
+                    return End::Transient("reconnecting with the renewed certificate".into());
+                }
                 incoming = live.inbound.message() => {
                     last_heard = Instant::now();
                     match incoming {

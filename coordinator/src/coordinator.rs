@@ -39,6 +39,10 @@ pub struct Coordinator {
     pub(crate) campaigns: std::sync::Mutex<
         std::collections::HashMap<String, broadcast::Sender<crate::campaign::CampaignEvent>>,
     >,
+    /// Per-source-address rate limit of Enroll.
+    pub(crate) enroll_limiter: crate::enroll_limit::EnrollLimiter,
+    /// Lifetime of the agent certificates issued (enrollment and renewal).
+    pub(crate) agent_cert_lifetime: Duration,
 }
 
 impl std::fmt::Debug for Coordinator {

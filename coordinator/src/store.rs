@@ -587,6 +587,47 @@ impl Store {
         Ok(verdict)
     }
 
+    /// Whether the token with `hash` would be accepted now, without
+    /// spending a use: Enroll checks the token before anything else (so an
+    /// unauthenticated caller learns nothing about names), and consumes it
+    /// with [`Store::consume_token`] only once the request is known good.
+    pub fn check_token(
+        &self,
+        hash: &str,
+        now_ms: i64,
+    ) -> Result<Result<TokenGrant, TokenRejection>, StoreError> {
+        let conn = self.lock()?;
+        let row = conn
+            .prepare_cached("SELECT region, expires_at, uses_left FROM tokens WHERE hash = ?1")?
+            .query_row([hash], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            })
+            .optional()?;
+        Ok(match row {
+            None => Err(TokenRejection::Unknown),
+            Some((_, expires_at, _)) if now_ms >= expires_at => Err(TokenRejection::Expired),
+            Some((_, _, uses_left)) if uses_left <= 0 => Err(TokenRejection::UsedUp),
+            Some((region, _, _)) => Ok(TokenGrant { region }),
+        })
+    }
+
+    /// Records an agent's renewed certificate: from now on only the
+    /// certificate with `cert_sha256` authenticates it (the previous one is
+    /// superseded). Returns false for an unknown or revoked agent.
+    pub fn set_agent_cert(&self, agent_id: &str, cert_sha256: &str) -> Result<bool, StoreError> {
+        let conn = self.lock()?;
+        let changed = conn
+            .prepare_cached(
+                "UPDATE agents SET cert_sha256 = ?2 WHERE agent_id = ?1 AND revoked = 0",
+            )?
+            .execute([agent_id, cert_sha256])?;
+        Ok(changed == 1)
+    }
+
     /// Enrolls an agent.
     ///
     /// A non-revoked agent already using the name is
