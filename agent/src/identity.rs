@@ -213,5 +213,8 @@ pub fn cert_validity(pem: &str) -> Option<(std::time::SystemTime, std::time::Sys
         let secs = u64::try_from(t.timestamp()).ok()?;
         Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
     };
-    Some((at(cert.validity().not_before)?, at(cert.validity().not_after)?))
+    Some((
+        at(cert.validity().not_before)?,
+        at(cert.validity().not_after)?,
+    ))
 }

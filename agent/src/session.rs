@@ -171,7 +171,7 @@ pub struct Agent {
 /// this connection still authenticates with the old one.
 struct Renewal {
     task: tokio::task::JoinHandle<()>,
-    reconnect: tokio::sync::oneshot::Receiver<()>,
+    reconnect: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Drop for Renewal {
@@ -181,13 +181,14 @@ impl Drop for Renewal {
 }
 
 async fn renewal_wants_reconnect(renewal: &mut Option<Renewal>) {
-    if let Some(r) = renewal.as_mut() {
-        if (&mut r.reconnect).await.is_ok() {
+    if let Some(rx) = renewal.as_mut().and_then(|r| r.reconnect.as_mut()) {
+        if rx.await.is_ok() {
             return;
         }
-        // The renewal gave up: never poll its finished receiver again, but
-        // keep the task handle (dropping it aborts nothing left to do).
-        r.reconnect = tokio::sync::oneshot::channel().1;
+    }
+    // No renewal, or it gave up: never poll the finished receiver again.
+    if let Some(r) = renewal.as_mut() {
+        r.reconnect = None;
     }
     std::future::pending().await
 }
@@ -271,13 +272,18 @@ impl Agent {
                         let _ = tx.send(());
                         return;
                     }
-                    Ok(Err(e)) => tracing::error!(error = %e, "cannot store the renewed certificate"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot store the renewed certificate")
+                    }
                     Err(e) => tracing::warn!(error = %e, "certificate renewal failed; retrying"),
                 }
                 tokio::time::sleep(Duration::from_secs(60)).await;
             }
         });
-        Some(Renewal { task, reconnect })
+        Some(Renewal {
+            task,
+            reconnect: Some(reconnect),
+        })
     }
 
     /// Forwards these witness observations to the coordinator while
@@ -324,7 +330,11 @@ impl Agent {
         loop {
             state = match state {
                 State::Connecting => {
-                    let renewed = self.renewed.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    let renewed = self
+                        .renewed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
                     if let Some(new) = renewed {
                         identity = new;
                         tls = identity.client_config()?;
