@@ -260,10 +260,18 @@ impl Agent {
             tokio::time::sleep(until(due)).await;
             // Bounded retries, a minute apart: a later connection tries again.
             for _ in 0..1000 {
-                let result = crate::enroll::renew(channel.clone(), &identity).await;
-                match result.map(|new| new.save_cert(&dir).map(|()| new)) {
-                    Ok(Ok(new)) => {
-                        tracing::info!("agent certificate renewed");
+                match crate::enroll::renew(channel.clone(), &identity).await {
+                    Ok(new) => {
+                        // The coordinator now accepts only the new one: keep
+                        // it for the next connection even if it cannot be
+                        // stored (then a restart needs a new enrollment).
+                        match new.save_cert(&dir) {
+                            Ok(()) => tracing::info!("agent certificate renewed"),
+                            Err(e) => tracing::error!(
+                                error = %e,
+                                "agent certificate renewed but cannot be stored"
+                            ),
+                        }
                         let next_due = new.renewal_due();
                         *renewed.lock().unwrap_or_else(|e| e.into_inner()) = Some(new);
                         if let Some(at) = next_due {
@@ -271,9 +279,6 @@ impl Agent {
                         }
                         let _ = tx.send(());
                         return;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "cannot store the renewed certificate")
                     }
                     Err(e) => tracing::warn!(error = %e, "certificate renewal failed; retrying"),
                 }
