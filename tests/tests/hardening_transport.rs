@@ -358,3 +358,69 @@ async fn agent_certificate_is_renewed_over_the_session_and_used_on_the_next_conn
     let log = coordinator.process.output();
     assert!(log.contains("agent certificate renewed"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_errors_back_off_with_a_log_line_instead_of_spinning() {
+    use rustix::process::{prlimit, Pid, Resource, Rlimit};
+    let (_data, coordinator) =
+        coordinator(&["--handshake-timeout", "30s", "--idle-timeout", "30s"]).await;
+    let pid = coordinator.process.pid().unwrap();
+    let target = Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64;
+    // Room for a few connections, then EMFILE on every accept. The hard
+    // limit stays (the child inherited ours): lowering only the soft one
+    // needs no privilege, and raising it back neither.
+    let hard = rustix::process::getrlimit(Resource::Nofile).maximum;
+    let old = prlimit(
+        Some(target),
+        Resource::Nofile,
+        Rlimit {
+            current: Some(open_fds + 4),
+            maximum: hard,
+        },
+    )
+    .unwrap();
+    let restore = Rlimit {
+        current: old.current,
+        maximum: hard,
+    };
+    let mut conns = Vec::new();
+    for _ in 0..40 {
+        conns.push(
+            tokio::net::TcpStream::connect(coordinator.grpc_addr)
+                .await
+                .unwrap(),
+        );
+    }
+    // Over 2 s a spinning loop logs thousands of lines; the backoff (50 ms
+    // doubling to 1 s) a handful.
+    let log = || coordinator.process.output();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !log().contains("accept failed; backing off") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no backoff line:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = log().matches("accept failed; backing off").count();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lines = log().matches("accept failed; backing off").count() - first;
+    assert!(
+        lines <= 10,
+        "{lines} accept-failure lines in 2 s: the loop spins"
+    );
+
+    // Once descriptors are free again it serves.
+    drop(conns);
+    prlimit(Some(target), Resource::Nofile, restore).unwrap();
+    let out = coordinator.cli(&["agents"]).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
