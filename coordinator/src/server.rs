@@ -339,6 +339,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
         core: core.clone(),
         limits: limits.clone(),
         shutdown: shutdown_rx.clone(),
+        enrolls: Arc::new(Semaphore::new(transport::MAX_ENROLLS_IN_FLIGHT)),
     };
     let server = tokio::spawn(transport::accept_loop(
         "grpc",

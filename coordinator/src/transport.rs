@@ -61,6 +61,11 @@ const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
 /// Largest request header block (HTTP/2 and HTTP/1).
 const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Most Enroll/Renew requests being read at once, over all connections:
+/// with [`ENROLL_MESSAGE_LIMIT`] this bounds what unauthenticated callers
+/// can make the coordinator buffer to 64 MiB; beyond it a call is refused at
+/// once with `RESOURCE_EXHAUSTED`.
+pub const MAX_ENROLLS_IN_FLIGHT: usize = 1024;
 
 /// Connection limits and timeouts of both listeners (defaults in code).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,6 +311,13 @@ struct BodyRule {
     admin: bool,
 }
 
+fn is_enroll(path: &str) -> bool {
+    matches!(
+        path,
+        "/vantage.v1.AgentService/Enroll" | "/vantage.v1.AgentService/Renew"
+    )
+}
+
 fn rule_for(path: &str) -> BodyRule {
     let unary = |limit, admin| BodyRule {
         first: limit,
@@ -314,9 +326,7 @@ fn rule_for(path: &str) -> BodyRule {
         admin,
     };
     match path {
-        "/vantage.v1.AgentService/Enroll" | "/vantage.v1.AgentService/Renew" => {
-            unary(ENROLL_MESSAGE_LIMIT, false)
-        }
+        p if is_enroll(p) => unary(ENROLL_MESSAGE_LIMIT, false),
         "/vantage.v1.AgentService/Session" => BodyRule {
             first: HELLO_MESSAGE_LIMIT,
             rest: SESSION_MESSAGE_LIMIT,
@@ -486,6 +496,8 @@ pub struct GrpcShared {
     pub limits: TransportLimits,
     /// Turns true at shutdown.
     pub shutdown: watch::Receiver<bool>,
+    /// Enroll/Renew calls in flight ([`MAX_ENROLLS_IN_FLIGHT`]).
+    pub enrolls: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for GrpcShared {
@@ -525,24 +537,48 @@ pub async fn serve_grpc_connection(
     let limits = shared.limits.clone();
     let routes = shared.routes.clone();
     let core = shared.core.clone();
+    let enrolls = shared.enrolls.clone();
     let tracker = activity.clone();
     let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
         let guard = tracker.start();
         let routes = routes.clone();
         let info = info.clone();
         let core = core.clone();
+        let enrolls = enrolls.clone();
         let timeout = limits.idle_timeout;
         async move {
             let (mut parts, body) = request.into_parts();
             let rule = rule_for(parts.uri.path());
-            if rule.admin && !has_admin(&core, &parts.headers) {
-                let response = Status::unauthenticated("missing or wrong admin credential")
-                    .into_http::<tonic::body::Body>();
-                return Ok::<_, Infallible>(response.map(|inner| TrackedBody {
+            let refuse = |status: Status, guard| {
+                let response = status.into_http::<tonic::body::Body>();
+                Ok::<_, Infallible>(response.map(|inner| TrackedBody {
                     inner,
                     _guard: Some(guard),
-                }));
+                }))
+            };
+            if rule.admin && !has_admin(&core, &parts.headers) {
+                return refuse(
+                    Status::unauthenticated("missing or wrong admin credential"),
+                    guard,
+                );
             }
+            // Held until the call is answered (its body has been read by then).
+            let _enroll_slot = if is_enroll(parts.uri.path()) {
+                match enrolls.try_acquire_owned() {
+                    Ok(slot) => Some(slot),
+                    Err(_) => {
+                        tracing::warn!(source = %peer, "enroll refused: too many enrollments in progress");
+                        return refuse(
+                            Status::resource_exhausted(
+                                "too many enrollments in progress; retry shortly",
+                            ),
+                            guard,
+                        );
+                    }
+                }
+            } else {
+                None
+            };
             parts.extensions.insert(info);
             let body = LimitedBody::new(body, rule, timeout);
             let response = match routes.oneshot(http::Request::from_parts(parts, body)).await {
