@@ -1329,6 +1329,36 @@ mod tests {
     }
 
     #[test]
+    fn check_token_spends_nothing_and_set_agent_cert_supersedes() {
+        let store = Store::open_in_memory().unwrap();
+        store.insert_token(&token("once", 1)).unwrap();
+        let grant = Ok(TokenGrant {
+            region: "eu-west".to_owned(),
+        });
+        assert_eq!(store.check_token("once", 2_000).unwrap(), grant);
+        assert_eq!(store.check_token("once", 2_000).unwrap(), grant);
+        assert_eq!(store.consume_token("once", 2_000).unwrap(), grant);
+        assert_eq!(
+            store.check_token("once", 2_000).unwrap(),
+            Err(TokenRejection::UsedUp)
+        );
+        assert_eq!(
+            store.check_token("nope", 2_000).unwrap(),
+            Err(TokenRejection::Unknown)
+        );
+
+        store
+            .insert_agent(&new_agent("a-1", "ams-1", "eu"))
+            .unwrap();
+        assert!(store.set_agent_cert("a-1", "renewed").unwrap());
+        let record = store.agent_by_id("a-1").unwrap().unwrap();
+        assert_eq!(record.cert_sha256, "renewed");
+        assert!(!store.set_agent_cert("missing", "x").unwrap());
+        store.revoke_agent("ams-1").unwrap();
+        assert!(!store.set_agent_cert("a-1", "again").unwrap());
+    }
+
+    #[test]
     fn insert_agent_name_taken_and_replacing_revoked() {
         let store = Store::open_in_memory().unwrap();
         store
