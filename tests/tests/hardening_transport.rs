@@ -208,8 +208,11 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enroll_checks_the_token_first_is_rate_limited_and_logged() {
-    // Default limit: bursts of 5 per source address.
-    let (_data, mut coordinator) = coordinator(&[]).await;
+    // The default burst of 5 per source address, refilled at one a minute
+    // (the default is 10) so that a slow machine cannot refill the bucket
+    // between the attempts.
+    let (_data, mut coordinator) =
+        coordinator(&["--enroll-burst", "5", "--enroll-per-minute", "1"]).await;
     let token = coordinator.create_token("eu-west").await.unwrap();
     let good = EnrollmentToken::decode(&token).unwrap();
     let bad = EnrollmentToken {
