@@ -464,7 +464,8 @@ pub async fn build_agent(config: &RunConfig) -> anyhow::Result<Agent> {
         Arc::new(spool),
         runner,
     )
-    .hold_state_lock(lock))
+    .hold_state_lock(lock)
+    .renew_certs_in(config.state_dir.clone()))
 }
 
 async fn run(args: RunArgs, env: &dyn Env) -> anyhow::Result<()> {

@@ -61,6 +61,36 @@ pub enum EnrollError {
     Tls(#[from] TlsError),
 }
 
+/// Renews the agent's certificate over `channel` (an mTLS channel with the
+/// current certificate): a fresh CSR for the agent's key, and the answer
+/// checked to be a certificate for that key under the same CA. The key stays
+/// the same so that renewal replaces one file atomically
+/// ([`Identity::save_cert`]).
+pub async fn renew(
+    channel: tonic::transport::Channel,
+    identity: &Identity,
+) -> Result<Identity, EnrollError> {
+    let key = KeyPair::from_pem(&identity.key_pem)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, identity.info.name.clone());
+    params.distinguished_name = dn;
+    let csr_pem = params.serialize_request(&key)?.pem()?;
+    let response = AgentServiceClient::new(channel)
+        .renew(pb::RenewRequest { csr_pem })
+        .await
+        .map_err(|status| EnrollError::Refused(status.message().to_string()))?
+        .into_inner();
+    let renewed = Identity {
+        cert_pem: response.client_cert_pem,
+        ..identity.clone()
+    };
+    renewed
+        .client_config()
+        .map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
+    Ok(renewed)
+}
+
 /// Enrolls with the coordinator named in `token`.
 pub async fn enroll(
     token: &EnrollmentToken,

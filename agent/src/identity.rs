@@ -188,4 +188,33 @@ impl Identity {
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         tls::mtls_client_config(&self.ca_pem, &self.cert_pem, &self.key_pem)
     }
+
+    /// Replaces the stored certificate with a renewed one (same key): one
+    /// atomic rename of a 0600 file, so a crash leaves the old or the new
+    /// certificate, never half of one.
+    pub fn save_cert(&self, state_dir: &Path) -> Result<(), IdentityError> {
+        write_private(&state_dir.join(CERT_FILE), self.cert_pem.as_bytes(), 0o600)
+    }
+
+    /// When the certificate should be renewed: once less than a third of its
+    /// lifetime is left. `None` if it cannot be parsed.
+    pub fn renewal_due(&self) -> Option<std::time::SystemTime> {
+        let (not_before, not_after) = cert_validity(&self.cert_pem)?;
+        let lifetime = not_after.duration_since(not_before).ok()?;
+        Some(not_before + lifetime * 2 / 3)
+    }
+}
+
+/// The validity period of the first certificate in `pem`.
+pub fn cert_validity(pem: &str) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+    let der = tls::first_cert_der(pem).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        let secs = u64::try_from(t.timestamp()).ok()?;
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+    };
+    Some((
+        at(cert.validity().not_before)?,
+        at(cert.validity().not_after)?,
+    ))
 }

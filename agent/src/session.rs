@@ -154,6 +154,7 @@ struct Live {
     tx: mpsc::Sender<pb::AgentMessage>,
     inbound: Streaming<pb::CoordinatorMessage>,
     heartbeat: Duration,
+    renewal: Option<Renewal>,
 }
 
 enum End {
@@ -185,6 +186,42 @@ pub struct Agent {
     rejections: Arc<Mutex<Vec<pb::PlanRejected>>>,
     state_lock: Option<std::fs::File>,
     observations: tokio::sync::Mutex<Option<mpsc::Receiver<pb::Observation>>>,
+    /// Where renewed certificates are stored (`None`: no renewal).
+    renew_dir: Option<std::path::PathBuf>,
+    /// A renewed identity waiting for the next connection.
+    renewed: Arc<std::sync::Mutex<Option<Identity>>>,
+}
+
+/// The certificate renewal running beside one connection; it tells the
+/// session to reconnect once the renewed certificate is itself due, since
+/// this connection still authenticates with the old one.
+struct Renewal {
+    task: tokio::task::JoinHandle<()>,
+    reconnect: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn renewal_wants_reconnect(renewal: &mut Option<Renewal>) {
+    if let Some(rx) = renewal.as_mut().and_then(|r| r.reconnect.as_mut()) {
+        if rx.await.is_ok() {
+            return;
+        }
+    }
+    // No renewal, or it gave up: never poll the finished receiver again.
+    if let Some(r) = renewal.as_mut() {
+        r.reconnect = None;
+    }
+    std::future::pending().await
+}
+
+fn until(at: std::time::SystemTime) -> Duration {
+    at.duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO)
 }
 
 /// The next witness observation, or never when this agent is no witness.
@@ -223,7 +260,62 @@ impl Agent {
             rejections: Arc::default(),
             state_lock: None,
             observations: tokio::sync::Mutex::new(None),
+            renew_dir: None,
+            renewed: Arc::default(),
         }
+    }
+
+    /// Renews the agent certificate over the session before it expires
+    /// (once less than a third of its lifetime is left), storing the new one
+    /// in `state_dir`; the next connection uses it.
+    pub fn renew_certs_in(mut self, state_dir: std::path::PathBuf) -> Self {
+        self.renew_dir = Some(state_dir);
+        self
+    }
+
+    fn start_renewal(
+        &self,
+        channel: tonic::transport::Channel,
+        identity: &Identity,
+    ) -> Option<Renewal> {
+        let dir = self.renew_dir.clone()?;
+        let due = identity.renewal_due()?;
+        let identity = identity.clone();
+        let renewed = self.renewed.clone();
+        let (tx, reconnect) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(until(due)).await;
+            // Bounded retries, a minute apart: a later connection tries again.
+            for _ in 0..1000 {
+                match crate::enroll::renew(channel.clone(), &identity).await {
+                    Ok(new) => {
+                        // The coordinator now accepts only the new one: keep
+                        // it for the next connection even if it cannot be
+                        // stored (then a restart needs a new enrollment).
+                        match new.save_cert(&dir) {
+                            Ok(()) => tracing::info!("agent certificate renewed"),
+                            Err(e) => tracing::error!(
+                                error = %e,
+                                "agent certificate renewed but cannot be stored"
+                            ),
+                        }
+                        let next_due = new.renewal_due();
+                        *renewed.lock().unwrap_or_else(|e| e.into_inner()) = Some(new);
+                        if let Some(at) = next_due {
+                            tokio::time::sleep(until(at)).await;
+                        }
+                        let _ = tx.send(());
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "certificate renewal failed; retrying"),
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        });
+        Some(Renewal {
+            task,
+            reconnect: Some(reconnect),
+        })
     }
 
     /// Forwards these witness observations to the coordinator while
@@ -257,7 +349,8 @@ impl Agent {
 
     /// Runs until `shutdown` resolves (Ok) or the coordinator refuses us (Err).
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), SessionError> {
-        let tls = self.config.identity.client_config()?;
+        let mut identity = self.config.identity.clone();
+        let mut tls = identity.client_config()?;
         let addrs = self.config.identity.info.coordinator.clone();
         let mut backoff =
             Backoff::new(self.config.backoff).map_err(|e| SessionError::Refused(e.to_string()))?;
@@ -269,8 +362,17 @@ impl Agent {
         loop {
             state = match state {
                 State::Connecting => {
+                    let renewed = self
+                        .renewed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
+                    if let Some(new) = renewed {
+                        identity = new;
+                        tls = identity.client_config()?;
+                    }
                     let addr = &addrs[next_addr % addrs.len().max(1)];
-                    let attempt = self.connect(addr, tls.clone());
+                    let attempt = self.connect(addr, tls.clone(), &identity);
                     tokio::select! {
                         _ = &mut shutdown => State::Stopped,
                         result = attempt => match result {
@@ -344,11 +446,16 @@ impl Agent {
         }
     }
 
-    async fn connect(&self, addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<Live, End> {
+    async fn connect(
+        &self,
+        addr: &str,
+        tls: Arc<rustls::ClientConfig>,
+        identity: &Identity,
+    ) -> Result<Live, End> {
         let channel = TlsConnector::new(addr, tls, self.config.bind_ip)
             .and_then(|c| c.channel(Duration::from_secs(10)))
             .map_err(|e| End::Fatal(e.to_string()))?;
-        let mut client = AgentServiceClient::new(channel);
+        let mut client = AgentServiceClient::new(channel.clone());
         let (tx, rx) = mpsc::channel(WINDOW * 2);
         let health = self.spool_health().await;
         tx.send(message(Up::Hello(self.hello(&health))))
@@ -375,6 +482,7 @@ impl Agent {
             tx,
             inbound,
             heartbeat,
+            renewal: self.start_renewal(channel, identity),
         })
     }
 
@@ -395,6 +503,9 @@ impl Agent {
             }
             tokio::select! {
                 _ = &mut *shutdown => return End::Shutdown,
+                _ = renewal_wants_reconnect(&mut live.renewal) => {
+                    return End::Transient("reconnecting with the renewed certificate".into());
+                }
                 incoming = live.inbound.message() => {
                     last_heard = Instant::now();
                     match incoming {

@@ -111,7 +111,101 @@ fn invalid(e: domain::ProtocolError) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
+/// A name as the caller sent it, cut for a log line (it may be anything).
+fn truncated(name: &str) -> String {
+    name.chars().take(domain::MAX_NAME_LEN).collect()
+}
+
 impl AgentService {
+    /// Enroll after the rate limit: the token is checked before anything
+    /// else, so a caller without a valid token learns nothing about names.
+    async fn enroll_checked(&self, req: pb::EnrollRequest) -> Result<pb::EnrollResponse, Status> {
+        if req.token.is_empty() || req.token.len() > 256 {
+            return Err(Status::unauthenticated(
+                "missing or malformed enrollment token",
+            ));
+        }
+        let hash = hash_secret(&req.token);
+        let probe = hash.clone();
+        if let Err(rejection) = self
+            .core
+            .db(move |s| s.check_token(&probe, now_ms()))
+            .await?
+        {
+            return Err(Status::unauthenticated(rejection.to_string()));
+        }
+        check_name("name", &req.name).map_err(invalid)?;
+        let labels = req.labels.into_iter().collect();
+        check_labels(&labels).map_err(invalid)?;
+        let role = match req.role.as_str() {
+            "" | "agent" => "agent",
+            "witness" => "witness",
+            other => return Err(Status::invalid_argument(format!("unknown role {other:?}"))),
+        };
+        if req.version.len() > domain::MAX_NAME_LEN {
+            return Err(Status::invalid_argument("version string too long"));
+        }
+        let name = req.name.clone();
+        if let Some(existing) = self.core.db(move |s| s.agent_by_name(&name)).await? {
+            if !existing.revoked {
+                return Err(Status::already_exists(format!(
+                    "an agent named {} is already enrolled; revoke it first or pick another --name",
+                    existing.name
+                )));
+            }
+        }
+        let agent_id = uuid::Uuid::new_v4().to_string();
+        // Check the CSR before spending a use of the token.
+        let (cert_pem, cert_sha256) = self
+            .core
+            .pki
+            .sign_agent_csr(&req.csr_pem, &agent_id, self.core.agent_cert_lifetime)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let grant = match self
+            .core
+            .db(move |s| s.consume_token(&hash, now_ms()))
+            .await?
+        {
+            Ok(grant) => grant,
+            Err(
+                rejection @ (TokenRejection::Unknown
+                | TokenRejection::Expired
+                | TokenRejection::UsedUp),
+            ) => return Err(Status::unauthenticated(rejection.to_string())),
+        };
+        if !req.region.is_empty() && req.region != grant.region {
+            return Err(Status::invalid_argument(format!(
+                "the token is for region {}, not {}",
+                grant.region, req.region
+            )));
+        }
+        let agent = NewAgent {
+            agent_id: agent_id.clone(),
+            name: req.name.clone(),
+            region: grant.region.clone(),
+            labels,
+            version: req.version,
+            role: role.to_string(),
+            cert_sha256,
+            enrolled_at_ms: now_ms(),
+        };
+        match self.core.db(move |s| Ok(s.insert_agent(&agent))).await? {
+            Ok(()) => {}
+            Err(StoreError::NameTaken(name)) => {
+                return Err(Status::already_exists(format!(
+                    "an agent named {name} is already enrolled"
+                )))
+            }
+            Err(e) => return Err(crate::coordinator::store_status(e)),
+        }
+        Ok(pb::EnrollResponse {
+            agent_id,
+            client_cert_pem: cert_pem,
+            ca_pem: self.core.pki.ca_pem().to_string(),
+            region: grant.region,
+        })
+    }
+
     /// Identifies the agent behind the client certificate of `request`.
     async fn authenticate<T>(&self, request: &Request<T>) -> Result<AgentRecord, Status> {
         let certs = request.peer_certs().ok_or_else(|| {
@@ -153,87 +247,72 @@ impl pb::agent_service_server::AgentService for AgentService {
         &self,
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let source = request.remote_addr();
+        let source_text = source.map_or_else(|| "unknown".to_string(), |a| a.to_string());
         let req = request.into_inner();
-        if req.token.is_empty() || req.token.len() > 256 {
-            return Err(Status::unauthenticated(
-                "missing or malformed enrollment token",
-            ));
-        }
-        check_name("name", &req.name).map_err(invalid)?;
-        let labels = req.labels.into_iter().collect();
-        check_labels(&labels).map_err(invalid)?;
-        let role = match req.role.as_str() {
-            "" | "agent" => "agent",
-            "witness" => "witness",
-            other => return Err(Status::invalid_argument(format!("unknown role {other:?}"))),
-        };
-        if req.version.len() > domain::MAX_NAME_LEN {
-            return Err(Status::invalid_argument("version string too long"));
-        }
-        let name = req.name.clone();
-        if let Some(existing) = self.core.db(move |s| s.agent_by_name(&name)).await? {
-            if !existing.revoked {
-                return Err(Status::already_exists(format!(
-                    "an agent named {} is already enrolled; revoke it first or pick another --name",
-                    existing.name
+        // Rate limit per source address first: the cheapest refusal.
+        if let Some(addr) = source {
+            if let Err(wait) = self
+                .core
+                .enroll_limiter
+                .check(addr.ip(), std::time::Instant::now())
+            {
+                tracing::warn!(agent = %truncated(&req.name), source = %source_text, "enroll refused: rate limited");
+                return Err(Status::resource_exhausted(format!(
+                    "too many enrollment attempts from {}; retry in {}s",
+                    addr.ip(),
+                    wait.as_secs().max(1)
                 )));
             }
         }
-        let agent_id = uuid::Uuid::new_v4().to_string();
-        // Check the CSR before spending a use of the token.
-        let (cert_pem, cert_sha256) = self
-            .core
-            .pki
-            .sign_agent_csr(&req.csr_pem, &agent_id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let hash = hash_secret(&req.token);
-        let grant = match self
-            .core
-            .db(move |s| s.consume_token(&hash, now_ms()))
-            .await?
-        {
-            Ok(grant) => grant,
-            Err(
-                rejection @ (TokenRejection::Unknown
-                | TokenRejection::Expired
-                | TokenRejection::UsedUp),
-            ) => return Err(Status::unauthenticated(rejection.to_string())),
-        };
-        if !req.region.is_empty() && req.region != grant.region {
-            return Err(Status::invalid_argument(format!(
-                "the token is for region {}, not {}",
-                grant.region, req.region
-            )));
-        }
-        let agent = NewAgent {
-            agent_id: agent_id.clone(),
-            name: req.name.clone(),
-            region: grant.region.clone(),
-            labels,
-            version: req.version,
-            role: role.to_string(),
-            cert_sha256,
-            enrolled_at_ms: now_ms(),
-        };
-        match self.core.db(move |s| Ok(s.insert_agent(&agent))).await? {
-            Ok(()) => {}
-            Err(StoreError::NameTaken(name)) => {
-                return Err(Status::already_exists(format!(
-                    "an agent named {name} is already enrolled"
-                )))
+        match self.enroll_checked(req.clone()).await {
+            Ok(response) => {
+                tracing::info!(agent = %req.name, source = %source_text, region = %response.region, agent_id = %response.agent_id, "enroll accepted");
+                Ok(Response::new(response))
             }
-            Err(e) => return Err(crate::coordinator::store_status(e)),
+            Err(status) => {
+                tracing::warn!(agent = %truncated(&req.name), source = %source_text, code = ?status.code(), reason = %status.message(), "enroll refused");
+                Err(status)
+            }
         }
-        tracing::info!(agent = %req.name, region = %grant.region, %agent_id, "agent enrolled");
-        Ok(Response::new(pb::EnrollResponse {
-            agent_id,
-            client_cert_pem: cert_pem,
-            ca_pem: self.core.pki.ca_pem().to_string(),
-            region: grant.region,
-        }))
     }
 
     type SessionStream = SessionStream;
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let record = self.authenticate(&request).await?;
+        let source = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let req = request.into_inner();
+        let (cert_pem, cert_sha256) = self
+            .core
+            .pki
+            .sign_agent_csr(
+                &req.csr_pem,
+                &record.agent_id,
+                self.core.agent_cert_lifetime,
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let id = record.agent_id.clone();
+        if !self
+            .core
+            .db(move |s| s.set_agent_cert(&id, &cert_sha256))
+            .await?
+        {
+            return Err(Status::permission_denied(format!(
+                "agent {} has been revoked",
+                record.name
+            )));
+        }
+        tracing::info!(agent = %record.name, %source, "agent certificate renewed");
+        Ok(Response::new(pb::RenewResponse {
+            client_cert_pem: cert_pem,
+        }))
+    }
 
     async fn session(
         &self,

@@ -84,6 +84,31 @@ pub struct ServeArgs {
     /// Heartbeat interval; an agent silent for three is marked disconnected.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
+    /// Deadline for a TLS handshake on the gRPC listener; slower peers are
+    /// disconnected.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// A connection (gRPC or /healthz) with no open request for this long is
+    /// closed; a request's headers and (but for a session) body must arrive
+    /// within it.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Most open gRPC connections; further ones are closed at once.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams on one connection.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub max_streams: u32,
+    /// Enrollment attempts allowed per source address and minute.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub enroll_per_minute: u32,
+    /// Enrollment attempts one source address may make back to back.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub enroll_burst: u32,
+    /// Lifetime of the agent certificates issued; agents renew theirs over
+    /// the session once less than a third of it is left.
+    #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = humantime::parse_duration)]
+    pub agent_cert_lifetime: Duration,
 }
 
 /// `vantage token …`
@@ -226,6 +251,18 @@ async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         http_listen: Some(args.http_listen),
         advertise: args.advertise,
         heartbeat: args.heartbeat,
+        transport: crate::transport::TransportLimits {
+            handshake_timeout: args.handshake_timeout,
+            idle_timeout: args.idle_timeout,
+            max_connections: args.max_connections,
+            max_streams: args.max_streams,
+            ..crate::transport::TransportLimits::default()
+        },
+        enroll_rate: crate::enroll_limit::EnrollRate {
+            per_minute: args.enroll_per_minute,
+            burst: args.enroll_burst,
+        },
+        agent_cert_lifetime: args.agent_cert_lifetime,
     })
     .await
     .context("cannot start the coordinator")?;

@@ -38,6 +38,10 @@ pub struct Coordinator {
     /// The campaigns running now: their progress feeds and cancel switches.
     pub(crate) campaigns:
         std::sync::Mutex<std::collections::HashMap<String, crate::campaign::RunningCampaign>>,
+    /// Per-source-address rate limit of Enroll.
+    pub(crate) enroll_limiter: crate::enroll_limit::EnrollLimiter,
+    /// Lifetime of the agent certificates issued (enrollment and renewal).
+    pub(crate) agent_cert_lifetime: Duration,
 }
 
 impl std::fmt::Debug for Coordinator {

@@ -425,11 +425,12 @@ pub async fn diagnose_local(args: DiagnoseArgs, env: &dyn Env) -> anyhow::Result
     let request = args.target_request()?;
     let dir = tempfile::tempdir().context("temporary data dir")?;
     let running = crate::server::start(crate::server::ServeConfig {
-        data_dir: dir.path().join("coordinator"),
-        listen: "127.0.0.1:0".parse()?,
-        http_listen: None,
-        advertise: Vec::new(),
         heartbeat: Duration::from_secs(5),
+        ..crate::server::ServeConfig::new(
+            dir.path().join("coordinator"),
+            "127.0.0.1:0".parse()?,
+            None,
+        )
     })
     .await
     .context("embedded coordinator")?;

@@ -2,8 +2,16 @@
 //! it signs the server certificate (re-issued at every start so it covers the
 //! current listen and advertised names) and the agents' client certificates
 //! from their CSRs. The CA's SHA-256 fingerprint is what enrollment tokens pin.
+//!
+//! Lifetimes (issue #9): the CA is valid for [`CA_LIFETIME`] (10 years; it
+//! is what every token pins, so it is not rotated — a CA created before this
+//! change keeps its old validity); the server certificate for
+//! [`SERVER_CERT_LIFETIME`] (re-issued at every start and while running);
+//! agent certificates for the lifetime `serve` is configured with (90 days by
+//! default), renewed by the agents over their session.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
@@ -13,6 +21,13 @@ use vantage_agent::identity::{write_private, IdentityError};
 use vantage_proto::token::sha256_hex;
 
 const CA_CERT: &str = "ca.crt";
+/// Validity of a newly created CA.
+pub const CA_LIFETIME: Duration = Duration::from_secs(3650 * 24 * 3600);
+/// Validity of the server certificate.
+pub const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+/// How far back a server certificate's validity starts: agents check it
+/// with their own clock, which may run behind ours.
+const CLOCK_SKEW: Duration = Duration::from_secs(3600);
 const CA_KEY: &str = "ca.key";
 
 /// Errors of the CA.
@@ -81,6 +96,9 @@ impl Pki {
             dn.push(DnType::CommonName, "vantage coordinator CA");
             params.distinguished_name = dn;
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let now = SystemTime::now();
+            params.not_before = (now - CLOCK_SKEW).into();
+            params.not_after = (now + CA_LIFETIME).into();
             params.key_usages = vec![
                 KeyUsagePurpose::KeyCertSign,
                 KeyUsagePurpose::CrlSign,
@@ -123,6 +141,9 @@ impl Pki {
         dn.push(DnType::CommonName, "vantage coordinator");
         params.distinguished_name = dn;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = SystemTime::now();
+        params.not_before = (now - CLOCK_SKEW).into();
+        params.not_after = (now + SERVER_CERT_LIFETIME).into();
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
             chain_pem: format!("{}{}", cert.pem(), self.ca_pem),
@@ -130,12 +151,15 @@ impl Pki {
         })
     }
 
-    /// Signs an agent's CSR. The subject is replaced by the agent id: the
-    /// agent chooses its key, the coordinator chooses who it is.
+    /// Signs an agent's CSR, valid from now for `lifetime`. The subject is
+    /// replaced by the agent id: the agent chooses its key, the coordinator
+    /// chooses who it is. Only this coordinator checks the certificate, with
+    /// its own clock, so its validity starts now.
     pub fn sign_agent_csr(
         &self,
         csr_pem: &str,
         agent_id: &str,
+        lifetime: Duration,
     ) -> Result<(String, String), PkiError> {
         if csr_pem.len() > 16 * 1024 {
             return Err(PkiError::BadCsr("larger than 16 KiB".into()));
@@ -149,6 +173,9 @@ impl Pki {
         csr.params.is_ca = IsCa::ExplicitNoCa;
         csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = SystemTime::now();
+        csr.params.not_before = now.into();
+        csr.params.not_after = (now + lifetime).into();
         let cert = csr.signed_by(&self.issuer)?;
         let fingerprint = sha256_hex(cert.der());
         Ok((cert.pem(), fingerprint))
@@ -193,7 +220,16 @@ mod tests {
             .unwrap()
             .pem()
             .unwrap();
-        let (cert_pem, fingerprint) = pki.sign_agent_csr(&csr, "agent-123").unwrap();
+        let (cert_pem, fingerprint) = pki
+            .sign_agent_csr(&csr, "agent-123", Duration::from_secs(90 * 24 * 3600))
+            .unwrap();
+        let leaf = vantage_agent::tls::first_cert_der(&cert_pem).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+        let validity = parsed.validity();
+        assert_eq!(
+            validity.not_after.timestamp() - validity.not_before.timestamp(),
+            90 * 24 * 3600
+        );
         let der = vantage_agent::tls::first_cert_der(&cert_pem).unwrap();
         assert_eq!(agent_id_of(&der).as_deref(), Some("agent-123"));
         assert_eq!(sha256_hex(&der), fingerprint);
@@ -207,11 +243,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::load_or_create(dir.path()).unwrap();
         assert!(matches!(
-            pki.sign_agent_csr("hello", "a"),
+            pki.sign_agent_csr("hello", "a", SERVER_CERT_LIFETIME),
             Err(PkiError::BadCsr(_))
         ));
         assert!(matches!(
-            pki.sign_agent_csr(&"A".repeat(20_000), "a"),
+            pki.sign_agent_csr(&"A".repeat(20_000), "a", SERVER_CERT_LIFETIME),
             Err(PkiError::BadCsr(_))
         ));
     }

@@ -7,14 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tokio::sync::{watch, Semaphore};
+use tonic::service::Routes;
 use vantage_agent::identity::{create_private_dir, write_private};
 use vantage_proto::pb::agent_service_server::AgentServiceServer;
 use vantage_proto::pb::control_service_server::ControlServiceServer;
@@ -23,9 +20,11 @@ use vantage_proto::token::hash_secret;
 use crate::agent_service::AgentService;
 use crate::control_service::ControlService;
 use crate::coordinator::Coordinator;
-use crate::pki::Pki;
+use crate::enroll_limit::{EnrollLimiter, EnrollRate};
+use crate::pki::{Pki, SERVER_CERT_LIFETIME};
 use crate::registry::Registry;
 use crate::store::Store;
+use crate::transport::{self, GrpcShared, SharedTls, TransportLimits};
 
 /// File names inside the data dir.
 pub const DB_FILE: &str = "vantage.db";
@@ -36,8 +35,9 @@ pub const ENDPOINT_FILE: &str = "coordinator.json";
 /// The CA certificate.
 pub const CA_FILE: &str = "ca.crt";
 
-/// Largest message accepted from an agent (a result batch with evidence).
-const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// Default lifetime of an agent certificate; agents renew it over their
+/// session once less than a third is left.
+pub const DEFAULT_AGENT_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// How to run the coordinator.
 #[derive(Debug, Clone)]
@@ -52,6 +52,29 @@ pub struct ServeConfig {
     pub advertise: Vec<String>,
     /// Heartbeat interval sent to agents; three missed ones end a session.
     pub heartbeat: Duration,
+    /// Connection caps and timeouts of both listeners.
+    pub transport: TransportLimits,
+    /// Per-source-address rate limit of Enroll.
+    pub enroll_rate: EnrollRate,
+    /// Lifetime of the agent certificates issued from now on (default
+    /// [`DEFAULT_AGENT_CERT_LIFETIME`]).
+    pub agent_cert_lifetime: Duration,
+}
+
+impl ServeConfig {
+    /// A configuration with every hardening setting at its default.
+    pub fn new(data_dir: PathBuf, listen: SocketAddr, http_listen: Option<SocketAddr>) -> Self {
+        ServeConfig {
+            data_dir,
+            listen,
+            http_listen,
+            advertise: Vec::new(),
+            heartbeat: Duration::from_secs(10),
+            transport: TransportLimits::default(),
+            enroll_rate: EnrollRate::default(),
+            agent_cert_lifetime: DEFAULT_AGENT_CERT_LIFETIME,
+        }
+    }
 }
 
 /// Errors starting the coordinator.
@@ -93,6 +116,9 @@ pub enum ServeError {
     /// The gRPC server could not be configured.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The TLS configuration could not be built.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// What `coordinator.json` holds: how the CLI finds a running coordinator.
@@ -113,9 +139,12 @@ pub struct RunningCoordinator {
     /// The address written to the endpoint file and tokens' first entry.
     pub endpoint: Endpoint,
     core: Arc<Coordinator>,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
     http: Option<tokio::task::JoinHandle<()>>,
+    renewal: tokio::task::JoinHandle<()>,
+    connections: Arc<Semaphore>,
+    max_connections: usize,
 }
 
 impl std::fmt::Debug for RunningCoordinator {
@@ -216,12 +245,22 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
             humantime::format_duration(config.heartbeat)
         )));
     }
+    config.transport.validate().map_err(ServeError::Invalid)?;
+    config.enroll_rate.validate().map_err(ServeError::Invalid)?;
+    if config.agent_cert_lifetime < Duration::from_secs(5)
+        || config.agent_cert_lifetime > Duration::from_secs(3650 * 24 * 3600)
+    {
+        return Err(ServeError::Invalid(
+            "--agent-cert-lifetime must be between 5s and 10 years".into(),
+        ));
+    }
     let dir = &config.data_dir;
     if dir.exists() && !dir.is_dir() {
         return Err(data_dir_error(dir, "exists and is not a directory"));
     }
     create_private_dir(dir).map_err(|e| data_dir_error(dir, e.to_string()))?;
     let db_path = dir.join(DB_FILE);
+    private_db_files(&db_path).map_err(|e| data_dir_error(dir, e.to_string()))?;
     let store = Store::open(&db_path).map_err(|source| ServeError::Store {
         path: db_path.clone(),
         source,
@@ -259,6 +298,11 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
 
     let (names, token_addrs, local_endpoint) = names_and_addrs(grpc_addr, &config.advertise);
     let server_cert = pki.issue_server_cert(&names)?;
+    let tls: SharedTls = Arc::new(std::sync::RwLock::new(transport::server_tls_config(
+        &server_cert.chain_pem,
+        &server_cert.key_pem,
+        pki.ca_pem(),
+    )?));
     let store = Arc::new(store);
     let registry = Arc::new(Registry::default());
     let (ingest, _ingest_thread) =
@@ -272,6 +316,8 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
         token_addrs,
         heartbeat: config.heartbeat,
         campaigns: std::sync::Mutex::default(),
+        enroll_limiter: EnrollLimiter::new(config.enroll_rate),
+        agent_cert_lifetime: config.agent_cert_lifetime,
     });
 
     // Before any agent can connect: campaigns a previous process left
@@ -280,32 +326,49 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
         tracing::error!(error = %e.message(), "cannot recover the campaigns left running");
     }
 
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(
-            &server_cert.chain_pem,
-            &server_cert.key_pem,
-        ))
-        .client_ca_root(Certificate::from_pem(core.pki.ca_pem()))
-        .client_auth_optional(true);
+    // Session stays large (a result batch with evidence); Enroll, Hello and
+    // ControlService requests are bounded far lower, per method, by
+    // `transport::LimitedBody` before tonic buffers anything.
     let agent_service = AgentServiceServer::new(AgentService { core: core.clone() })
-        .max_decoding_message_size(MAX_MESSAGE);
-    let control_service = ControlServiceServer::new(ControlService { core: core.clone() });
-    let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-    let router = Server::builder()
-        .tls_config(tls)?
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(agent_service)
-        .add_service(control_service);
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tokio::spawn(async move {
-        router
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = shutdown_rx.await;
-            })
-            .await
+        .max_decoding_message_size(transport::SESSION_MESSAGE_LIMIT as usize);
+    let control_service = ControlServiceServer::new(ControlService { core: core.clone() })
+        .max_decoding_message_size(transport::CONTROL_MESSAGE_LIMIT as usize);
+    let routes = Routes::new(agent_service)
+        .add_service(control_service)
+        .prepare();
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let limits = config.transport.clone();
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let shared = GrpcShared {
+        routes,
+        tls: tls.clone(),
+        core: core.clone(),
+        limits: limits.clone(),
+        shutdown: shutdown_rx.clone(),
+        enrolls: Arc::new(Semaphore::new(transport::MAX_ENROLLS_IN_FLIGHT)),
+    };
+    let server = tokio::spawn(transport::accept_loop(
+        "grpc",
+        listener,
+        connections.clone(),
+        shutdown_rx.clone(),
+        move |stream, peer, permit| {
+            transport::serve_grpc_connection(shared.clone(), stream, peer, permit)
+        },
+    ));
+    let http = http_listener.map(|listener| {
+        let limits = limits.clone();
+        tokio::spawn(transport::accept_loop(
+            "http",
+            listener,
+            Arc::new(Semaphore::new(limits.max_http_connections)),
+            shutdown_rx.clone(),
+            move |stream, _peer, permit| {
+                transport::serve_http_connection(stream, limits.clone(), permit)
+            },
+        ))
     });
-    let http = http_listener.map(|listener| tokio::spawn(serve_http(listener)));
+    let renewal = tokio::spawn(renew_server_cert(core.clone(), names, tls));
 
     let endpoint = Endpoint {
         grpc: local_endpoint,
@@ -320,34 +383,62 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
         http_addr,
         endpoint,
         core,
-        shutdown: Some(shutdown),
+        shutdown,
         server,
         http,
+        renewal,
+        connections,
+        max_connections: limits.max_connections,
     })
 }
 
-async fn serve_http(listener: TcpListener) {
+/// Creates the database file 0600 before SQLite opens it, and narrows an
+/// existing one (and its -wal/-shm files) to 0600: SQLite gives the -wal and
+/// -shm files the database file's mode, and a data dir that already existed
+/// says nothing about the files' modes.
+fn private_db_files(db_path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    drop(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(db_path)?,
+    );
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = db_path.as_os_str().to_owned();
+        name.push(suffix);
+        let path = PathBuf::from(name);
+        match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Re-issues the server certificate while running, once a third of its
+/// lifetime is left, so a coordinator that runs for months never serves an
+/// expired one. New connections get the new certificate.
+async fn renew_server_cert(core: Arc<Coordinator>, names: Vec<String>, tls: SharedTls) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(
-                |request: hyper::Request<hyper::body::Incoming>| async move {
-                    let (status, body) = match request.uri().path() {
-                        "/healthz" => (hyper::StatusCode::OK, "ok\n"),
-                        _ => (hyper::StatusCode::NOT_FOUND, "not found\n"),
-                    };
-                    hyper::Response::builder()
-                        .status(status)
-                        .header("content-type", "text/plain")
-                        .body(Full::new(Bytes::from_static(body.as_bytes())))
-                },
-            );
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::time::sleep(SERVER_CERT_LIFETIME * 2 / 3).await;
+        let renewed = core
+            .pki
+            .issue_server_cert(&names)
+            .map_err(|e| e.to_string())
+            .and_then(|cert| {
+                transport::server_tls_config(&cert.chain_pem, &cert.key_pem, core.pki.ca_pem())
+                    .map_err(|e| e.to_string())
+            });
+        match renewed {
+            Ok(config) => {
+                *tls.write().unwrap_or_else(|e| e.into_inner()) = config;
+                tracing::info!("server certificate re-issued");
+            }
+            Err(e) => tracing::error!(error = %e, "cannot re-issue the server certificate"),
+        }
     }
 }
 
@@ -357,21 +448,23 @@ impl RunningCoordinator {
         self.core.clone()
     }
 
-    /// Stops accepting, ends sessions and waits for the server to stop.
+    /// Stops accepting, ends sessions and waits (a bounded time) for the
+    /// open connections to close.
     pub async fn shutdown(mut self) -> Result<(), tonic::transport::Error> {
-        if let Some(http) = self.http.take() {
-            http.abort();
-        }
+        self.renewal.abort();
         self.core.registry.kill_all(tonic::Status::unavailable(
             "the coordinator is shutting down",
         ));
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
+        let _ = self.shutdown.send(true);
+        if let Some(http) = self.http.take() {
+            let _ = http.await;
         }
-        match (&mut self.server).await {
-            Ok(result) => result,
-            Err(_) => Ok(()),
-        }
+        let _ = (&mut self.server).await;
+        // Every connection holds a permit until it is gone.
+        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), self.connections.acquire_many(all)).await;
+        Ok(())
     }
 }
 

@@ -606,6 +606,47 @@ impl Store {
         Ok(verdict)
     }
 
+    /// Whether the token with `hash` would be accepted now, without
+    /// spending a use: Enroll checks the token before anything else (so an
+    /// unauthenticated caller learns nothing about names), and consumes it
+    /// with [`Store::consume_token`] only once the request is known good.
+    pub fn check_token(
+        &self,
+        hash: &str,
+        now_ms: i64,
+    ) -> Result<Result<TokenGrant, TokenRejection>, StoreError> {
+        let conn = self.lock()?;
+        let row = conn
+            .prepare_cached("SELECT region, expires_at, uses_left FROM tokens WHERE hash = ?1")?
+            .query_row([hash], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            })
+            .optional()?;
+        Ok(match row {
+            None => Err(TokenRejection::Unknown),
+            Some((_, expires_at, _)) if now_ms >= expires_at => Err(TokenRejection::Expired),
+            Some((_, _, uses_left)) if uses_left <= 0 => Err(TokenRejection::UsedUp),
+            Some((region, _, _)) => Ok(TokenGrant { region }),
+        })
+    }
+
+    /// Records an agent's renewed certificate: from now on only the
+    /// certificate with `cert_sha256` authenticates it (the previous one is
+    /// superseded). Returns false for an unknown or revoked agent.
+    pub fn set_agent_cert(&self, agent_id: &str, cert_sha256: &str) -> Result<bool, StoreError> {
+        let conn = self.lock()?;
+        let changed = conn
+            .prepare_cached(
+                "UPDATE agents SET cert_sha256 = ?2 WHERE agent_id = ?1 AND revoked = 0",
+            )?
+            .execute([agent_id, cert_sha256])?;
+        Ok(changed == 1)
+    }
+
     /// Enrolls an agent.
     ///
     /// A non-revoked agent already using the name is
@@ -1369,6 +1410,36 @@ mod tests {
             store.insert_token(&token("zero", 1)),
             Err(StoreError::Sqlite(_))
         ));
+    }
+
+    #[test]
+    fn check_token_spends_nothing_and_set_agent_cert_supersedes() {
+        let store = Store::open_in_memory().unwrap();
+        store.insert_token(&token("once", 1)).unwrap();
+        let grant = Ok(TokenGrant {
+            region: "eu-west".to_owned(),
+        });
+        assert_eq!(store.check_token("once", 2_000).unwrap(), grant);
+        assert_eq!(store.check_token("once", 2_000).unwrap(), grant);
+        assert_eq!(store.consume_token("once", 2_000).unwrap(), grant);
+        assert_eq!(
+            store.check_token("once", 2_000).unwrap(),
+            Err(TokenRejection::UsedUp)
+        );
+        assert_eq!(
+            store.check_token("nope", 2_000).unwrap(),
+            Err(TokenRejection::Unknown)
+        );
+
+        store
+            .insert_agent(&new_agent("a-1", "ams-1", "eu"))
+            .unwrap();
+        assert!(store.set_agent_cert("a-1", "renewed").unwrap());
+        let record = store.agent_by_id("a-1").unwrap().unwrap();
+        assert_eq!(record.cert_sha256, "renewed");
+        assert!(!store.set_agent_cert("missing", "x").unwrap());
+        store.revoke_agent("ams-1").unwrap();
+        assert!(!store.set_agent_cert("a-1", "again").unwrap());
     }
 
     #[test]

@@ -60,11 +60,17 @@ impl CoordinatorBuilder {
     pub async fn start(self) -> anyhow::Result<LabCoordinator> {
         let dir = tempfile::tempdir()?;
         let running = server::start(ServeConfig {
-            data_dir: dir.path().to_path_buf(),
-            listen: "127.0.0.1:0".parse()?,
-            http_listen: Some("127.0.0.1:0".parse()?),
-            advertise: Vec::new(),
             heartbeat: self.heartbeat,
+            // The lab enrolls many agents from loopback at once.
+            enroll_rate: vantage::enroll_limit::EnrollRate {
+                per_minute: 100_000,
+                burst: 100_000,
+            },
+            ..ServeConfig::new(
+                dir.path().to_path_buf(),
+                "127.0.0.1:0".parse()?,
+                Some("127.0.0.1:0".parse()?),
+            )
         })
         .await?;
         Ok(LabCoordinator { running, dir })
@@ -393,7 +399,21 @@ impl CoordinatorProcess {
         listen: SocketAddr,
         heartbeat: Duration,
     ) -> anyhow::Result<CoordinatorProcess> {
-        let args = vec![
+        // The lab enrolls many agents from loopback at once: lift the
+        // per-address enroll limit (the hardening tests set their own).
+        let lifted = ["--enroll-per-minute", "100000", "--enroll-burst", "100000"];
+        CoordinatorProcess::start_with(data_dir, listen, heartbeat, &lifted).await
+    }
+
+    /// [`CoordinatorProcess::start`] with extra `serve` flags (and the
+    /// enroll limit at its default unless `extra` sets it).
+    pub async fn start_with(
+        data_dir: &Path,
+        listen: SocketAddr,
+        heartbeat: Duration,
+        extra: &[&str],
+    ) -> anyhow::Result<CoordinatorProcess> {
+        let mut args = vec![
             "--data-dir".to_string(),
             data_dir.display().to_string(),
             "serve".into(),
@@ -404,6 +424,7 @@ impl CoordinatorProcess {
             "--heartbeat".into(),
             humantime::format_duration(heartbeat).to_string(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut process = ChildProcess::spawn("vantage serve", &bin_path("vantage"), &args)?;
         let ready = process
             .wait_for_line(READY, |stream, line| {

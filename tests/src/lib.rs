@@ -8,6 +8,7 @@ pub mod carrier;
 pub mod demo;
 pub mod edge;
 pub mod fixture;
+pub mod flood;
 pub mod lab;
 pub mod netns;
 pub mod origin;

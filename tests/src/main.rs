@@ -99,6 +99,23 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "15s,3s", value_parser = humantime::parse_duration)]
         edge_timeouts: Vec<Duration>,
     },
+    /// Coordinator RSS and CPU under an unauthenticated half-sent Enroll
+    /// flood and an idle-connection flood, as ratios against its idle
+    /// figures, and the latency of `vantage agents` during each (issue #9).
+    BenchFlood {
+        /// Half-sent Enroll connections held at once (8 streams each).
+        #[arg(long, default_value_t = 32)]
+        enroll_conns: usize,
+        /// Stalled connections (idle TCP, half ClientHello, TLS then silence).
+        #[arg(long, default_value_t = 900)]
+        idle_conns: usize,
+        /// Length of each phase.
+        #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+        window: Duration,
+        /// `vantage agents` runs per phase.
+        #[arg(long, default_value_t = 12)]
+        cli_runs: usize,
+    },
     /// Measure the agent's idle RSS after enrollment and the binary sizes.
     BenchFootprint {
         /// How long to idle before reading RSS.
@@ -220,6 +237,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     f.report_ms,
                     f.ratio(),
                     f.verdict
+                );
+            }
+            Ok(())
+        }
+        Command::BenchFlood {
+            enroll_conns,
+            idle_conns,
+            window,
+            cli_runs,
+        } => {
+            let r = vantage_lab::flood::bench(enroll_conns, idle_conns, window, cli_runs).await?;
+            let mib = |kib: u64| kib as f64 / 1024.0;
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            // Idle CPU may round to 0: one tick over the window is the floor.
+            let cpu_floor = 0.01 / window.as_secs_f64();
+            println!(
+                "bench-flood: {enroll_conns} x 8 half-sent 63 MiB Enrolls; {} stalled connections; {} per phase",
+                r.idle_conns_opened,
+                humantime::format_duration(window)
+            );
+            println!("  phase          RSS MiB (ratio)   CPU cores (ratio)   `vantage agents` median / max ms (ratio)");
+            for (name, p) in [
+                ("idle", r.idle),
+                ("enroll flood", r.enroll),
+                ("idle conns", r.idle_conns),
+            ] {
+                println!(
+                    "  {name:<13} {:>7.1} ({:>4.2})    {:>6.3} ({:>5.1})     {:>6.1} / {:>6.1} ({:.2})",
+                    mib(p.rss_kib),
+                    p.rss_kib as f64 / r.idle.rss_kib.max(1) as f64,
+                    p.cpu_cores,
+                    p.cpu_cores.max(cpu_floor) / r.idle.cpu_cores.max(cpu_floor),
+                    ms(p.cli_median),
+                    ms(p.cli_max),
+                    ms(p.cli_median) / ms(r.idle.cli_median).max(0.001)
                 );
             }
             Ok(())

@@ -51,10 +51,20 @@ async fn absurd_messages_are_rejected_and_others_keep_being_served() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("region"), "{status:?}");
 
-    // A 10 MB label.
+    // A 10 MB label: over the Hello message limit (64 KiB), refused on the
+    // message's declared length before it is buffered.
     let mut hello = hello_for(&bad);
     if let Some(Up::Hello(h)) = &mut hello.body {
         h.labels.insert("big".into(), "x".repeat(10 * 1024 * 1024));
+    }
+    let status = final_status(raw_session(&bad, vec![hello]).await.unwrap()).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("limit"), "{status:?}");
+
+    // A label just over its 256-byte bound, in a Hello within the limit.
+    let mut hello = hello_for(&bad);
+    if let Some(Up::Hello(h)) = &mut hello.body {
+        h.labels.insert("big".into(), "x".repeat(300));
     }
     let status = final_status(raw_session(&bad, vec![hello]).await.unwrap()).await;
     assert_eq!(status.code(), Code::InvalidArgument);
