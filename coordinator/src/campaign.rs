@@ -18,7 +18,7 @@ use crate::coordinator::Coordinator;
 use crate::diagnosis::{
     self, Evidence, Observation, RegionEvidence, Target, Variant, WitnessEvidence,
 };
-use crate::plan::{build_probes, plan_budget, CampaignTarget, TargetRequest};
+use crate::plan::{build_probes, plan_budget, CampaignTarget, RegionPlan, TargetRequest};
 use crate::registry::AgentEvent;
 use crate::time::now_ms;
 
@@ -107,6 +107,8 @@ struct RegionRun {
     agent: String,
     plan_id: String,
     state: RegionState,
+    /// What each of the plan's probes measures (empty when none was sent).
+    plan: RegionPlan,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -256,6 +258,7 @@ impl Coordinator {
                         state: RegionState::Lost(
                             "the coordinator stopped before this region's plan was sent".into(),
                         ),
+                        plan: RegionPlan::default(),
                     };
                 };
                 let state = if plan.state == "finished" {
@@ -276,6 +279,9 @@ impl Coordinator {
                     agent: plan.agent_name.clone(),
                     plan_id: plan.plan_id.clone(),
                     state,
+                    // The builder is deterministic: the same target, campaign
+                    // and region give the same probe ids and keys.
+                    plan: build_probes(&target, &row.campaign_id, region),
                 }
             })
             .collect();
@@ -334,7 +340,8 @@ impl Coordinator {
         // The budget bounds each phase of a plan from its own start.
         let mut phases = 1u32;
         for (region, agent) in &chosen {
-            let probes = build_probes(&target, &campaign_id, region);
+            let mut plan = build_probes(&target, &campaign_id, region);
+            let probes = std::mem::take(&mut plan.probes);
             phases = phases.max(probes.iter().map(|p| p.phase + 1).max().unwrap_or(1));
             let limits = vantage_agent::runner::RunnerLimits::default();
             let expected = probes
@@ -359,6 +366,7 @@ impl Coordinator {
                 agent: agent.clone(),
                 plan_id,
                 state: RegionState::Running,
+                plan,
             });
         }
         let now = tokio::time::Instant::now();
@@ -423,7 +431,7 @@ impl Coordinator {
             let plan = run.plan_id.clone();
             let results = self.db(move |s| s.results_for_plan(&plan)).await?;
             let (observations, single_header) =
-                observations_of(results.into_iter().map(|(_, r)| r));
+                observations_of(&run.plan, results.into_iter().map(|(_, r)| r));
             for header in failing_single_headers(&observations, &single_header) {
                 if !blocked_headers.contains(&header) {
                     blocked_headers.push(header);
@@ -672,39 +680,28 @@ fn request_of_stored(stored: &crate::report::ReportTarget) -> Result<TargetReque
 }
 
 /// Splits a plan's results into the diagnosis's observations and the
-/// single-header `cdn_headers` probes (header name → outcome ok?).
+/// single-header `cdn_headers` probes (header name → outcome ok?). What a
+/// result measured comes from its probe's key in `plan`; a result whose
+/// probe id the plan never had is left out.
 fn observations_of(
+    plan: &RegionPlan,
     results: impl Iterator<Item = pb::ProbeResult>,
 ) -> (Vec<Observation>, HashMap<String, Vec<bool>>) {
     let mut observations = Vec::new();
     let mut single: HashMap<String, Vec<bool>> = HashMap::new();
     for r in results {
+        let Some(key) = plan.key(&r.probe_id) else {
+            tracing::debug!(probe_id = %r.probe_id, "a result for a probe the plan does not have");
+            continue;
+        };
         let outcome = Outcome::try_from(r.outcome).unwrap_or(Outcome::MalformedResponse);
-        if let Some((_, header)) = r.probe_id.split_once('#') {
+        if let Some(header) = &key.single_header {
             let ok = outcome == Outcome::Ok && r.status < 500 && r.status != 403;
-            single.entry(header.to_string()).or_default().push(ok);
+            single.entry(header.clone()).or_default().push(ok);
             continue;
         }
-        let Ok(route) = Route::try_from(r.route) else {
-            continue;
-        };
-        let variant = match r.variant.as_str() {
-            "cdn_headers" => Variant::CdnHeaders,
-            "burst" => Variant::Burst,
-            "https" => Variant::Https,
-            _ => Variant::Baseline,
-        };
-        let address = r
-            .probe_id
-            .split_once('@')
-            .map(|(_, a)| {
-                if a == "resolver" {
-                    String::new()
-                } else {
-                    a.to_string()
-                }
-            })
-            .unwrap_or_default();
+        let (route, variant) = (key.route, key.variant);
+        let address = key.address.clone().unwrap_or_default();
         let t = r.timings.unwrap_or_default();
         let ms = |us: u64| us as f64 / 1000.0;
         let tls = r.tls.clone();

@@ -9,7 +9,7 @@
 //! It owns the follow-up's plans and the update of the stored report; it
 //! never touches the first report's evidence or verdict, only adds to it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use vantage_proto::domain::Outcome;
 use vantage_proto::pb;
 
 use crate::coordinator::Coordinator;
+use crate::diagnosis::FindingCode;
 use crate::plan::CampaignTarget;
 use crate::registry::AgentEvent;
 use crate::report::{FollowupState, Report, TtfbFollowup, TtfbMeasurement};
@@ -40,7 +41,10 @@ pub fn wait_for(edge_timeout: Duration) -> Duration {
 /// Whether a report calls for the follow-up: the origin was slower than
 /// the edge from every region, and the report could only say "longer than".
 pub fn wanted(report: &Report) -> bool {
-    report.findings.iter().any(|f| f.code == "origin_slow")
+    report
+        .findings
+        .iter()
+        .any(|f| f.code == FindingCode::OriginSlow)
 }
 
 /// Marks `report` as awaiting its follow-up.
@@ -100,6 +104,12 @@ impl Coordinator {
         mut report: Report,
     ) -> Result<(), Status> {
         let mut events = self.subscribe();
+        // Which origin each follow-up probe measured, by probe id (the same
+        // in every region): kept here, never read back out of the id.
+        let measured: HashMap<String, String> = probes(&target, &campaign_id, "")
+            .into_iter()
+            .map(|p| (p.probe_id, p.address_override))
+            .collect();
         let mut plans: Vec<(String, String)> = Vec::new();
         for (region, agent) in &regions {
             let sent = self
@@ -141,7 +151,10 @@ impl Coordinator {
                 let ttfb_us = r.timings.map_or(0, |t| t.ttfb_us);
                 measurements.push(TtfbMeasurement {
                     region: region.clone(),
-                    address: measured_address(&r),
+                    address: measured
+                        .get(&r.probe_id)
+                        .cloned()
+                        .unwrap_or_else(|| r.remote_addr.clone()),
                     outcome: outcome.as_str().to_string(),
                     ttfb_ms: (ttfb_us > 0).then(|| ttfb_us as f64 / 1000.0),
                 });
@@ -164,7 +177,11 @@ impl Coordinator {
 /// Puts what the follow-up measured into the `origin_slow` finding: one
 /// evidence line, and advice that names a timeout above the real TTFB.
 fn add_to_finding(report: &mut Report, measurements: &[TtfbMeasurement], edge_timeout: Duration) {
-    let Some(finding) = report.findings.iter_mut().find(|f| f.code == "origin_slow") else {
+    let Some(finding) = report
+        .findings
+        .iter_mut()
+        .find(|f| f.code == FindingCode::OriginSlow)
+    else {
         return;
     };
     let answered: Vec<f64> = measurements
@@ -191,13 +208,6 @@ fn add_to_finding(report: &mut Report, measurements: &[TtfbMeasurement], edge_ti
             worst / 1000.0
         ));
     }
-}
-
-/// The origin a follow-up result measured (its probe id names it).
-fn measured_address(r: &pb::ProbeResult) -> String {
-    r.probe_id
-        .strip_prefix("direct/ttfb@")
-        .map_or_else(|| r.remote_addr.clone(), str::to_string)
 }
 
 #[cfg(test)]

@@ -13,11 +13,15 @@
 //! Direct probes wait past the edge timeout, bounded, so a slow origin's real
 //! answer time is measured instead of being cut at the edge's limit.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use vantage_proto::cdn::CdnProfile;
+use vantage_proto::domain::Route;
 use vantage_proto::pb;
+
+use crate::diagnosis::Variant;
 
 /// Most attempts per probe a campaign may ask for.
 pub const MAX_ATTEMPTS: u32 = 20;
@@ -445,16 +449,49 @@ pub fn nonce_prefix(campaign_id: &str) -> String {
         .collect()
 }
 
-/// The probes one region runs for `target`. Nonces are unique per campaign,
-/// region and probe (the engine appends attempt and burst slot).
-pub fn build_probes(
-    target: &CampaignTarget,
-    campaign_id: &str,
-    region: &str,
-) -> Vec<pb::ProbeSpec> {
+/// What one planned probe measures, decided by the plan builder and kept
+/// beside the probe's id for the whole campaign: the id is an opaque label
+/// (readable in logs and the store), and nothing reads meaning back out of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeKey {
+    /// How the probe reaches the site.
+    pub route: Route,
+    /// Which step of the procedure it is.
+    pub variant: Variant,
+    /// The address it is aimed at (`ip:port` as the report shows it), or
+    /// `None` when the agent's own resolver picks (the edge by name, DNS).
+    pub address: Option<String>,
+    /// For the one-header `cdn_headers` probes: the single pull header it
+    /// sends (the probe that names a WAF rule's trigger).
+    pub single_header: Option<String>,
+}
+
+/// One region's plan: the probes to send and the typed key of each.
+#[derive(Debug, Clone, Default)]
+pub struct RegionPlan {
+    /// The probe specs, in plan order.
+    pub probes: Vec<pb::ProbeSpec>,
+    /// Each probe's key, by probe id.
+    pub keys: HashMap<String, ProbeKey>,
+}
+
+impl RegionPlan {
+    /// The key of the probe a result came from; `None` for an id this plan
+    /// never had.
+    pub fn key(&self, probe_id: &str) -> Option<&ProbeKey> {
+        self.keys.get(probe_id)
+    }
+}
+
+/// The probes one region runs for `target`, with their keys. Nonces are
+/// unique per campaign, region and probe (the engine appends attempt and
+/// burst slot).
+pub fn build_probes(target: &CampaignTarget, campaign_id: &str, region: &str) -> RegionPlan {
     let short = nonce_prefix(campaign_id);
     let mut probes = Vec::new();
-    let mut add = |mut spec: pb::ProbeSpec| {
+    let mut keys = HashMap::new();
+    let mut add = |mut spec: pb::ProbeSpec, key: ProbeKey| {
+        keys.insert(spec.probe_id.clone(), key);
         spec.nonce = format!("{short}-{region}-{}", probes.len());
         if spec.url.is_empty() {
             spec.url = target.url.clone();
@@ -499,42 +536,63 @@ pub fn build_probes(
             burst: 1,
             ..Default::default()
         };
-        add(direct("baseline", format!("direct/baseline@{at}")));
-        add(pb::ProbeSpec {
-            headers: pull_headers.clone(),
-            ..direct("cdn_headers", format!("direct/cdn_headers@{at}"))
-        });
+        let key = |variant: Variant, single_header: Option<&str>| ProbeKey {
+            route: Route::Direct,
+            variant,
+            address: Some(at.clone()),
+            single_header: single_header.map(str::to_string),
+        };
+        add(
+            direct("baseline", format!("direct/baseline@{at}")),
+            key(Variant::Baseline, None),
+        );
+        add(
+            pb::ProbeSpec {
+                headers: pull_headers.clone(),
+                ..direct("cdn_headers", format!("direct/cdn_headers@{at}"))
+            },
+            key(Variant::CdnHeaders, None),
+        );
         // One probe per header: when the full set is refused, the one that
         // is refused alone names the WAF rule's trigger.
         for header in &pull_headers {
-            add(pb::ProbeSpec {
-                headers: vec![header.clone()],
-                attempts: 1,
-                ..direct(
-                    "cdn_headers",
-                    format!("direct/cdn_headers@{at}#{}", header.name),
-                )
-            });
+            add(
+                pb::ProbeSpec {
+                    headers: vec![header.clone()],
+                    attempts: 1,
+                    ..direct(
+                        "cdn_headers",
+                        format!("direct/cdn_headers@{at}#{}", header.name),
+                    )
+                },
+                key(Variant::CdnHeaders, Some(&header.name)),
+            );
         }
         if let Some((https_url, https_at)) = target.https_control(origin) {
             // The control's only question is "does TLS to this origin get an
             // answer here?": its certificate is recorded, not required.
-            add(pb::ProbeSpec {
-                url: https_url,
-                address_override: display_addr(&https_at),
-                attempts: 1,
-                verify_tls: false,
-                ..direct("https", format!("direct/https@{at}"))
-            });
+            add(
+                pb::ProbeSpec {
+                    url: https_url,
+                    address_override: display_addr(&https_at),
+                    attempts: 1,
+                    verify_tls: false,
+                    ..direct("https", format!("direct/https@{at}"))
+                },
+                key(Variant::Https, None),
+            );
         }
-        add(pb::ProbeSpec {
-            burst: target.burst,
-            concurrency: target.burst,
-            attempts: 1,
-            // After the baselines: the burst must not be what makes them fail.
-            phase: 1,
-            ..direct("burst", format!("direct/burst@{at}"))
-        });
+        add(
+            pb::ProbeSpec {
+                burst: target.burst,
+                concurrency: target.burst,
+                attempts: 1,
+                // After the baselines: the burst must not be what makes them fail.
+                phase: 1,
+                ..direct("burst", format!("direct/burst@{at}"))
+            },
+            key(Variant::Burst, None),
+        );
     }
     let edge_timeouts = Some(pb::PhaseTimeouts {
         connect_ms: millis(t.connect),
@@ -549,30 +607,46 @@ pub fn build_probes(
         target.edges.iter().map(|e| Some(display_addr(e))).collect()
     };
     for edge in edges {
-        add(pb::ProbeSpec {
-            probe_id: format!("edge/baseline@{}", edge.as_deref().unwrap_or("resolver")),
-            route: pb::Route::Edge as i32,
-            address_override: edge.unwrap_or_default(),
-            variant: "baseline".into(),
-            timeouts: edge_timeouts,
-            attempts: target.attempts,
-            burst: 1,
-            ..Default::default()
-        });
+        add(
+            pb::ProbeSpec {
+                probe_id: format!("edge/baseline@{}", edge.as_deref().unwrap_or("resolver")),
+                route: pb::Route::Edge as i32,
+                address_override: edge.clone().unwrap_or_default(),
+                variant: "baseline".into(),
+                timeouts: edge_timeouts,
+                attempts: target.attempts,
+                burst: 1,
+                ..Default::default()
+            },
+            ProbeKey {
+                route: Route::Edge,
+                variant: Variant::Baseline,
+                address: edge,
+                single_header: None,
+            },
+        );
     }
-    add(pb::ProbeSpec {
-        probe_id: "dns".into(),
-        route: pb::Route::Dns as i32,
-        variant: "baseline".into(),
-        attempts: 1,
-        burst: 1,
-        timeouts: Some(pb::PhaseTimeouts {
-            total_ms: millis(t.connect),
+    add(
+        pb::ProbeSpec {
+            probe_id: "dns".into(),
+            route: pb::Route::Dns as i32,
+            variant: "baseline".into(),
+            attempts: 1,
+            burst: 1,
+            timeouts: Some(pb::PhaseTimeouts {
+                total_ms: millis(t.connect),
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
-        ..Default::default()
-    });
-    probes
+        },
+        ProbeKey {
+            route: Route::Dns,
+            variant: Variant::Baseline,
+            address: None,
+            single_header: None,
+        },
+    );
+    RegionPlan { probes, keys }
 }
 
 /// The budget of one region's plan: every probe's longest wait fits in it
@@ -601,7 +675,7 @@ mod tests {
 
     #[test]
     fn every_step_of_the_seed_is_planned_for_every_origin() {
-        let probes = build_probes(&target(), "c0ffee-1234", "eu");
+        let probes = build_probes(&target(), "c0ffee-1234", "eu").probes;
         let ids: Vec<&str> = probes.iter().map(|p| p.probe_id.as_str()).collect();
         for origin in ["192.0.2.10:80", "[2001:db8::1]:8080"] {
             for step in ["baseline", "cdn_headers", "burst", "https"] {
@@ -655,7 +729,7 @@ mod tests {
             .unwrap();
             let budget = plan_budget(&target);
             assert_eq!(budget, Duration::from_millis(edge_timeout + 1100 + 2 * 200));
-            for probe in build_probes(&target, "c0ffee", "eu") {
+            for probe in build_probes(&target, "c0ffee", "eu").probes {
                 let t = probe.timeouts.unwrap();
                 let last_start = Duration::from_millis(u64::from(probe.attempt_interval_ms))
                     * probe.attempts.saturating_sub(1);
@@ -694,7 +768,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(target.origins[0].port(), 443, "the pull protocol's port");
-        let probes = build_probes(&target, "c0ffee", "eu");
+        let probes = build_probes(&target, "c0ffee", "eu").probes;
         let direct: Vec<&pb::ProbeSpec> = probes
             .iter()
             .filter(|p| p.route == pb::Route::Direct as i32)
@@ -726,7 +800,7 @@ mod tests {
 
     #[test]
     fn nonces_are_unique() {
-        let probes = build_probes(&target(), "c0ffee-1234", "eu");
+        let probes = build_probes(&target(), "c0ffee-1234", "eu").probes;
         let mut nonces: Vec<&str> = probes.iter().map(|p| p.nonce.as_str()).collect();
         nonces.sort_unstable();
         nonces.dedup();
@@ -740,6 +814,7 @@ mod tests {
         assert_eq!(cloudflare.edge_timeout, Duration::from_secs(100));
         assert_eq!(cloudflare.origins[0].port(), 443);
         let edge = build_probes(&cloudflare, "x", "r")
+            .probes
             .into_iter()
             .find(|p| p.route == pb::Route::Edge as i32)
             .unwrap();

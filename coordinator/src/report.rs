@@ -501,7 +501,7 @@ pub fn render_terminal(report: &Report, color: bool) -> String {
     for f in &report.findings {
         let title = match &f.kind {
             Some(k) => format!("{}/{k}", f.code),
-            None => f.code.clone(),
+            None => f.code.to_string(),
         };
         let _ = writeln!(
             out,

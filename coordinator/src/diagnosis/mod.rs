@@ -215,11 +215,68 @@ pub enum Confidence {
     Low,
 }
 
+/// A finding's code (DESIGN §5 table, a contract: these names are what
+/// the report JSON, alerts and users' scripts see).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingCode {
+    /// The origin refuses or resets connections, or times out.
+    OriginDown,
+    /// The origin answers later than the edge waits.
+    OriginSlow,
+    /// The origin limits request rates (429, or refusals under a burst).
+    OriginRateLimited,
+    /// The origin (or its WAF) refuses the CDN's pull headers.
+    OriginBlocksCdnHeaders,
+    /// The origin refuses the CDN's pull addresses (an allowlist).
+    OriginBlocksEdge,
+    /// The origin's TLS fails where the edge pulls over HTTPS.
+    OriginTlsError,
+    /// The edge fails while the origin is healthy.
+    EdgeFault,
+    /// A carrier in some regions interferes with the traffic.
+    CarrierInterference,
+}
+
+impl FindingCode {
+    /// Every code, in the DESIGN table's order.
+    pub const ALL: [FindingCode; 8] = [
+        FindingCode::OriginDown,
+        FindingCode::OriginSlow,
+        FindingCode::OriginRateLimited,
+        FindingCode::OriginBlocksCdnHeaders,
+        FindingCode::OriginBlocksEdge,
+        FindingCode::OriginTlsError,
+        FindingCode::EdgeFault,
+        FindingCode::CarrierInterference,
+    ];
+
+    /// The contract name, e.g. `origin_down`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingCode::OriginDown => "origin_down",
+            FindingCode::OriginSlow => "origin_slow",
+            FindingCode::OriginRateLimited => "origin_rate_limited",
+            FindingCode::OriginBlocksCdnHeaders => "origin_blocks_cdn_headers",
+            FindingCode::OriginBlocksEdge => "origin_blocks_edge",
+            FindingCode::OriginTlsError => "origin_tls_error",
+            FindingCode::EdgeFault => "edge_fault",
+            FindingCode::CarrierInterference => "carrier_interference",
+        }
+    }
+}
+
+impl std::fmt::Display for FindingCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One named fault (DESIGN §5 table; `code` and `kind` are a contract).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
-    /// The finding's code, e.g. `origin_down`.
-    pub code: String,
+    /// The finding's code.
+    pub code: FindingCode,
     /// Its kind, where the table lists kinds, e.g. `connect_refused`.
     pub kind: Option<String>,
     /// The regions where it holds.

@@ -12,7 +12,8 @@ use vantage_proto::domain::{Outcome, Route};
 use super::compare::same_page;
 use super::curl;
 use super::{
-    Confidence, Evidence, Finding, Observation, RegionEvidence, Target, Variant, WitnessEvidence,
+    Confidence, Evidence, Finding, FindingCode, Observation, RegionEvidence, Target, Variant,
+    WitnessEvidence,
 };
 
 /// The evidence with the live regions picked out.
@@ -43,6 +44,27 @@ impl<'a> Ctx<'a> {
 
     fn edge_timeout_ms(&self) -> f64 {
         self.ev.target.edge_timeout.as_secs_f64() * 1000.0
+    }
+
+    /// The origin itself served this exact page (same status, same body) to
+    /// a direct probe in one of the trusted `regions` (the controls): a
+    /// route or region that shows it relays the origin's own answer (a rate
+    /// limit's refusal page, say), it is neither an injected page nor one the
+    /// edge made. Only the controls count: two regions behind the same
+    /// injector see the same injected page.
+    fn origin_page_in(&self, o: &Observation, regions: &[&str]) -> bool {
+        o.status.is_some()
+            && !o.body_sha256.is_empty()
+            && self
+                .live
+                .iter()
+                .filter(|r| regions.contains(&r.region.as_str()))
+                .flat_map(|r| r.observations.iter())
+                .any(|d| {
+                    d.route == Route::Direct
+                        && d.status == o.status
+                        && d.body_sha256 == o.body_sha256
+                })
     }
 
     /// `None` without a witness, else whether it saw any of these requests.
@@ -156,13 +178,32 @@ impl<'a> Verdict<'a> {
     }
 }
 
-/// Most attempts failed → the most common failure; else fine.
+/// The statuses a rate limit answers with (nginx's `limit_req` and
+/// `limit_conn` default to 503; many limiters send 429).
+fn is_throttle_status(status: Option<u16>) -> bool {
+    matches!(status, Some(429 | 503))
+}
+
+/// Some attempts succeeded and every other one was refused with a rate
+/// limit's status: a throttled origin refuses whichever requests happen to
+/// overlap, at random, so these refusals say nothing about this route or
+/// these headers (the rate-limit rule judges them on the burst).
+fn throttled(obs: &[&Observation], refused: &[&Observation]) -> bool {
+    let ok = obs
+        .iter()
+        .any(|o| o.outcome == Outcome::Ok && o.status.is_some_and(|s| s < 400));
+    ok && !refused.is_empty() && refused.iter().all(|o| is_throttle_status(o.status))
+}
+
+/// Most attempts failed → the most common failure; else fine. Attempts
+/// that only a rate limit refused, beside a success, are fine.
 fn verdict<'a>(obs: &[&'a Observation]) -> Option<Verdict<'a>> {
     let failures: Vec<(Failure, &'a Observation)> = obs
         .iter()
         .filter_map(|o| failure(o).map(|f| (f, *o)))
         .collect();
-    if failures.len() * 2 > obs.len() {
+    let refused: Vec<&Observation> = failures.iter().map(|(_, o)| *o).collect();
+    if failures.len() * 2 > obs.len() && !throttled(obs, &refused) {
         let count = |k: &str| failures.iter().filter(|(f, _)| f.kind() == k).count();
         let mut best = failures.first().copied()?;
         for &(f, o) in &failures {
@@ -567,6 +608,7 @@ fn interference_at<'a>(ctx: &Ctx<'a>, groups: &[&Group<'a>]) -> Vec<Hit<'a>> {
         return Vec::new();
     }
     let controls: Vec<&Group<'a>> = reference.iter().map(|&i| groups[i]).collect();
+    let control_regions: Vec<&str> = controls.iter().map(|c| c.region).collect();
     let mut hits: Vec<Hit<'a>> = Vec::new();
     for (i, g) in groups.iter().enumerate() {
         if reference.contains(&i) || seen[i] == Some(true) {
@@ -579,6 +621,11 @@ fn interference_at<'a>(ctx: &Ctx<'a>, groups: &[&Group<'a>]) -> Vec<Hit<'a>> {
             continue;
         }
         if g.route == Route::Edge && g.verdict.failure().is_some() && edge_answered(rep) {
+            continue;
+        }
+        // The origin's own page (only the certificate can still differ:
+        // an interceptor relays the real page).
+        if !tls && ctx.origin_page_in(rep, &control_regions) {
             continue;
         }
         let kind = if tls {
@@ -881,7 +928,7 @@ fn interference_findings(ctx: &Ctx<'_>, hits: &[Hit<'_>]) -> Vec<Finding> {
             }
         }
         out.push(Finding {
-            code: "carrier_interference".to_string(),
+            code: FindingCode::CarrierInterference,
             kind: Some(kind.to_string()),
             regions: regions.clone(),
             confidence: confidence(compared, witness),
@@ -949,7 +996,7 @@ fn origin_tls_error(ctx: &Ctx<'_>, groups: &[&Group<'_>]) -> Option<Finding> {
     let address = groups.first()?.address;
     let regions = regions_of(groups);
     Some(Finding {
-        code: "origin_tls_error".to_string(),
+        code: FindingCode::OriginTlsError,
         kind: Some(kind.to_string()),
         confidence: confidence(regions.len(), Witness::Irrelevant),
         summary: format!(
@@ -1001,7 +1048,7 @@ fn origin_down(ctx: &Ctx<'_>, groups: &[&Group<'_>]) -> Option<Finding> {
         _ => ("answers with a server error", format!("The origin itself answers {}: fix the application (see its error log); the CDN passes the error on.", statuses.join("/")), "the same 5xx"),
     };
     Some(Finding {
-        code: "origin_down".to_string(),
+        code: FindingCode::OriginDown,
         kind: Some(kind.to_string()),
         confidence: confidence(regions.len(), Witness::Irrelevant),
         summary: format!(
@@ -1069,7 +1116,7 @@ fn origin_slow(ctx: &Ctx<'_>, groups: &[&Group<'_>]) -> Option<Finding> {
         format!("{:.1} s", worst / 1000.0)
     };
     Some(Finding {
-        code: "origin_slow".to_string(),
+        code: FindingCode::OriginSlow,
         kind: None,
         confidence: confidence(regions.len(), Witness::Irrelevant),
         summary: format!(
@@ -1172,7 +1219,7 @@ fn origin_rate_limited(ctx: &Ctx<'_>, direct: &[Group<'_>]) -> Option<Finding> {
         None,
     ));
     Some(Finding {
-        code: "origin_rate_limited".to_string(),
+        code: FindingCode::OriginRateLimited,
         kind: None,
         confidence: if everywhere { confidence(regions.len(), Witness::Irrelevant) } else { Confidence::Low },
         summary: if everywhere {
@@ -1216,7 +1263,7 @@ fn origin_blocks_cdn_headers(ctx: &Ctx<'_>, direct: &[Group<'_>]) -> Option<Find
         let Some(rep) = failed.first().copied() else {
             continue;
         };
-        if failed.len() * 2 <= cdn.len() {
+        if failed.len() * 2 <= cdn.len() || throttled(&cdn, &failed) {
             continue;
         }
         evidence.push(format!(
@@ -1272,7 +1319,7 @@ fn origin_blocks_cdn_headers(ctx: &Ctx<'_>, direct: &[Group<'_>]) -> Option<Find
         names.join(", ")
     };
     Some(Finding {
-        code: "origin_blocks_cdn_headers".to_string(),
+        code: FindingCode::OriginBlocksCdnHeaders,
         kind: None,
         confidence: if everywhere { confidence(regions.len(), Witness::Irrelevant) } else { Confidence::Low },
         summary: format!(
@@ -1398,7 +1445,7 @@ fn origin_blocks_edge(ctx: &Ctx<'_>, direct: &[Group<'_>], edge: &[Group<'_>]) -
         (_, false) => ": most likely the origin's allowlist refuses the edge's pull addresses (no witness to rule out the CDN's own access rule)",
     };
     Some(Finding {
-        code: "origin_blocks_edge".to_string(),
+        code: FindingCode::OriginBlocksEdge,
         kind: None,
         confidence: confidence(regions.len(), witness),
         summary: format!(
@@ -1419,13 +1466,18 @@ fn origin_blocks_edge(ctx: &Ctx<'_>, direct: &[Group<'_>], edge: &[Group<'_>]) -
 /// Direct fine, the edge fails only via some addresses or in some regions
 /// while it works elsewhere (so the origin answers the edge).
 fn edge_fault(ctx: &Ctx<'_>, edge: &[Group<'_>]) -> Option<Finding> {
-    let failing: Vec<&Group<'_>> = edge
-        .iter()
-        .filter(|g| g.verdict.failure().is_some())
-        .collect();
     let working: Vec<&Group<'_>> = edge
         .iter()
         .filter(|g| g.verdict.failure().is_none())
+        .collect();
+    // An edge that relays the origin's own refusal page (as the origin
+    // served it to direct probes where the edge works) is not at fault.
+    let working_regions: Vec<&str> = working.iter().map(|g| g.region).collect();
+    let failing: Vec<&Group<'_>> = edge
+        .iter()
+        .filter(|g| {
+            g.verdict.failure().is_some() && !ctx.origin_page_in(g.verdict.rep(), &working_regions)
+        })
         .collect();
     if failing.is_empty() || working.is_empty() {
         return None;
@@ -1463,7 +1515,7 @@ fn edge_fault(ctx: &Ctx<'_>, edge: &[Group<'_>]) -> Option<Finding> {
     );
     let total_regions = distinct(edge.iter().map(|g| g.region)).len();
     Some(Finding {
-        code: "edge_fault".to_string(),
+        code: FindingCode::EdgeFault,
         kind: None,
         confidence: confidence(total_regions, witness),
         summary: format!(

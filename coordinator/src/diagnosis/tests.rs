@@ -204,7 +204,13 @@ type Key = (String, Option<String>, Vec<String>);
 fn codes(d: &Diagnosis) -> Vec<Key> {
     d.findings
         .iter()
-        .map(|f| (f.code.clone(), f.kind.clone(), f.regions.clone()))
+        .map(|f| {
+            (
+                f.code.as_str().to_string(),
+                f.kind.clone(),
+                f.regions.clone(),
+            )
+        })
         .collect()
 }
 
@@ -651,7 +657,7 @@ fn edge_pulls_the_witness_saw_are_not_origin_blocks_edge() {
     assert!(diagnose(&ev)
         .findings
         .iter()
-        .all(|f| f.code != "origin_blocks_edge"));
+        .all(|f| f.code != FindingCode::OriginBlocksEdge));
 }
 
 /// The edge passes on the origin's 403 everywhere (nginx `allow/deny` on
@@ -680,7 +686,7 @@ fn edge_pulls_seen(ev: Evidence) -> Evidence {
 #[test]
 fn an_allowlist_that_answers_403_is_origin_blocks_edge() {
     let f = only(&edge_pulls_seen(evidence(all_three(edge_refused))));
-    assert_eq!(f.code, "origin_blocks_edge");
+    assert_eq!(f.code, FindingCode::OriginBlocksEdge);
     assert_eq!(
         f.regions,
         ALL.iter().map(|r| r.to_string()).collect::<Vec<_>>()
@@ -695,7 +701,7 @@ fn an_allowlist_that_answers_403_is_origin_blocks_edge() {
         f.evidence
     );
     let without = only(&evidence(all_three(edge_refused)));
-    assert_eq!(without.code, "origin_blocks_edge");
+    assert_eq!(without.code, FindingCode::OriginBlocksEdge);
     assert_eq!(without.confidence, Confidence::Medium);
     assert!(without
         .evidence
@@ -708,7 +714,7 @@ fn an_allowlist_that_answers_403_is_origin_blocks_edge() {
     assert!(diagnose(&not_origin)
         .findings
         .iter()
-        .all(|f| f.code != "origin_blocks_edge"));
+        .all(|f| f.code != FindingCode::OriginBlocksEdge));
 }
 
 #[test]
@@ -789,8 +795,10 @@ fn two_regions_told_the_same_lie_do_not_hide_each_other() {
             got.sort();
             assert_eq!(got, want, "{liars:?}: {d:#?}");
             assert!(
-                d.findings.iter().all(|f| f.code == "carrier_interference"
-                    && f.kind.as_deref() == Some("dns_tampering")),
+                d.findings
+                    .iter()
+                    .all(|f| f.code == FindingCode::CarrierInterference
+                        && f.kind.as_deref() == Some("dns_tampering")),
                 "the liars' block pages are the lie's, not a second finding: {d:#?}"
             );
         }
@@ -826,7 +834,7 @@ fn witness_seeing_the_request_rules_out_the_carrier() {
     assert!(diagnose(&ev)
         .findings
         .iter()
-        .all(|f| f.code != "carrier_interference"));
+        .all(|f| f.code != FindingCode::CarrierInterference));
 }
 
 #[test]
@@ -839,7 +847,7 @@ fn an_unfinished_region_is_named_and_what_it_sent_still_counts() {
     assert!(d
         .findings
         .iter()
-        .any(|f| f.code == "carrier_interference" && f.regions == ["ap"]));
+        .any(|f| f.code == FindingCode::CarrierInterference && f.regions == ["ap"]));
     assert_eq!(d.missing.len(), 1, "{:?}", d.missing);
     assert!(d.missing[0].starts_with("ap: agent agent-ap disconnected"));
 
@@ -917,7 +925,7 @@ fn edge_fault_in_one_region_with_the_edges_own_52x() {
         |_, _| false,
     );
     let f = only(&ev);
-    assert_eq!(f.code, "edge_fault");
+    assert_eq!(f.code, FindingCode::EdgeFault);
     assert_eq!(f.regions, vec!["ap".to_string()]);
     assert_eq!(f.confidence, Confidence::High);
 }
@@ -968,4 +976,91 @@ fn diagnosis_serializes_lowercase() {
     assert_eq!(json["status"], "faulty");
     assert_eq!(json["findings"][0]["confidence"], "high");
     assert_eq!(json["findings"][0]["kind"], "connect_refused");
+}
+
+/// The origin's own rate-limit refusal page (nginx `limit_conn`: 503).
+fn throttled_page(o: &mut Observation) {
+    o.status = Some(503);
+    o.body_bytes = 197;
+    o.body_sha256 = "5b".repeat(32);
+    o.title = "503 Service Temporarily Unavailable".to_string();
+}
+
+#[test]
+fn a_connection_limit_refusing_whichever_requests_overlap_is_only_a_rate_limit() {
+    // What nginx's limit_conn did on the real-server tier: in every region
+    // half the burst is refused, and the first attempts of the baseline and
+    // of the pull-header probe (which overlap) get the same 503 page, while
+    // later attempts get the site. In one region every edge attempt got the
+    // origin's 503 page through the edge (the edge's pull address is shared
+    // by every region, so it is throttled hardest).
+    let region_obs = |edge_all_refused: bool| {
+        let mut v = healthy();
+        v.push(ok(Route::Direct, Variant::CdnHeaders, ORIGIN));
+        v.push(ok(Route::Direct, Variant::CdnHeaders, ORIGIN));
+        v.push(ok(Route::Edge, Variant::Baseline, EDGE));
+        let mut first_baseline = true;
+        let mut cdn_refused = 0;
+        let mut burst_refused = 0;
+        let mut edge_refused = 0;
+        for o in v.iter_mut() {
+            match (o.route, o.variant) {
+                (Route::Direct, Variant::Baseline) if first_baseline => {
+                    first_baseline = false;
+                    throttled_page(o);
+                }
+                (Route::Direct, Variant::CdnHeaders) if cdn_refused < 2 => {
+                    cdn_refused += 1;
+                    throttled_page(o);
+                }
+                (Route::Direct, Variant::Burst) if burst_refused < 2 => {
+                    burst_refused += 1;
+                    throttled_page(o);
+                }
+                (Route::Edge, Variant::Baseline) if edge_all_refused || edge_refused < 2 => {
+                    edge_refused += 1;
+                    throttled_page(o);
+                }
+                _ => {}
+            }
+        }
+        v
+    };
+    let ev = evidence(vec![
+        region("ap", region_obs(false)),
+        region("eu", region_obs(true)),
+        region("us", region_obs(false)),
+    ]);
+    let d = diagnose(&ev);
+    assert_eq!(
+        codes(&d),
+        vec![want("origin_rate_limited", None, &["ap", "eu", "us"])],
+        "{d:#?}"
+    );
+
+    // An injector's page is still an injection, though two regions see it.
+    let mut block = healthy();
+    for o in block
+        .iter_mut()
+        .filter(|o| o.route == Route::Direct && o.variant != Variant::Burst)
+    {
+        injected(o);
+    }
+    let ev = witnessed(
+        evidence(vec![
+            region("ap", block.clone()),
+            region("eu", healthy()),
+            region("sa", healthy()),
+            region("us", block),
+        ]),
+        |region, o| (region == "ap" || region == "us") && o.route == Route::Direct,
+    );
+    let d = diagnose(&ev);
+    assert!(
+        d.findings
+            .iter()
+            .any(|f| f.code == FindingCode::CarrierInterference
+                && f.kind.as_deref() == Some("http_injection")),
+        "{d:#?}"
+    );
 }
