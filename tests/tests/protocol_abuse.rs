@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use tonic::Code;
-use vantage_lab::lab::{enroll_identity, hello_for, raw_session, AgentBuilder, LabCoordinator};
+use vantage_lab::lab::{
+    enroll_identity, hello_for, raw_session, AgentBuilder, CoordinatorProcess, LabCoordinator,
+};
 use vantage_lab::origin::Origin;
 use vantage_proto::pb;
 use vantage_proto::pb::agent_message::Body as Up;
@@ -278,31 +280,80 @@ fn valid_result(plan_id: &str, result_id: &str) -> pb::ProbeResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_and_marks_are_refused_for_plans_sent_to_another_agent() {
-    let lab = LabCoordinator::builder().start().await.unwrap();
-    let victim = enroll_identity(&lab.token("eu").await.unwrap(), "victim-1")
+    // The real `vantage serve`; the victim is a connected session that the
+    // coordinator sends a plan to, the forger another enrolled agent.
+    let data = tempfile::tempdir().unwrap();
+    let coordinator = CoordinatorProcess::start(
+        data.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let victim = enroll_identity(&coordinator.create_token("eu").await.unwrap(), "victim-1")
         .await
         .unwrap();
-    let forger = enroll_identity(&lab.token("us").await.unwrap(), "forger-1")
+    let forger = enroll_identity(&coordinator.create_token("us").await.unwrap(), "forger-1")
         .await
         .unwrap();
-    let witness =
-        vantage_lab::lab::enroll_identity_as(&lab.token("origin").await.unwrap(), "w-1", "witness")
+    let witness = vantage_lab::lab::enroll_identity_as(
+        &coordinator.create_token("origin").await.unwrap(),
+        "w-1",
+        "witness",
+    )
+    .await
+    .unwrap();
+    let victim_session = raw_session(&victim, vec![hello_for(&victim)])
+        .await
+        .unwrap();
+    let mut victim_inbound = victim_session.inbound.unwrap();
+    let mut control = coordinator.control().unwrap();
+    // RunPlan needs the agent's session registered: retry until it is.
+    let plan_id = vantage_lab::process::poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            let mut control = control.clone();
+            async move {
+                control
+                    .run_plan(pb::RunPlanRequest {
+                        agents: vec!["victim-1".into()],
+                        probes: vec![pb::ProbeSpec {
+                            url: "http://192.0.2.1/".into(),
+                            route: pb::Route::Direct as i32,
+                            ..Default::default()
+                        }],
+                    })
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner().plan_id)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // The victim's session really got it.
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(Some(pb::CoordinatorMessage {
+                body: Some(pb::coordinator_message::Body::Plan(plan)),
+            })) = victim_inbound.message().await
+            {
+                return plan.plan_id;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, plan_id);
+    let state_of_victim = |mut control: vantage::client::ControlClient, plan_id: String| async move {
+        let status = control
+            .get_plan_status(pb::GetPlanStatusRequest { plan_id })
             .await
-            .unwrap();
-    let store = lab.core().store();
-    store
-        .insert_plan(
-            "plan-victim",
-            None,
-            0,
-            "[]",
-            &[(victim.info.agent_id.clone(), 3)],
-        )
-        .unwrap();
-    let state_of_victim = || {
-        let status = store.plan_status("plan-victim").unwrap().unwrap();
-        assert_eq!(status.len(), 1);
-        (status[0].state.clone(), status[0].stored)
+            .unwrap()
+            .into_inner();
+        assert_eq!(status.agents.len(), 1);
+        (status.agents[0].state.clone(), status.results_stored)
     };
 
     // Forged results for the victim's plan, then a forged "finished" mark on
@@ -312,17 +363,17 @@ async fn results_and_marks_are_refused_for_plans_sent_to_another_agent() {
         Up::Results(pb::ResultBatch {
             seq: 1,
             results: (0..30)
-                .map(|i| valid_result("plan-victim", &format!("forged-{i}")))
+                .map(|i| valid_result(&plan_id, &format!("forged-{i}")))
                 .collect(),
             ..Default::default()
         }),
         Up::Results(pb::ResultBatch {
             seq: 2,
-            finished_plan_id: "plan-victim".into(),
+            finished_plan_id: plan_id.clone(),
             ..Default::default()
         }),
         Up::PlanRejected(pb::PlanRejected {
-            plan_id: "plan-victim".into(),
+            plan_id: plan_id.clone(),
             reason: "forged".into(),
         }),
     ];
@@ -335,12 +386,14 @@ async fn results_and_marks_are_refused_for_plans_sent_to_another_agent() {
         .await;
         assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
         assert!(
-            status.message().contains("plan-victim") && status.message().contains("forger-1"),
+            status.message().contains(&plan_id) && status.message().contains("forger-1"),
             "{status:?}"
         );
-        assert_eq!(state_of_victim(), ("sent".to_string(), 0));
+        assert_eq!(
+            state_of_victim(control.clone(), plan_id.clone()).await,
+            ("sent".to_string(), 0)
+        );
     }
-    assert_eq!(store.count_all_results().unwrap(), 0);
 
     // A plan that was never sent to anyone is refused the same way.
     let status = final_status(
@@ -361,7 +414,7 @@ async fn results_and_marks_are_refused_for_plans_sent_to_another_agent() {
     .await;
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
-    // A witness sends observations only, even for a plan of its own name.
+    // A witness sends observations only.
     let status = final_status(
         raw_session(
             &witness,
@@ -369,7 +422,7 @@ async fn results_and_marks_are_refused_for_plans_sent_to_another_agent() {
                 hello_for(&witness),
                 up(Up::Results(pb::ResultBatch {
                     seq: 1,
-                    results: vec![valid_result("plan-victim", "w-result")],
+                    results: vec![valid_result(&plan_id, "w-result")],
                     ..Default::default()
                 })),
             ],
@@ -381,27 +434,29 @@ async fn results_and_marks_are_refused_for_plans_sent_to_another_agent() {
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("witness"), "{status:?}");
 
+    // The refusals are logged with the agent's name.
+    let log = coordinator.process.output();
+    assert!(
+        log.contains("forger-1") && log.contains("not sent to this agent"),
+        "{log}"
+    );
+
     // The plan's own agent is accepted: its results are stored and acked,
     // and its "finished" mark lands.
-    let session = raw_session(
-        &victim,
-        vec![
-            hello_for(&victim),
-            up(Up::Results(pb::ResultBatch {
-                seq: 1,
-                results: (0..3)
-                    .map(|i| valid_result("plan-victim", &format!("own-{i}")))
-                    .collect(),
-                finished_plan_id: "plan-victim".into(),
-            })),
-        ],
-    )
-    .await
-    .unwrap();
-    let mut inbound = session.inbound.unwrap();
+    victim_session
+        .tx
+        .send(up(Up::Results(pb::ResultBatch {
+            seq: 1,
+            results: (0..3)
+                .map(|i| valid_result(&plan_id, &format!("own-{i}")))
+                .collect(),
+            finished_plan_id: plan_id.clone(),
+        })))
+        .await
+        .unwrap();
     let acked = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            match inbound.message().await {
+            match victim_inbound.message().await {
                 Ok(Some(pb::CoordinatorMessage {
                     body: Some(pb::coordinator_message::Body::Ack(ack)),
                 })) => return ack.seq,
@@ -413,6 +468,9 @@ async fn results_and_marks_are_refused_for_plans_sent_to_another_agent() {
     .await
     .expect("an Ack within 20 s");
     assert_eq!(acked, 1);
-    assert_eq!(state_of_victim(), ("finished".to_string(), 3));
-    lab.stop().await.unwrap();
+    assert_eq!(
+        state_of_victim(control.clone(), plan_id.clone()).await,
+        ("finished".to_string(), 3)
+    );
+    let _ = &mut control;
 }
