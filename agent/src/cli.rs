@@ -14,18 +14,22 @@ use clap::{Args, Parser, Subcommand};
 use tokio::sync::mpsc;
 use vantage_proto::domain::{check_labels, check_name, Outcome};
 use vantage_proto::json::{outcome_name, result_json};
+use vantage_proto::limits::PlanCaps;
 use vantage_proto::pb;
 use vantage_proto::token::EnrollmentToken;
 
 use crate::backoff::BackoffConfig;
 use crate::enroll::{enroll, EnrollRequest};
-use crate::env::Env;
-use crate::identity::{create_private_dir, Identity};
-use crate::probe::{parse_override, ProbeEngine, ProbeLimits};
-use crate::runner::{expected_requests, Runner, RunnerLimits};
+use crate::identity::Identity;
+use crate::probe::{ProbeEngine, ProbeLimits, DEFAULT_MAX_RATE_PER_TARGET};
+use crate::runner::{Runner, RunnerLimits};
 use crate::safety::TargetPolicy;
 use crate::session::{Agent, SessionConfig};
 use crate::spool::{parse_size, Spool};
+use vantage_support::addr::parse_ip_port;
+use vantage_support::env::Env;
+use vantage_support::fs::create_private_dir;
+use vantage_support::runtime::{run_main_with_code, LogDefault};
 
 /// vantage-agent: runs probe plans for a vantage coordinator, from this host's
 /// network vantage point.
@@ -159,25 +163,55 @@ pub struct RunArgs {
     pub cacert: Option<PathBuf>,
     /// Most bytes of unacknowledged results kept on disk; when full, new plans
     /// are refused (nothing spooled is dropped). Units: KB, MB, GB, KiB, MiB, GiB.
-    #[arg(long, value_name = "SIZE", default_value = "64MiB")]
+    #[arg(long, value_name = "SIZE", default_value = DEFAULT_SPOOL_MAX)]
     pub spool_max: String,
     /// Allow probing loopback, private, link-local and other special-purpose
     /// addresses (refused by default so a coordinator cannot aim the agent inward).
     #[arg(long)]
     pub allow_private: bool,
     /// Shortest reconnect delay.
-    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = humantime::parse_duration)]
-    pub reconnect_min: Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = BackoffConfig::default().min.into())]
+    pub reconnect_min: humantime::Duration,
     /// Longest reconnect delay.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub reconnect_max: Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = BackoffConfig::default().max.into())]
+    pub reconnect_max: humantime::Duration,
     /// Most requests in flight at once, across all plans.
-    #[arg(long, value_name = "N", default_value_t = 256)]
+    #[arg(long, value_name = "N", default_value_t = RunnerLimits::default().max_concurrency)]
     pub max_concurrency: usize,
     /// Most requests per second to any one target address, across all plans
     /// (a coordinator cannot raise it): the agent is never a flood.
-    #[arg(long, value_name = "N", default_value_t = 200)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_RATE_PER_TARGET)]
     pub max_rate: u32,
+}
+
+/// `--spool-max` unless given.
+pub const DEFAULT_SPOOL_MAX: &str = "64MiB";
+/// The agent's state directory unless `--state-dir` or the env says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "vantage-agent";
+/// The witness's state directory unless `--state-dir` or the env says otherwise.
+pub const DEFAULT_WITNESS_STATE_DIR: &str = "vantage-witness";
+
+/// Every flag at its default, from the same constants clap shows in
+/// `--help`: what embedded agents and the witness start from.
+impl Default for RunArgs {
+    fn default() -> Self {
+        RunArgs {
+            token: None,
+            token_file: None,
+            state_dir: None,
+            name: None,
+            labels: Vec::new(),
+            bind_ip: None,
+            dns_server: None,
+            cacert: None,
+            spool_max: DEFAULT_SPOOL_MAX.to_string(),
+            allow_private: false,
+            reconnect_min: BackoffConfig::default().min.into(),
+            reconnect_max: BackoffConfig::default().max.into(),
+            max_concurrency: RunnerLimits::default().max_concurrency,
+            max_rate: DEFAULT_MAX_RATE_PER_TARGET,
+        }
+    }
 }
 
 /// A validated `run` configuration.
@@ -220,8 +254,14 @@ fn default_name(env: &dyn Env) -> String {
 }
 
 impl RunArgs {
-    /// Checks every flag; nothing is touched on disk or the network.
+    /// Checks every flag for an agent; nothing is touched on disk or the network.
     pub fn validate(self, env: &dyn Env) -> anyhow::Result<RunConfig> {
+        self.validate_as(env, "agent")
+    }
+
+    /// [`RunArgs::validate`] for a process that enrolls as `role` (`agent`
+    /// or `witness`).
+    pub fn validate_as(self, env: &dyn Env, role: &'static str) -> anyhow::Result<RunConfig> {
         let token = match (self.token, &self.token_file) {
             (Some(_), Some(_)) => bail!("--token and --token-file: give one of them, not both"),
             (Some(text), None) => Some(EnrollmentToken::decode(&text).context("--token")?),
@@ -247,8 +287,8 @@ impl RunArgs {
             bail!("--spool-max {}: must be at least 64KiB", self.spool_max);
         }
         let backoff = BackoffConfig {
-            min: self.reconnect_min,
-            max: self.reconnect_max,
+            min: *self.reconnect_min,
+            max: *self.reconnect_max,
             ..BackoffConfig::default()
         };
         backoff
@@ -269,7 +309,7 @@ impl RunArgs {
         let state_dir = self
             .state_dir
             .or_else(|| env.var("VANTAGE_AGENT_STATE_DIR").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("vantage-agent"));
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         let policy = TargetPolicy {
             allow_private: self.allow_private,
         };
@@ -277,7 +317,7 @@ impl RunArgs {
             .dns_server
             .as_deref()
             .map(|text| {
-                parse_override(text, 53)
+                parse_ip_port(text, 53)
                     .with_context(|| format!("--dns-server {text:?}: expected IP or IP:PORT"))
             })
             .transpose()?;
@@ -301,40 +341,9 @@ impl RunArgs {
             backoff,
             max_concurrency: self.max_concurrency,
             max_rate: self.max_rate,
-            role: "agent",
+            role,
         })
     }
-}
-
-/// `vantage-agent run`'s flags at their defaults: embedded agents and the
-/// witness share the agent's settings (backoff, spool, caps).
-fn default_run_args() -> anyhow::Result<RunArgs> {
-    match Cli::try_parse_from(["vantage-agent", "run"])
-        .context("default settings")?
-        .command
-    {
-        Command::Run(args) => Ok(args),
-        _ => bail!("default settings are not a run command"),
-    }
-}
-
-/// The configuration of an embedded agent (`vantage diagnose --local`):
-/// lab defaults, enrolling with `token` into `state_dir`.
-pub fn local_agent_config(
-    token: &str,
-    state_dir: &std::path::Path,
-    allow_private: bool,
-    env: &dyn Env,
-) -> anyhow::Result<RunConfig> {
-    let args = default_run_args()?;
-    RunArgs {
-        token: Some(token.to_string()),
-        state_dir: Some(state_dir.to_path_buf()),
-        name: Some("local".into()),
-        allow_private,
-        ..args
-    }
-    .validate(env)
 }
 
 /// Loads the identity from the state dir, enrolling first if there is none.
@@ -582,7 +591,10 @@ pub struct ProbeConfig {
 /// coordinator, asks for it (and `--max-rate` still caps the rate).
 fn probe_limits() -> RunnerLimits {
     RunnerLimits {
-        max_burst: 20_000,
+        plan: PlanCaps {
+            max_burst: 20_000,
+            ..PlanCaps::default()
+        },
         ..RunnerLimits::default()
     }
 }
@@ -632,7 +644,7 @@ impl ProbeArgs {
         }
         let port = uri.port_u16().unwrap_or(default_port);
         if let Some(addr) = &self.resolve_to {
-            if parse_override(addr, port).is_none() {
+            if parse_ip_port(addr, port).is_none() {
                 bail!("--resolve-to {addr:?}: expected an IP address or IP:PORT (like 203.0.113.10 or [2001:db8::1]:8443)");
             }
         }
@@ -647,7 +659,7 @@ impl ProbeArgs {
                 self.method
             );
         }
-        let limits = probe_limits();
+        let limits = probe_limits().plan;
         if !(1..=limits.max_attempts).contains(&self.attempts) {
             bail!(
                 "--attempts {}: must be between 1 and {}",
@@ -912,7 +924,7 @@ async fn probe(args: ProbeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("--cacert {}", path.display()))?;
     }
     let runner = Runner::new(engine, probe_limits());
-    let expected = expected_requests(&config.spec, runner.limits());
+    let expected = runner.limits().plan.requests(&config.spec);
     let (tx, mut rx) = mpsc::channel(64);
     let spec = config.spec;
     let task = tokio::spawn(async move { runner.run_spec(PROBE_PLAN_ID, spec, tx).await });
@@ -1009,22 +1021,20 @@ async fn witness(args: WitnessArgs, env: &dyn Env) -> anyhow::Result<()> {
         );
     }
     // The witness shares the agent's settings (backoff, spool) at their defaults.
-    let run_args = default_run_args()?;
-    let mut config = RunArgs {
+    let config = RunArgs {
         token: args.token.clone(),
         token_file: args.token_file.clone(),
         state_dir: args.state_dir.clone().or_else(|| {
             Some(
                 env.var("VANTAGE_AGENT_STATE_DIR")
                     .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("vantage-witness")),
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_WITNESS_STATE_DIR)),
             )
         }),
         name: args.name.clone(),
-        ..run_args
+        ..RunArgs::default()
     }
-    .validate(env)?;
-    config.role = "witness";
+    .validate_as(env, "witness")?;
     let witness = crate::witness::Witness::open(
         &args.access_log,
         args.from_start,
@@ -1044,75 +1054,6 @@ async fn witness(args: WitnessArgs, env: &dyn Env) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The shared shape of every vantage binary: parse `args` into `C` (usage
-/// errors exit 2, `--help` exits 0), set up logging and the crypto provider,
-/// run `body` on a multi-threaded runtime, and print an error as one line,
-/// `error: …`, with exit code 2.
-pub fn run_main<C, F, Fut>(
-    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
-    env: &dyn Env,
-    body: F,
-) -> ExitCode
-where
-    C: Parser + LogDefault,
-    F: FnOnce(C) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    run_main_with_code(args, env, |cli: C| async move {
-        body(cli).await.map(|()| ExitCode::SUCCESS)
-    })
-}
-
-/// [`run_main`] for commands whose success has more than one exit code
-/// (`probe` exits 1 when a request failed, like curl): `body` returns the
-/// code; an error still prints one line and exits 2.
-pub fn run_main_with_code<C, F, Fut>(
-    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
-    env: &dyn Env,
-    body: F,
-) -> ExitCode
-where
-    C: Parser + LogDefault,
-    F: FnOnce(C) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
-{
-    let cli = match C::try_parse_from(args) {
-        Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-        }
-    };
-    init_tracing(env, cli.default_log());
-    crate::tls::crypto_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(body(cli)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-/// The log level a command runs with unless `VANTAGE_LOG` says otherwise:
-/// daemons narrate (`info`), one-shot commands keep stderr for what matters.
-pub trait LogDefault {
-    /// The default filter for this invocation.
-    fn default_log(&self) -> &'static str {
-        "warn"
-    }
-}
-
 impl LogDefault for Cli {
     fn default_log(&self) -> &'static str {
         match self.command {
@@ -1122,24 +1063,11 @@ impl LogDefault for Cli {
     }
 }
 
-/// Logs to stderr; `VANTAGE_LOG` (e.g. `debug`) overrides `default`.
-pub fn init_tracing(env: &dyn Env, default: &str) {
-    let filter = env
-        .var("VANTAGE_LOG")
-        .unwrap_or_else(|| default.to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::env::MapEnv;
     use clap::CommandFactory;
+    use vantage_support::env::MapEnv;
 
     #[test]
     fn cli_is_well_formed() {
@@ -1163,6 +1091,24 @@ mod tests {
         assert_eq!(config.spool_max, 64 * 1024 * 1024);
         assert!(!config.policy.allow_private);
         assert!(config.token.is_none());
+    }
+
+    #[test]
+    fn defaults_in_code_are_the_flag_defaults() {
+        assert_eq!(
+            format!("{:?}", RunArgs::default()),
+            format!("{:?}", parse(&[]))
+        );
+        let env = MapEnv::default();
+        let agent = RunArgs::default().validate(&env).unwrap();
+        assert_eq!(agent.role, "agent");
+        assert_eq!(agent.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(agent.backoff.min, Duration::from_millis(500));
+        assert_eq!(agent.backoff.max, Duration::from_secs(30));
+        assert_eq!(agent.max_concurrency, 256);
+        assert_eq!(agent.max_rate, 200);
+        let witness = RunArgs::default().validate_as(&env, "witness").unwrap();
+        assert_eq!(witness.role, "witness");
     }
 
     #[test]

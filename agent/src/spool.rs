@@ -370,14 +370,7 @@ fn io_err(path: &Path, source: io::Error) -> SpoolError {
 /// Results can reveal what the agent was asked to probe, so the spool is
 /// readable by the agent's user only.
 fn create_private_dir(dir: &Path) -> Result<(), SpoolError> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir).map_err(|e| io_err(dir, e))
+    vantage_support::fs::create_private_dir(dir).map_err(|e| io_err(&e.path, e.source))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {

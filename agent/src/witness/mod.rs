@@ -236,10 +236,7 @@ pub fn spawn_forwarding(
             let observation = vantage_proto::pb::Observation {
                 nonce: sighting.nonce,
                 peer_addr: sighting.peer,
-                seen_at_unix_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                    .unwrap_or(0),
+                seen_at_unix_ms: vantage_support::time::now_ms(),
                 uri: sighting.uri.chars().take(4096).collect(),
             };
             if observations.send(observation).await.is_err() {
