@@ -100,23 +100,23 @@ pub struct WitnessArgs {
     #[arg(long, value_name = "PATH")]
     pub access_log: PathBuf,
     /// Log format: auto, combined, common or json (JSON Lines).
-    #[arg(long, value_name = "FORMAT", default_value = "auto")]
+    #[arg(long, value_name = "FORMAT", default_value = DEFAULT_LOG_FORMAT)]
     pub log_format: String,
     /// With --log-format json: the field holding the request URI.
-    #[arg(long, value_name = "FIELD", default_value = "request_uri")]
+    #[arg(long, value_name = "FIELD", default_value = DEFAULT_JSON_URI_FIELD)]
     pub json_uri_field: String,
     /// With --log-format json: the field holding the client address.
-    #[arg(long, value_name = "FIELD", default_value = "remote_addr")]
+    #[arg(long, value_name = "FIELD", default_value = DEFAULT_JSON_CLIENT_FIELD)]
     pub json_client_field: String,
     /// Query parameter that carries the probe nonce.
-    #[arg(long, value_name = "NAME", default_value = "__vantage")]
+    #[arg(long, value_name = "NAME", default_value = crate::witness::DEFAULT_NONCE_PARAM)]
     pub nonce_param: String,
     /// Read the log from its start instead of only new lines.
     #[arg(long)]
     pub from_start: bool,
     /// How often to look for new log lines.
-    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = humantime::parse_duration)]
-    pub poll: Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_WITNESS_POLL.into())]
+    pub poll: humantime::Duration,
     /// Directory for the witness's key and certificate (env:
     /// VANTAGE_AGENT_STATE_DIR; default ./vantage-witness).
     #[arg(long, value_name = "DIR")]
@@ -125,6 +125,15 @@ pub struct WitnessArgs {
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 }
+
+/// `witness --log-format` unless given.
+pub const DEFAULT_LOG_FORMAT: &str = "auto";
+/// `witness --json-uri-field` unless given.
+pub const DEFAULT_JSON_URI_FIELD: &str = "request_uri";
+/// `witness --json-client-field` unless given.
+pub const DEFAULT_JSON_CLIENT_FIELD: &str = "remote_addr";
+/// `witness --poll` unless given.
+pub const DEFAULT_WITNESS_POLL: Duration = Duration::from_millis(200);
 
 /// Flags of `vantage-agent run`.
 #[derive(Debug, Args)]
@@ -1011,7 +1020,8 @@ fn log_format(args: &WitnessArgs) -> anyhow::Result<crate::witness::parse::LogFo
 async fn witness(args: WitnessArgs, env: &dyn Env) -> anyhow::Result<()> {
     let format = log_format(&args)?;
     check_name("nonce-param", &args.nonce_param).context("--nonce-param")?;
-    if args.poll < Duration::from_millis(10) || args.poll > Duration::from_secs(60) {
+    let poll = *args.poll;
+    if poll < Duration::from_millis(10) || poll > Duration::from_secs(60) {
         bail!("--poll must be between 10ms and 1m");
     }
     if args.access_log.is_dir() {
@@ -1044,7 +1054,7 @@ async fn witness(args: WitnessArgs, env: &dyn Env) -> anyhow::Result<()> {
     .with_context(|| format!("cannot follow {}", args.access_log.display()))?;
     let (observations, queued) = tokio::sync::mpsc::channel(10_000);
     let agent = build_agent(&config).await?.with_observations(queued);
-    crate::witness::spawn_forwarding(witness, args.poll, observations);
+    crate::witness::spawn_forwarding(witness, poll, observations);
     tracing::info!(log = %args.access_log.display(), "witness following the access log");
     agent
         .run(async {

@@ -18,6 +18,10 @@ pub const DEFAULT_BODY_STALL: Duration = Duration::from_secs(30);
 /// Whole-request limit when a spec leaves it at 0.
 pub const DEFAULT_TOTAL: Duration = Duration::from_secs(60);
 
+/// The query parameter that carries a probe's nonce when a spec leaves it
+/// empty (DESIGN §5): the probe appends it, the witness looks for it.
+pub const DEFAULT_NONCE_PARAM: &str = "__vantage";
+
 /// The User-Agent a probe sends unless told otherwise.
 pub const DEFAULT_USER_AGENT: &str = concat!("vantage/", env!("CARGO_PKG_VERSION"));
 

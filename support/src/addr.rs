@@ -79,21 +79,4 @@ mod tests {
         );
         assert_eq!(parse_ip_port("example.com", 80), None);
     }
-
-    #[test]
-    fn ip_port_forms() {
-        assert_eq!(
-            parse_ip_port("203.0.113.10", 443),
-            Some("203.0.113.10:443".parse().unwrap())
-        );
-        assert_eq!(
-            parse_ip_port("[2001:db8::1]:8443", 443),
-            Some("[2001:db8::1]:8443".parse().unwrap())
-        );
-        assert_eq!(
-            parse_ip_port("2001:db8::1", 53),
-            Some("[2001:db8::1]:53".parse().unwrap())
-        );
-        assert_eq!(parse_ip_port("example.com", 80), None);
-    }
 }

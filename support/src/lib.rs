@@ -3,7 +3,7 @@
 //!
 //! - [`runtime`]: the entry of every binary (tracing, the tokio runtime, one
 //!   `error: …` line and exit code 2);
-//! - [`env`]: the one place where environment variables are read;
+//! - [`env`](mod@env): the one place where environment variables are read;
 //! - [`tls`]: the crypto provider, PEM helpers, the client configurations and
 //!   the connector every channel to a coordinator goes through;
 //! - [`fs`]: files and directories readable by their owner only;

@@ -616,7 +616,7 @@ impl ProbeEngine {
         result: &mut pb::ProbeResult,
     ) -> Result<(), Failure> {
         let param = if spec.nonce_param.is_empty() {
-            "__vantage"
+            vantage_proto::spec::DEFAULT_NONCE_PARAM
         } else {
             spec.nonce_param.as_str()
         };

@@ -20,9 +20,7 @@ use serde::{Deserialize, Serialize};
 use self::follow::{FollowStats, Follower};
 use self::parse::{nonce_in, parse_line, LogFormat};
 
-/// The query parameter that carries a probe's nonce unless configured
-/// otherwise (DESIGN §5).
-pub const DEFAULT_NONCE_PARAM: &str = "__vantage";
+pub use vantage_proto::spec::DEFAULT_NONCE_PARAM;
 
 /// Shortest interval [`run`] polls at: a zero interval would spin.
 const MIN_EVERY: Duration = Duration::from_millis(10);
