@@ -505,7 +505,7 @@ pub struct ProbeArgs {
     #[arg(value_name = "URL")]
     pub url: String,
     /// Connect to this address instead of resolving the URL's host: an IP, or
-    /// IP:PORT ([IPv6]:PORT); without a port, the URL's port. The Host header
+    /// IP:PORT (`[IPv6]:PORT`); without a port, the URL's port. The Host header
     /// and the TLS SNI stay the URL's host, exactly like
     /// `curl --resolve host:port:ADDR`. Use it to reach the origin behind a
     /// CDN directly.
