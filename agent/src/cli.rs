@@ -14,18 +14,22 @@ use clap::{Args, Parser, Subcommand};
 use tokio::sync::mpsc;
 use vantage_proto::domain::{check_labels, check_name, Outcome};
 use vantage_proto::json::{outcome_name, result_json};
+use vantage_proto::limits::PlanCaps;
 use vantage_proto::pb;
 use vantage_proto::token::EnrollmentToken;
 
 use crate::backoff::BackoffConfig;
 use crate::enroll::{enroll, EnrollRequest};
-use crate::env::Env;
-use crate::identity::{create_private_dir, Identity};
-use crate::probe::{parse_override, ProbeEngine, ProbeLimits};
-use crate::runner::{expected_requests, Runner, RunnerLimits};
+use crate::identity::Identity;
+use crate::probe::{ProbeEngine, ProbeLimits, DEFAULT_MAX_RATE_PER_TARGET};
+use crate::runner::{Runner, RunnerLimits};
 use crate::safety::TargetPolicy;
 use crate::session::{Agent, SessionConfig};
 use crate::spool::{parse_size, Spool};
+use vantage_support::addr::parse_ip_port;
+use vantage_support::env::Env;
+use vantage_support::fs::create_private_dir;
+use vantage_support::runtime::{run_main_with_code, LogDefault};
 
 /// vantage-agent: runs probe plans for a vantage coordinator, from this host's
 /// network vantage point.
@@ -96,23 +100,23 @@ pub struct WitnessArgs {
     #[arg(long, value_name = "PATH")]
     pub access_log: PathBuf,
     /// Log format: auto, combined, common or json (JSON Lines).
-    #[arg(long, value_name = "FORMAT", default_value = "auto")]
+    #[arg(long, value_name = "FORMAT", default_value = DEFAULT_LOG_FORMAT)]
     pub log_format: String,
     /// With --log-format json: the field holding the request URI.
-    #[arg(long, value_name = "FIELD", default_value = "request_uri")]
+    #[arg(long, value_name = "FIELD", default_value = DEFAULT_JSON_URI_FIELD)]
     pub json_uri_field: String,
     /// With --log-format json: the field holding the client address.
-    #[arg(long, value_name = "FIELD", default_value = "remote_addr")]
+    #[arg(long, value_name = "FIELD", default_value = DEFAULT_JSON_CLIENT_FIELD)]
     pub json_client_field: String,
     /// Query parameter that carries the probe nonce.
-    #[arg(long, value_name = "NAME", default_value = "__vantage")]
+    #[arg(long, value_name = "NAME", default_value = crate::witness::DEFAULT_NONCE_PARAM)]
     pub nonce_param: String,
     /// Read the log from its start instead of only new lines.
     #[arg(long)]
     pub from_start: bool,
     /// How often to look for new log lines.
-    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = humantime::parse_duration)]
-    pub poll: Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_WITNESS_POLL.into())]
+    pub poll: humantime::Duration,
     /// Directory for the witness's key and certificate (env:
     /// VANTAGE_AGENT_STATE_DIR; default ./vantage-witness).
     #[arg(long, value_name = "DIR")]
@@ -121,6 +125,15 @@ pub struct WitnessArgs {
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 }
+
+/// `witness --log-format` unless given.
+pub const DEFAULT_LOG_FORMAT: &str = "auto";
+/// `witness --json-uri-field` unless given.
+pub const DEFAULT_JSON_URI_FIELD: &str = "request_uri";
+/// `witness --json-client-field` unless given.
+pub const DEFAULT_JSON_CLIENT_FIELD: &str = "remote_addr";
+/// `witness --poll` unless given.
+pub const DEFAULT_WITNESS_POLL: Duration = Duration::from_millis(200);
 
 /// Flags of `vantage-agent run`.
 #[derive(Debug, Args)]
@@ -159,25 +172,55 @@ pub struct RunArgs {
     pub cacert: Option<PathBuf>,
     /// Most bytes of unacknowledged results kept on disk; when full, new plans
     /// are refused (nothing spooled is dropped). Units: KB, MB, GB, KiB, MiB, GiB.
-    #[arg(long, value_name = "SIZE", default_value = "64MiB")]
+    #[arg(long, value_name = "SIZE", default_value = DEFAULT_SPOOL_MAX)]
     pub spool_max: String,
     /// Allow probing loopback, private, link-local and other special-purpose
     /// addresses (refused by default so a coordinator cannot aim the agent inward).
     #[arg(long)]
     pub allow_private: bool,
     /// Shortest reconnect delay.
-    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = humantime::parse_duration)]
-    pub reconnect_min: Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = BackoffConfig::default().min.into())]
+    pub reconnect_min: humantime::Duration,
     /// Longest reconnect delay.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub reconnect_max: Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = BackoffConfig::default().max.into())]
+    pub reconnect_max: humantime::Duration,
     /// Most requests in flight at once, across all plans.
-    #[arg(long, value_name = "N", default_value_t = 256)]
+    #[arg(long, value_name = "N", default_value_t = RunnerLimits::default().max_concurrency)]
     pub max_concurrency: usize,
     /// Most requests per second to any one target address, across all plans
     /// (a coordinator cannot raise it): the agent is never a flood.
-    #[arg(long, value_name = "N", default_value_t = 200)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_RATE_PER_TARGET)]
     pub max_rate: u32,
+}
+
+/// `--spool-max` unless given.
+pub const DEFAULT_SPOOL_MAX: &str = "64MiB";
+/// The agent's state directory unless `--state-dir` or the env says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "vantage-agent";
+/// The witness's state directory unless `--state-dir` or the env says otherwise.
+pub const DEFAULT_WITNESS_STATE_DIR: &str = "vantage-witness";
+
+/// Every flag at its default, from the same constants clap shows in
+/// `--help`: what embedded agents and the witness start from.
+impl Default for RunArgs {
+    fn default() -> Self {
+        RunArgs {
+            token: None,
+            token_file: None,
+            state_dir: None,
+            name: None,
+            labels: Vec::new(),
+            bind_ip: None,
+            dns_server: None,
+            cacert: None,
+            spool_max: DEFAULT_SPOOL_MAX.to_string(),
+            allow_private: false,
+            reconnect_min: BackoffConfig::default().min.into(),
+            reconnect_max: BackoffConfig::default().max.into(),
+            max_concurrency: RunnerLimits::default().max_concurrency,
+            max_rate: DEFAULT_MAX_RATE_PER_TARGET,
+        }
+    }
 }
 
 /// A validated `run` configuration.
@@ -220,8 +263,14 @@ fn default_name(env: &dyn Env) -> String {
 }
 
 impl RunArgs {
-    /// Checks every flag; nothing is touched on disk or the network.
+    /// Checks every flag for an agent; nothing is touched on disk or the network.
     pub fn validate(self, env: &dyn Env) -> anyhow::Result<RunConfig> {
+        self.validate_as(env, "agent")
+    }
+
+    /// [`RunArgs::validate`] for a process that enrolls as `role` (`agent`
+    /// or `witness`).
+    pub fn validate_as(self, env: &dyn Env, role: &'static str) -> anyhow::Result<RunConfig> {
         let token = match (self.token, &self.token_file) {
             (Some(_), Some(_)) => bail!("--token and --token-file: give one of them, not both"),
             (Some(text), None) => Some(EnrollmentToken::decode(&text).context("--token")?),
@@ -247,8 +296,8 @@ impl RunArgs {
             bail!("--spool-max {}: must be at least 64KiB", self.spool_max);
         }
         let backoff = BackoffConfig {
-            min: self.reconnect_min,
-            max: self.reconnect_max,
+            min: *self.reconnect_min,
+            max: *self.reconnect_max,
             ..BackoffConfig::default()
         };
         backoff
@@ -269,7 +318,7 @@ impl RunArgs {
         let state_dir = self
             .state_dir
             .or_else(|| env.var("VANTAGE_AGENT_STATE_DIR").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("vantage-agent"));
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         let policy = TargetPolicy {
             allow_private: self.allow_private,
         };
@@ -277,7 +326,7 @@ impl RunArgs {
             .dns_server
             .as_deref()
             .map(|text| {
-                parse_override(text, 53)
+                parse_ip_port(text, 53)
                     .with_context(|| format!("--dns-server {text:?}: expected IP or IP:PORT"))
             })
             .transpose()?;
@@ -301,40 +350,9 @@ impl RunArgs {
             backoff,
             max_concurrency: self.max_concurrency,
             max_rate: self.max_rate,
-            role: "agent",
+            role,
         })
     }
-}
-
-/// `vantage-agent run`'s flags at their defaults: embedded agents and the
-/// witness share the agent's settings (backoff, spool, caps).
-fn default_run_args() -> anyhow::Result<RunArgs> {
-    match Cli::try_parse_from(["vantage-agent", "run"])
-        .context("default settings")?
-        .command
-    {
-        Command::Run(args) => Ok(args),
-        _ => bail!("default settings are not a run command"),
-    }
-}
-
-/// The configuration of an embedded agent (`vantage diagnose --local`):
-/// lab defaults, enrolling with `token` into `state_dir`.
-pub fn local_agent_config(
-    token: &str,
-    state_dir: &std::path::Path,
-    allow_private: bool,
-    env: &dyn Env,
-) -> anyhow::Result<RunConfig> {
-    let args = default_run_args()?;
-    RunArgs {
-        token: Some(token.to_string()),
-        state_dir: Some(state_dir.to_path_buf()),
-        name: Some("local".into()),
-        allow_private,
-        ..args
-    }
-    .validate(env)
 }
 
 /// Loads the identity from the state dir, enrolling first if there is none.
@@ -487,7 +505,7 @@ pub struct ProbeArgs {
     #[arg(value_name = "URL")]
     pub url: String,
     /// Connect to this address instead of resolving the URL's host: an IP, or
-    /// IP:PORT ([IPv6]:PORT); without a port, the URL's port. The Host header
+    /// IP:PORT (`[IPv6]:PORT`); without a port, the URL's port. The Host header
     /// and the TLS SNI stay the URL's host, exactly like
     /// `curl --resolve host:port:ADDR`. Use it to reach the origin behind a
     /// CDN directly.
@@ -582,7 +600,10 @@ pub struct ProbeConfig {
 /// coordinator, asks for it (and `--max-rate` still caps the rate).
 fn probe_limits() -> RunnerLimits {
     RunnerLimits {
-        max_burst: 20_000,
+        plan: PlanCaps {
+            max_burst: 20_000,
+            ..PlanCaps::default()
+        },
         ..RunnerLimits::default()
     }
 }
@@ -632,7 +653,7 @@ impl ProbeArgs {
         }
         let port = uri.port_u16().unwrap_or(default_port);
         if let Some(addr) = &self.resolve_to {
-            if parse_override(addr, port).is_none() {
+            if parse_ip_port(addr, port).is_none() {
                 bail!("--resolve-to {addr:?}: expected an IP address or IP:PORT (like 203.0.113.10 or [2001:db8::1]:8443)");
             }
         }
@@ -647,7 +668,7 @@ impl ProbeArgs {
                 self.method
             );
         }
-        let limits = probe_limits();
+        let limits = probe_limits().plan;
         if !(1..=limits.max_attempts).contains(&self.attempts) {
             bail!(
                 "--attempts {}: must be between 1 and {}",
@@ -912,7 +933,7 @@ async fn probe(args: ProbeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("--cacert {}", path.display()))?;
     }
     let runner = Runner::new(engine, probe_limits());
-    let expected = expected_requests(&config.spec, runner.limits());
+    let expected = runner.limits().plan.requests(&config.spec);
     let (tx, mut rx) = mpsc::channel(64);
     let spec = config.spec;
     let task = tokio::spawn(async move { runner.run_spec(PROBE_PLAN_ID, spec, tx).await });
@@ -999,7 +1020,8 @@ fn log_format(args: &WitnessArgs) -> anyhow::Result<crate::witness::parse::LogFo
 async fn witness(args: WitnessArgs, env: &dyn Env) -> anyhow::Result<()> {
     let format = log_format(&args)?;
     check_name("nonce-param", &args.nonce_param).context("--nonce-param")?;
-    if args.poll < Duration::from_millis(10) || args.poll > Duration::from_secs(60) {
+    let poll = *args.poll;
+    if poll < Duration::from_millis(10) || poll > Duration::from_secs(60) {
         bail!("--poll must be between 10ms and 1m");
     }
     if args.access_log.is_dir() {
@@ -1009,22 +1031,20 @@ async fn witness(args: WitnessArgs, env: &dyn Env) -> anyhow::Result<()> {
         );
     }
     // The witness shares the agent's settings (backoff, spool) at their defaults.
-    let run_args = default_run_args()?;
-    let mut config = RunArgs {
+    let config = RunArgs {
         token: args.token.clone(),
         token_file: args.token_file.clone(),
         state_dir: args.state_dir.clone().or_else(|| {
             Some(
                 env.var("VANTAGE_AGENT_STATE_DIR")
                     .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("vantage-witness")),
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_WITNESS_STATE_DIR)),
             )
         }),
         name: args.name.clone(),
-        ..run_args
+        ..RunArgs::default()
     }
-    .validate(env)?;
-    config.role = "witness";
+    .validate_as(env, "witness")?;
     let witness = crate::witness::Witness::open(
         &args.access_log,
         args.from_start,
@@ -1034,7 +1054,7 @@ async fn witness(args: WitnessArgs, env: &dyn Env) -> anyhow::Result<()> {
     .with_context(|| format!("cannot follow {}", args.access_log.display()))?;
     let (observations, queued) = tokio::sync::mpsc::channel(10_000);
     let agent = build_agent(&config).await?.with_observations(queued);
-    crate::witness::spawn_forwarding(witness, args.poll, observations);
+    crate::witness::spawn_forwarding(witness, poll, observations);
     tracing::info!(log = %args.access_log.display(), "witness following the access log");
     agent
         .run(async {
@@ -1042,75 +1062,6 @@ async fn witness(args: WitnessArgs, env: &dyn Env) -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
-}
-
-/// The shared shape of every vantage binary: parse `args` into `C` (usage
-/// errors exit 2, `--help` exits 0), set up logging and the crypto provider,
-/// run `body` on a multi-threaded runtime, and print an error as one line,
-/// `error: …`, with exit code 2.
-pub fn run_main<C, F, Fut>(
-    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
-    env: &dyn Env,
-    body: F,
-) -> ExitCode
-where
-    C: Parser + LogDefault,
-    F: FnOnce(C) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    run_main_with_code(args, env, |cli: C| async move {
-        body(cli).await.map(|()| ExitCode::SUCCESS)
-    })
-}
-
-/// [`run_main`] for commands whose success has more than one exit code
-/// (`probe` exits 1 when a request failed, like curl): `body` returns the
-/// code; an error still prints one line and exits 2.
-pub fn run_main_with_code<C, F, Fut>(
-    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
-    env: &dyn Env,
-    body: F,
-) -> ExitCode
-where
-    C: Parser + LogDefault,
-    F: FnOnce(C) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
-{
-    let cli = match C::try_parse_from(args) {
-        Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-        }
-    };
-    init_tracing(env, cli.default_log());
-    crate::tls::crypto_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(body(cli)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-/// The log level a command runs with unless `VANTAGE_LOG` says otherwise:
-/// daemons narrate (`info`), one-shot commands keep stderr for what matters.
-pub trait LogDefault {
-    /// The default filter for this invocation.
-    fn default_log(&self) -> &'static str {
-        "warn"
-    }
 }
 
 impl LogDefault for Cli {
@@ -1122,24 +1073,11 @@ impl LogDefault for Cli {
     }
 }
 
-/// Logs to stderr; `VANTAGE_LOG` (e.g. `debug`) overrides `default`.
-pub fn init_tracing(env: &dyn Env, default: &str) {
-    let filter = env
-        .var("VANTAGE_LOG")
-        .unwrap_or_else(|| default.to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::env::MapEnv;
     use clap::CommandFactory;
+    use vantage_support::env::MapEnv;
 
     #[test]
     fn cli_is_well_formed() {
@@ -1163,6 +1101,24 @@ mod tests {
         assert_eq!(config.spool_max, 64 * 1024 * 1024);
         assert!(!config.policy.allow_private);
         assert!(config.token.is_none());
+    }
+
+    #[test]
+    fn defaults_in_code_are_the_flag_defaults() {
+        assert_eq!(
+            format!("{:?}", RunArgs::default()),
+            format!("{:?}", parse(&[]))
+        );
+        let env = MapEnv::default();
+        let agent = RunArgs::default().validate(&env).unwrap();
+        assert_eq!(agent.role, "agent");
+        assert_eq!(agent.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(agent.backoff.min, Duration::from_millis(500));
+        assert_eq!(agent.backoff.max, Duration::from_secs(30));
+        assert_eq!(agent.max_concurrency, 256);
+        assert_eq!(agent.max_rate, 200);
+        let witness = RunArgs::default().validate_as(&env, "witness").unwrap();
+        assert_eq!(witness.role, "witness");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use vantage_proto::pb::agent_service_client::AgentServiceClient;
 use vantage_proto::token::{sha256_hex, EnrollmentToken};
 
 use crate::identity::{Identity, IdentityInfo};
-use crate::tls::{self, PinnedCaVerifier, TlsConnector, TlsError};
+use vantage_support::tls::{self, PinnedCaVerifier, TlsConnector, TlsError};
 
 /// What the agent asks to be enrolled as.
 #[derive(Debug, Clone)]

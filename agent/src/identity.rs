@@ -7,13 +7,13 @@
 //! `identity.json` written last is what marks an enrollment as complete.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::tls::{self, TlsError};
+use vantage_support::fs::{create_private_dir, write_private, PrivateFileError};
+use vantage_support::tls::{self, TlsError};
 
 const IDENTITY_FILE: &str = "identity.json";
 const KEY_FILE: &str = "agent.key";
@@ -52,6 +52,15 @@ pub enum IdentityError {
     Tls(#[from] TlsError),
 }
 
+impl From<PrivateFileError> for IdentityError {
+    fn from(e: PrivateFileError) -> Self {
+        IdentityError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 /// What enrollment assigned, stored as `identity.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityInfo {
@@ -87,38 +96,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Writes `contents` to `path` atomically with the given mode.
-pub fn write_private(path: &Path, contents: &[u8], mode: u32) -> Result<(), IdentityError> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(mode);
-        }
-        let mut file = options.open(&tmp).map_err(io_err(&tmp))?;
-        file.write_all(contents).map_err(io_err(&tmp))?;
-        file.sync_all().map_err(io_err(&tmp))?;
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
-}
-
-/// Creates `dir` (mode 0700 on Unix) if it does not exist.
-pub fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir).map_err(io_err(dir))
 }
 
 /// Takes the state directory's lock for the life of the returned file, so two
@@ -181,7 +158,7 @@ impl Identity {
                 path: state_dir.join(IDENTITY_FILE),
                 source,
             })?;
-        write_private(&state_dir.join(IDENTITY_FILE), &info, 0o600)
+        Ok(write_private(&state_dir.join(IDENTITY_FILE), &info, 0o600)?)
     }
 
     /// The mTLS client configuration for the session.
@@ -193,7 +170,11 @@ impl Identity {
     /// atomic rename of a 0600 file, so a crash leaves the old or the new
     /// certificate, never half of one.
     pub fn save_cert(&self, state_dir: &Path) -> Result<(), IdentityError> {
-        write_private(&state_dir.join(CERT_FILE), self.cert_pem.as_bytes(), 0o600)
+        Ok(write_private(
+            &state_dir.join(CERT_FILE),
+            self.cert_pem.as_bytes(),
+            0o600,
+        )?)
     }
 
     /// When the certificate should be renewed: once less than a third of its

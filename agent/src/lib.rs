@@ -2,18 +2,20 @@
 //! authenticated session open, runs the probe plans it receives, and never
 //! loses a result (spooled on disk until acknowledged).
 //!
-//! The binary (`vantage-agent`) is a thin wrapper over [`cli`]; tests and the
-//! coordinator's embedded local mode use the library directly.
+//! The binary (`vantage-agent`) is a thin wrapper over [`cli`]; the lab's
+//! tests use the library directly, the coordinator's embedded local mode
+//! (`vantage diagnose --local`) only through [`embed`]. Support code shared
+//! with the coordinator (runtime entry, env, TLS, private files, addresses,
+//! time) lives in `vantage-support`, plan limits in `vantage-proto`.
 
 pub mod backoff;
 pub mod cli;
+pub mod embed;
 pub mod enroll;
-pub mod env;
 pub mod identity;
 pub mod probe;
 pub mod runner;
 pub mod safety;
 pub mod session;
 pub mod spool;
-pub mod tls;
 pub mod witness;

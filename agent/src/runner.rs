@@ -9,9 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify, Semaphore};
+use vantage_proto::limits::PlanCaps;
 use vantage_proto::pb;
 
-use crate::probe::{longest_wait, ProbeEngine, RequestSlot};
+use vantage_proto::spec::longest_wait;
+
+use crate::probe::{ProbeEngine, RequestSlot};
 use crate::spool::{Spool, SpoolError};
 
 /// Results per spooled batch.
@@ -25,21 +28,16 @@ const BATCH_LINGER: Duration = Duration::from_millis(20);
 pub struct RunnerLimits {
     /// Requests in flight across all plans.
     pub max_concurrency: usize,
-    /// Largest burst honoured per attempt.
-    pub max_burst: u32,
-    /// Most attempts honoured per probe.
-    pub max_attempts: u32,
-    /// Most probes accepted in one plan.
-    pub max_probes: usize,
+    /// The caps on each plan (burst, attempts, probes), shared with the
+    /// coordinator through `vantage-proto`.
+    pub plan: PlanCaps,
 }
 
 impl Default for RunnerLimits {
     fn default() -> Self {
         RunnerLimits {
             max_concurrency: 256,
-            max_burst: 200,
-            max_attempts: 100,
-            max_probes: 100_000,
+            plan: PlanCaps::default(),
         }
     }
 }
@@ -68,8 +66,8 @@ impl Schedule {
     /// whole burst at once" for concurrency; nothing exceeds `limits`, and a
     /// burst never has more requests in flight than the agent-wide cap.
     pub fn of(spec: &pb::ProbeSpec, limits: &RunnerLimits) -> Schedule {
-        let attempts = spec.attempts.clamp(1, limits.max_attempts.max(1));
-        let burst = spec.burst.clamp(1, limits.max_burst.max(1));
+        let attempts = limits.plan.attempts(spec);
+        let burst = limits.plan.burst(spec);
         let requested = if spec.concurrency == 0 {
             burst
         } else {
@@ -87,11 +85,6 @@ impl Schedule {
     pub fn requests(&self) -> u64 {
         u64::from(self.attempts) * u64::from(self.burst)
     }
-}
-
-/// The requests one probe spec expands to, after the agent's caps.
-pub fn expected_requests(spec: &pb::ProbeSpec, limits: &RunnerLimits) -> u64 {
-    Schedule::of(spec, limits).requests()
 }
 
 impl Runner {
@@ -384,7 +377,11 @@ mod tests {
                 "asked {a}/{b}/{c}"
             );
         }
-        assert_eq!(expected_requests(&spec(1_000, 1_000, 0), &limits), 20_000);
+        assert_eq!(limits.plan.requests(&spec(1_000, 1_000, 0)), 20_000);
+        assert_eq!(
+            Schedule::of(&spec(1_000, 1_000, 0), &limits).requests(),
+            20_000
+        );
     }
 
     #[test]

@@ -24,7 +24,8 @@ use crate::backoff::{Backoff, BackoffConfig};
 use crate::identity::Identity;
 use crate::runner::Runner;
 use crate::spool::{Spool, SpoolHealth};
-use crate::tls::{TlsConnector, TlsError};
+use vantage_support::time::now_ms;
+use vantage_support::tls::{TlsConnector, TlsError};
 
 /// How long the coordinator has to answer `Hello` with `Welcome`.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
@@ -236,13 +237,6 @@ async fn next_observation(
 
 fn message(body: Up) -> pb::AgentMessage {
     pb::AgentMessage { body: Some(body) }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 impl Agent {
@@ -653,11 +647,11 @@ impl Agent {
         if plan.plan_id.is_empty() {
             return Some("plan has no id".into());
         }
-        if plan.probes.len() > self.runner.limits().max_probes {
+        if plan.probes.len() > self.runner.limits().plan.max_probes {
             return Some(format!(
                 "plan has {} probes, this agent accepts at most {}",
                 plan.probes.len(),
-                self.runner.limits().max_probes
+                self.runner.limits().plan.max_probes
             ));
         }
         match self.plans.lock() {

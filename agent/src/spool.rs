@@ -19,6 +19,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use prost::Message;
 use vantage_proto::pb::{ProbeResult, ResultBatch};
+use vantage_support::fs::{create_private_dir, PrivateFileError};
 
 const BATCH_EXT: &str = "batch";
 const TMP_EXT: &str = "tmp";
@@ -90,6 +91,8 @@ impl Spool {
     /// complete, are deleted. New batches are numbered after the highest
     /// existing seq, starting at 1 for an empty spool.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
+        // Results can reveal what the agent was asked to probe, so the spool
+        // is readable by the agent's user only.
         create_private_dir(dir)?;
         let mut index = BTreeMap::new();
         let mut total_bytes: u64 = 0;
@@ -313,6 +316,7 @@ impl Spool {
         let corrupt_dir = self.dir.join(CORRUPT_DIR);
         let dest = corrupt_dir.join(format!("{seq:0SEQ_WIDTH$}.{BATCH_EXT}"));
         let moved = create_private_dir(&corrupt_dir)
+            .map_err(SpoolError::from)
             .and_then(|()| fs::rename(path, &dest).map_err(|e| io_err(&dest, e)));
         let final_path = match moved {
             Ok(()) => dest,
@@ -367,17 +371,10 @@ fn io_err(path: &Path, source: io::Error) -> SpoolError {
     }
 }
 
-/// Results can reveal what the agent was asked to probe, so the spool is
-/// readable by the agent's user only.
-fn create_private_dir(dir: &Path) -> Result<(), SpoolError> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
+impl From<PrivateFileError> for SpoolError {
+    fn from(e: PrivateFileError) -> Self {
+        io_err(&e.path, e.source)
     }
-    builder.create(dir).map_err(|e| io_err(dir, e))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {

@@ -343,11 +343,8 @@ impl Coordinator {
             let mut plan = build_probes(&target, &campaign_id, region);
             let probes = std::mem::take(&mut plan.probes);
             phases = phases.max(probes.iter().map(|p| p.phase + 1).max().unwrap_or(1));
-            let limits = vantage_agent::runner::RunnerLimits::default();
-            let expected = probes
-                .iter()
-                .map(|p| vantage_agent::runner::expected_requests(p, &limits))
-                .sum();
+            let caps = vantage_proto::limits::PlanCaps::default();
+            let expected = probes.iter().map(|p| caps.requests(p)).sum();
             let plan_id = self
                 .run_plan_in(
                     Some(&campaign_id),

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
-use vantage_agent::env::Env;
 use vantage_proto::pb;
+use vantage_support::env::Env;
 
 use crate::client::{self, Target};
 use crate::server::{self, ServeConfig};
@@ -39,7 +39,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-impl vantage_agent::cli::LogDefault for Cli {
+impl vantage_support::runtime::LogDefault for Cli {
     fn default_log(&self) -> &'static str {
         match self.command {
             Command::Serve(_) => "info",
@@ -455,14 +455,14 @@ pub fn main(
     args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
     env: &dyn Env,
 ) -> ExitCode {
-    vantage_agent::cli::run_main_with_code(args, env, |cli: Cli| dispatch(cli, env))
+    vantage_support::runtime::run_main_with_code(args, env, |cli: Cli| dispatch(cli, env))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
-    use vantage_agent::env::MapEnv;
+    use vantage_support::env::MapEnv;
 
     #[test]
     fn cli_is_well_formed() {

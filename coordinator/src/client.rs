@@ -11,9 +11,9 @@ use anyhow::Context as _;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use vantage_agent::env::Env;
-use vantage_agent::tls::{ca_client_config, TlsConnector};
 use vantage_proto::pb::control_service_client::ControlServiceClient;
+use vantage_support::env::Env;
+use vantage_support::tls::{ca_client_config, TlsConnector};
 
 use crate::server::{Endpoint, ADMIN_TOKEN_FILE, CA_FILE, ENDPOINT_FILE};
 
@@ -60,7 +60,7 @@ impl Target {
                     .trim_start_matches("http://")
                     .trim_end_matches('/')
                     .to_string();
-                vantage_agent::tls::split_host_port(&trimmed)
+                vantage_support::addr::split_host_port(&trimmed)
                     .with_context(|| format!("--coordinator {url:?}"))?;
                 trimmed
             }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use rand::RngCore as _;
 use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
-use vantage_agent::runner::{expected_requests, RunnerLimits};
 use vantage_proto::domain::check_name;
+use vantage_proto::limits::{PlanCaps, MAX_PLAN_PROBES};
 use vantage_proto::pb;
 use vantage_proto::token::{hash_secret, EnrollmentToken};
 
@@ -23,8 +23,6 @@ use crate::time::now_ms;
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Most uses one token may grant.
 pub const MAX_TOKEN_USES: u32 = 10_000;
-/// Most probes in one plan.
-pub const MAX_PLAN_PROBES: usize = 100_000;
 
 /// The shared state behind every service.
 pub struct Coordinator {
@@ -211,8 +209,8 @@ impl Coordinator {
                 probe.probe_id = format!("p{index}");
             }
         }
-        let limits = RunnerLimits::default();
-        let expected: u64 = probes.iter().map(|p| expected_requests(p, &limits)).sum();
+        let caps = PlanCaps::default();
+        let expected: u64 = probes.iter().map(|p| caps.requests(p)).sum();
         let mut targets = Vec::with_capacity(agents.len());
         for name in agents {
             let owned = name.clone();

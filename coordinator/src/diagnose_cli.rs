@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
-use vantage_agent::env::Env;
+use vantage_agent::embed::{LocalAgent, LocalAgentConfig};
 use vantage_proto::cdn::CdnProfile;
 use vantage_proto::pb;
+use vantage_support::env::Env;
 
 use crate::campaign::CampaignRequest;
 use crate::client::{self, Target};
@@ -440,13 +441,15 @@ pub async fn diagnose_local(args: DiagnoseArgs, env: &dyn Env) -> anyhow::Result
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     let mut events = core.subscribe();
-    let config = vantage_agent::cli::local_agent_config(
-        &token,
-        &dir.path().join("agent"),
-        args.allow_private,
+    let agent = LocalAgent::start(
+        LocalAgentConfig {
+            token,
+            state_dir: dir.path().join("agent"),
+            allow_private: args.allow_private,
+        },
         env,
-    )?;
-    let agent = vantage_agent::cli::build_agent(&config).await?;
+    )
+    .await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent_task = tokio::spawn(async move {
         agent

@@ -17,8 +17,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
-use vantage_agent::identity::{write_private, IdentityError};
 use vantage_proto::token::sha256_hex;
+use vantage_support::fs::{write_private, PrivateFileError};
 
 const CA_CERT: &str = "ca.crt";
 /// Validity of a newly created CA.
@@ -43,7 +43,7 @@ pub enum PkiError {
     },
     /// A CA file could not be written.
     #[error(transparent)]
-    Write(#[from] IdentityError),
+    Write(#[from] PrivateFileError),
     /// Certificate generation or parsing failed.
     #[error("certificate error: {0}")]
     Cert(#[from] rcgen::Error),
@@ -112,7 +112,7 @@ impl Pki {
         };
         let key = KeyPair::from_pem(&key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, key)?;
-        let der = vantage_agent::tls::first_cert_der(&ca_pem).map_err(|e| PkiError::Io {
+        let der = vantage_support::tls::first_cert_der(&ca_pem).map_err(|e| PkiError::Io {
             path: cert_path.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
@@ -223,18 +223,18 @@ mod tests {
         let (cert_pem, fingerprint) = pki
             .sign_agent_csr(&csr, "agent-123", Duration::from_secs(90 * 24 * 3600))
             .unwrap();
-        let leaf = vantage_agent::tls::first_cert_der(&cert_pem).unwrap();
+        let leaf = vantage_support::tls::first_cert_der(&cert_pem).unwrap();
         let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).unwrap();
         let validity = parsed.validity();
         assert_eq!(
             validity.not_after.timestamp() - validity.not_before.timestamp(),
             90 * 24 * 3600
         );
-        let der = vantage_agent::tls::first_cert_der(&cert_pem).unwrap();
+        let der = vantage_support::tls::first_cert_der(&cert_pem).unwrap();
         assert_eq!(agent_id_of(&der).as_deref(), Some("agent-123"));
         assert_eq!(sha256_hex(&der), fingerprint);
         // The signed certificate works as an mTLS client identity.
-        vantage_agent::tls::mtls_client_config(pki.ca_pem(), &cert_pem, &key.serialize_pem())
+        vantage_support::tls::mtls_client_config(pki.ca_pem(), &cert_pem, &key.serialize_pem())
             .unwrap();
     }
 

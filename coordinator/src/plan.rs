@@ -19,14 +19,11 @@ use std::time::Duration;
 
 use vantage_proto::cdn::CdnProfile;
 use vantage_proto::domain::Route;
+use vantage_proto::limits::{MAX_BURST, MAX_CAMPAIGN_ATTEMPTS};
 use vantage_proto::pb;
 
 use crate::diagnosis::Variant;
 
-/// Most attempts per probe a campaign may ask for.
-pub const MAX_ATTEMPTS: u32 = 20;
-/// Largest burst a campaign may ask for.
-pub const MAX_BURST: u32 = 200;
 /// Source address put in the replayed pull headers: the documentation range,
 /// so the origin's logs show a test client, not a real user.
 pub const REPLAY_CLIENT_IP: &str = "198.51.100.10";
@@ -263,7 +260,7 @@ pub enum PlanError {
 }
 
 fn parse_addr(what: &'static str, text: &str, default_port: u16) -> Result<SocketAddr, PlanError> {
-    vantage_agent::probe::parse_override(text.trim(), default_port).ok_or_else(|| {
+    vantage_support::addr::parse_ip_port(text.trim(), default_port).ok_or_else(|| {
         PlanError::BadAddress {
             what,
             value: text.to_string(),
@@ -337,11 +334,11 @@ impl CampaignTarget {
             .iter()
             .map(|e| parse_addr("--edge", e, port))
             .collect::<Result<Vec<_>, _>>()?;
-        if !(1..=MAX_ATTEMPTS).contains(&req.attempts) {
+        if !(1..=MAX_CAMPAIGN_ATTEMPTS).contains(&req.attempts) {
             return Err(PlanError::OutOfRange {
                 what: "--attempts",
                 min: 1,
-                max: u64::from(MAX_ATTEMPTS),
+                max: u64::from(MAX_CAMPAIGN_ATTEMPTS),
             });
         }
         if !(1..=MAX_BURST).contains(&req.burst) {
@@ -360,7 +357,7 @@ impl CampaignTarget {
             });
         }
         let user_agent = match req.user_agent.as_deref() {
-            None => vantage_agent::probe::head::DEFAULT_USER_AGENT.to_string(),
+            None => vantage_proto::spec::DEFAULT_USER_AGENT.to_string(),
             Some(ua) if http::HeaderValue::from_str(ua).is_ok() => ua.to_string(),
             Some(_) => return Err(PlanError::BadUserAgent),
         };
@@ -734,7 +731,7 @@ mod tests {
                 let last_start = Duration::from_millis(u64::from(probe.attempt_interval_ms))
                     * probe.attempts.saturating_sub(1);
                 assert!(
-                    last_start + vantage_agent::probe::longest_wait(&probe) <= budget,
+                    last_start + vantage_proto::spec::longest_wait(&probe) <= budget,
                     "{}: its last attempt's longest wait fits the budget",
                     probe.probe_id
                 );

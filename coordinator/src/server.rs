@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tonic::service::Routes;
-use vantage_agent::identity::{create_private_dir, write_private};
 use vantage_proto::pb::agent_service_server::AgentServiceServer;
 use vantage_proto::pb::control_service_server::ControlServiceServer;
 use vantage_proto::token::hash_secret;
+use vantage_support::fs::{create_private_dir, write_private};
 
 use crate::agent_service::AgentService;
 use crate::control_service::ControlService;
@@ -214,7 +214,7 @@ fn names_and_addrs(bound: SocketAddr, advertise: &[String]) -> (Vec<String>, Vec
     ];
     let mut addrs = Vec::new();
     for entry in advertise {
-        let (host, with_port) = match vantage_agent::tls::split_host_port(entry) {
+        let (host, with_port) = match vantage_support::addr::split_host_port(entry) {
             Ok((host, p)) => (host.clone(), join_host_port(&host, p)),
             Err(_) => (entry.clone(), join_host_port(entry, port)),
         };
@@ -237,7 +237,7 @@ fn names_and_addrs(bound: SocketAddr, advertise: &[String]) -> (Vec<String>, Vec
 
 /// Prepares the data dir and starts serving.
 pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError> {
-    vantage_agent::tls::crypto_provider();
+    vantage_support::tls::crypto_provider();
     if config.heartbeat < Duration::from_millis(100) || config.heartbeat > Duration::from_secs(600)
     {
         return Err(ServeError::Invalid(format!(

@@ -1,14 +1,9 @@
-//! Wall-clock helpers: unix milliseconds for storage, RFC 3339 for people.
+//! Wall-clock helpers: unix milliseconds for storage (the shared
+//! [`vantage_support::time::now_ms`]), RFC 3339 for people.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
-/// Now, in unix milliseconds.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use vantage_support::time::now_ms;
 
 /// Unix milliseconds as RFC 3339 (UTC, millisecond precision).
 pub fn rfc3339(ms: i64) -> String {

@@ -143,7 +143,7 @@ pub fn server_tls_config(
     for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(ca.map_err(pem_err)?)?;
     }
-    let provider = vantage_agent::tls::crypto_provider();
+    let provider = vantage_support::tls::crypto_provider();
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),

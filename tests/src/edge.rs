@@ -609,7 +609,7 @@ fn generated(status: u16, title: &str) -> Response<EdgeBody> {
 /// The pull's TLS client configuration: verifying against `ca_pem` only, or
 /// accepting any certificate (handshake signatures are still checked).
 fn client_config(verify: bool, ca_pem: Option<&str>) -> anyhow::Result<ClientConfig> {
-    let provider = vantage_agent::tls::crypto_provider();
+    let provider = vantage_support::tls::crypto_provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
     let mut config = if verify {
@@ -625,7 +625,7 @@ fn client_config(verify: bool, ca_pem: Option<&str>) -> anyhow::Result<ClientCon
     } else {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(vantage_agent::tls::AnyCertificate::new(
+            .with_custom_certificate_verifier(Arc::new(vantage_support::tls::AnyCertificate::new(
                 provider,
             )))
             .with_no_client_auth()

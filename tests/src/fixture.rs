@@ -1048,7 +1048,7 @@ fn tls_acceptor(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> anyhow::Result<TlsAcceptor> {
-    let provider = vantage_agent::tls::crypto_provider();
+    let provider = vantage_support::tls::crypto_provider();
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()

@@ -28,7 +28,7 @@ pub async fn tls_connect(
     addr: SocketAddr,
     ca_pem: &str,
 ) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let config = vantage_agent::tls::ca_client_config(ca_pem)?;
+    let config = vantage_support::tls::ca_client_config(ca_pem)?;
     let tcp = TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
     Ok(tokio_rustls::TlsConnector::from(config)

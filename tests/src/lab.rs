@@ -16,10 +16,10 @@ use vantage::registry::AgentEvent;
 use vantage::server::{self, RunningCoordinator, ServeConfig};
 use vantage_agent::backoff::BackoffConfig;
 use vantage_agent::cli::{build_agent, RunConfig};
-use vantage_agent::env::MapEnv;
 use vantage_agent::safety::TargetPolicy;
 use vantage_agent::session::{SessionError, SessionEvent};
 use vantage_proto::token::EnrollmentToken;
+use vantage_support::env::MapEnv;
 
 use crate::process::{bin_path, ChildProcess, Stream};
 
@@ -591,7 +591,7 @@ pub async fn raw_session(
 ) -> anyhow::Result<RawSession> {
     let config = identity.client_config()?;
     let channel =
-        vantage_agent::tls::TlsConnector::new(&identity.info.coordinator[0], config, None)?
+        vantage_support::tls::TlsConnector::new(&identity.info.coordinator[0], config, None)?
             .channel(Duration::from_secs(5))?;
     let mut client = vantage_proto::pb::agent_service_client::AgentServiceClient::new(channel)
         .max_decoding_message_size(64 * 1024 * 1024);

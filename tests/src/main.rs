@@ -14,7 +14,7 @@ struct Cli {
     command: Command,
 }
 
-impl vantage_agent::cli::LogDefault for Cli {}
+impl vantage_support::runtime::LogDefault for Cli {}
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -389,5 +389,5 @@ async fn bench_probe(
 }
 
 fn main() -> ExitCode {
-    vantage_agent::cli::run_main(std::env::args_os(), &vantage_agent::env::ProcessEnv, run)
+    vantage_support::runtime::run_main(std::env::args_os(), &vantage_support::env::ProcessEnv, run)
 }

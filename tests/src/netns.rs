@@ -24,7 +24,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{bail, Context as _};
-use vantage_agent::env::{Env, ProcessEnv};
+use vantage_support::env::{Env, ProcessEnv};
 
 const NETNS_DIR: &str = "/run/netns";
 const PREFIX: &str = "vantage-lab-";
@@ -346,7 +346,7 @@ fn sweep_stale() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vantage_agent::env::MapEnv;
+    use vantage_support::env::MapEnv;
 
     #[test]
     fn rules_match_only_the_region_source() {

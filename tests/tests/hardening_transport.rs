@@ -356,7 +356,7 @@ async fn agent_certificate_is_renewed_over_the_session_and_used_on_the_next_conn
     let store = vantage::store::Store::open(&data.path().join("vantage.db")).unwrap();
     let record = store.agent_by_name("fra-1").unwrap().unwrap();
     let latest = std::fs::read_to_string(&cert_path).unwrap();
-    let der = vantage_agent::tls::first_cert_der(&latest).unwrap();
+    let der = vantage_support::tls::first_cert_der(&latest).unwrap();
     assert_eq!(record.cert_sha256, sha256_hex(&der));
     let log = coordinator.process.output();
     assert!(log.contains("agent certificate renewed"), "{log}");

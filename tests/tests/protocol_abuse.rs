@@ -159,11 +159,11 @@ async fn enrollment_with_absurd_fields_is_rejected() {
     let lab = LabCoordinator::builder().start().await.unwrap();
     let token = lab.token("eu").await.unwrap();
     let decoded = vantage_proto::token::EnrollmentToken::decode(&token).unwrap();
-    let config = vantage_agent::tls::pinned_client_config(std::sync::Arc::new(
-        vantage_agent::tls::PinnedCaVerifier::new(&decoded.ca_sha256),
+    let config = vantage_support::tls::pinned_client_config(std::sync::Arc::new(
+        vantage_support::tls::PinnedCaVerifier::new(&decoded.ca_sha256),
     ))
     .unwrap();
-    let channel = vantage_agent::tls::TlsConnector::new(&decoded.addrs[0], config, None)
+    let channel = vantage_support::tls::TlsConnector::new(&decoded.addrs[0], config, None)
         .unwrap()
         .channel(Duration::from_secs(5))
         .unwrap();

@@ -15,9 +15,6 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The User-Agent a probe sends unless told otherwise.
-pub const DEFAULT_USER_AGENT: &str = concat!("vantage/", env!("CARGO_PKG_VERSION"));
-
 /// Renders the request head curl would send for `method target` to
 /// `authority` with `user_agent` and `extra` headers (`-H`).
 ///

@@ -17,7 +17,7 @@ pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -26,17 +26,17 @@ use sha2::{Digest, Sha256};
 use tokio::net::{TcpSocket, TcpStream};
 use vantage_proto::domain::{Outcome, Stage};
 use vantage_proto::pb;
+use vantage_proto::spec::{
+    timeout as ms, DEFAULT_BODY_STALL, DEFAULT_CONNECT, DEFAULT_FIRST_BYTE, DEFAULT_TLS,
+    DEFAULT_TOTAL,
+};
+use vantage_support::addr::parse_ip_port;
+use vantage_support::time::now_ms;
 
 use crate::safety::TargetPolicy;
 use classify::Failure;
 use record::{Events, Recorder};
 
-/// Default per-phase limits when a spec leaves them at 0.
-const DEFAULT_CONNECT: Duration = Duration::from_secs(10);
-const DEFAULT_TLS: Duration = Duration::from_secs(10);
-const DEFAULT_FIRST_BYTE: Duration = Duration::from_secs(30);
-const DEFAULT_BODY_STALL: Duration = Duration::from_secs(30);
-const DEFAULT_TOTAL: Duration = Duration::from_secs(60);
 /// Body bytes kept as evidence when the spec does not say.
 const DEFAULT_BODY_CAPTURE: usize = 1024;
 /// Raw reply bytes kept to explain a malformed answer.
@@ -57,13 +57,16 @@ pub struct ProbeLimits {
     pub max_redirects: u32,
 }
 
+/// Requests per second to one target address unless configured otherwise.
+pub const DEFAULT_MAX_RATE_PER_TARGET: u32 = 200;
+
 impl Default for ProbeLimits {
     fn default() -> Self {
         ProbeLimits {
             max_header_bytes: 100 * 1024,
             max_body_bytes: 64 * 1024 * 1024,
             max_body_capture: 64 * 1024,
-            max_rate_per_target: Some(200),
+            max_rate_per_target: Some(DEFAULT_MAX_RATE_PER_TARGET),
             max_redirects: 10,
         }
     }
@@ -105,34 +108,6 @@ pub struct RequestSlot {
     /// The end of the plan's time budget, if it has one: the request's
     /// total limit never reaches past it.
     pub deadline: Option<Instant>,
-}
-
-/// The longest single wait a request of `spec` can make (connect, TLS or
-/// first byte): a request only means what its timeouts say when that much
-/// time is left, so a plan's budget starts a request only then.
-pub fn longest_wait(spec: &pb::ProbeSpec) -> Duration {
-    let t = spec.timeouts.unwrap_or_default();
-    let total = ms(t.total_ms, DEFAULT_TOTAL);
-    if spec.route == pb::Route::Dns as i32 {
-        return total;
-    }
-    let tls = if spec.url.starts_with("https") {
-        ms(t.tls_ms, DEFAULT_TLS)
-    } else {
-        Duration::ZERO
-    };
-    ms(t.connect_ms, DEFAULT_CONNECT)
-        .max(tls)
-        .max(ms(t.first_byte_ms, DEFAULT_FIRST_BYTE))
-        .min(total)
-}
-
-fn ms(value: u32, default: Duration) -> Duration {
-    if value == 0 {
-        default
-    } else {
-        Duration::from_millis(u64::from(value))
-    }
 }
 
 fn micros(since: Instant, at: Instant) -> u64 {
@@ -233,7 +208,7 @@ impl ProbeEngine {
     /// Also trusts the CA certificates in `pem` (like `curl --cacert`, but in
     /// addition to the system roots).
     pub fn with_ca_pem(mut self, pem: &str) -> Result<Self, ProbeSetupError> {
-        if crate::tls::first_cert_der(pem).is_err() {
+        if vantage_support::tls::first_cert_der(pem).is_err() {
             return Err(ProbeSetupError::Ca("no PEM certificate found".into()));
         }
         self.extra_ca_pem = Some(Arc::from(pem));
@@ -319,10 +294,7 @@ impl ProbeEngine {
         spec: &pb::ProbeSpec,
         slot: RequestSlot,
     ) -> pb::ProbeResult {
-        let started_at_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        let started_at_unix_ms = now_ms();
         let nonce = request_nonce(spec, slot);
         let mut result = pb::ProbeResult {
             result_id: uuid::Uuid::new_v4().to_string(),
@@ -397,7 +369,7 @@ impl ProbeEngine {
         result: &mut pb::ProbeResult,
     ) -> Result<SocketAddr, Failure> {
         let addr = if !spec.address_override.is_empty() {
-            parse_override(&spec.address_override, target.port).ok_or_else(|| {
+            parse_ip_port(&spec.address_override, target.port).ok_or_else(|| {
                 Failure::with_exit(
                     Outcome::DnsFailure,
                     Stage::Dns,
@@ -414,7 +386,7 @@ impl ProbeEngine {
             let server = if spec.dns_server.is_empty() {
                 self.dns_server
             } else {
-                Some(parse_override(&spec.dns_server, 53).ok_or_else(|| {
+                Some(parse_ip_port(&spec.dns_server, 53).ok_or_else(|| {
                     Failure::with_exit(
                         Outcome::DnsFailure,
                         Stage::Dns,
@@ -644,7 +616,7 @@ impl ProbeEngine {
         result: &mut pb::ProbeResult,
     ) -> Result<(), Failure> {
         let param = if spec.nonce_param.is_empty() {
-            "__vantage"
+            vantage_proto::spec::DEFAULT_NONCE_PARAM
         } else {
             spec.nonce_param.as_str()
         };
@@ -660,7 +632,7 @@ impl ProbeEngine {
             spec.method.as_str()
         };
         let user_agent = if spec.user_agent.is_empty() {
-            head::DEFAULT_USER_AGENT
+            vantage_proto::spec::DEFAULT_USER_AGENT
         } else {
             spec.user_agent.as_str()
         };
@@ -919,18 +891,6 @@ async fn drive<T>(
     }
 }
 
-/// Parses `IP` or `IP:PORT` (IPv6 optionally in brackets); without a port the
-/// URL's port is used, like `curl --resolve`.
-pub fn parse_override(text: &str, default_port: u16) -> Option<SocketAddr> {
-    if let Ok(sock) = text.parse::<SocketAddr>() {
-        return Some(sock);
-    }
-    let bare = text.trim_start_matches('[').trim_end_matches(']');
-    bare.parse::<IpAddr>()
-        .ok()
-        .map(|ip| SocketAddr::new(ip, default_port))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -961,27 +921,6 @@ mod tests {
         assert_eq!(host_of("https://A.test:8443/x"), Some("a.test".into()));
         assert_eq!(host_of("http://a.test/"), host_of("https://A.TEST:81/y"));
         assert_ne!(host_of("http://a.test/"), host_of("http://b.test/"));
-    }
-
-    #[test]
-    fn overrides_like_curl_resolve() {
-        assert_eq!(
-            parse_override("192.0.2.1", 80),
-            Some("192.0.2.1:80".parse().unwrap())
-        );
-        assert_eq!(
-            parse_override("192.0.2.1:8080", 80),
-            Some("192.0.2.1:8080".parse().unwrap())
-        );
-        assert_eq!(
-            parse_override("[::1]:8443", 80),
-            Some("[::1]:8443".parse().unwrap())
-        );
-        assert_eq!(
-            parse_override("::1", 443),
-            Some("[::1]:443".parse().unwrap())
-        );
-        assert_eq!(parse_override("example.com", 80), None);
     }
 
     #[test]

@@ -40,11 +40,11 @@ fn roots(extra_ca_pem: Option<&str>) -> RootCertStore {
 impl ProbeTls {
     /// Builds the configuration (ALPN h2 then http/1.1, like curl).
     pub fn new(extra_ca_pem: Option<&str>) -> Result<Self, rustls::Error> {
-        let provider = crate::tls::crypto_provider();
+        let provider = vantage_support::tls::crypto_provider();
         let mut config = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(crate::tls::AnyCertificate::new(
+            .with_custom_certificate_verifier(Arc::new(vantage_support::tls::AnyCertificate::new(
                 provider.clone(),
             )))
             .with_no_client_auth();

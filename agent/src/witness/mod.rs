@@ -20,9 +20,7 @@ use serde::{Deserialize, Serialize};
 use self::follow::{FollowStats, Follower};
 use self::parse::{nonce_in, parse_line, LogFormat};
 
-/// The query parameter that carries a probe's nonce unless configured
-/// otherwise (DESIGN §5).
-pub const DEFAULT_NONCE_PARAM: &str = "__vantage";
+pub use vantage_proto::spec::DEFAULT_NONCE_PARAM;
 
 /// Shortest interval [`run`] polls at: a zero interval would spin.
 const MIN_EVERY: Duration = Duration::from_millis(10);
@@ -236,10 +234,7 @@ pub fn spawn_forwarding(
             let observation = vantage_proto::pb::Observation {
                 nonce: sighting.nonce,
                 peer_addr: sighting.peer,
-                seen_at_unix_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                    .unwrap_or(0),
+                seen_at_unix_ms: vantage_support::time::now_ms(),
                 uri: sighting.uri.chars().take(4096).collect(),
             };
             if observations.send(observation).await.is_err() {

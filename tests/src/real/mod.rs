@@ -37,7 +37,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::bail;
-use vantage_agent::env::{Env, ProcessEnv};
+use vantage_support::env::{Env, ProcessEnv};
 
 /// The site every case diagnoses (URL host, Host header and SNI).
 pub const SITE: &str = "www.example.test";
@@ -168,7 +168,7 @@ pub async fn wait_tcp(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vantage_agent::env::MapEnv;
+    use vantage_support::env::MapEnv;
 
     #[test]
     fn a_skipped_tier_fails_under_ci_and_is_reported_elsewhere() {

@@ -1,6 +1,6 @@
-//! TLS for the agent ↔ coordinator link: the crypto provider, the client
-//! configurations (pinned-CA enrollment, mTLS session, CLI admin) and a tonic
-//! connector that does the TCP connect and TLS handshake itself.
+//! TLS for every link to a coordinator: the crypto provider, PEM helpers, the
+//! client configurations (pinned-CA enrollment, mTLS session, CLI admin) and
+//! a tonic connector that does the TCP connect and TLS handshake itself.
 //!
 //! tonic's own TLS client cannot pin a CA by fingerprint, so every channel to
 //! the coordinator goes through [`TlsConnector`]: one code path for the
@@ -24,6 +24,8 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use tokio::net::TcpSocket;
 use tonic::transport::{Channel, Endpoint};
 use vantage_proto::token::sha256_hex;
+
+use crate::addr::split_host_port;
 
 /// Errors building TLS configurations or channels.
 #[derive(Debug, thiserror::Error)]
@@ -303,24 +305,6 @@ pub fn pinned_client_config(
     Ok(with_h2(config))
 }
 
-/// Splits `host:port` (IPv6 hosts in brackets) into its parts.
-pub fn split_host_port(addr: &str) -> Result<(String, u16), TlsError> {
-    if let Ok(sock) = addr.parse::<SocketAddr>() {
-        return Ok((sock.ip().to_string(), sock.port()));
-    }
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| TlsError::BadAddress(addr.to_string()))?;
-    let port = port
-        .parse::<u16>()
-        .map_err(|_| TlsError::BadAddress(addr.to_string()))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(TlsError::BadAddress(addr.to_string()));
-    }
-    Ok((host.to_string(), port))
-}
-
 /// A tonic connector that connects TCP (optionally from a given source
 /// address) and performs the TLS handshake with a given rustls configuration.
 #[derive(Clone)]
@@ -338,7 +322,7 @@ impl TlsConnector {
         config: Arc<ClientConfig>,
         bind_ip: Option<IpAddr>,
     ) -> Result<Self, TlsError> {
-        let (host, port) = split_host_port(addr)?;
+        let (host, port) = split_host_port(addr).map_err(|e| TlsError::BadAddress(e.0))?;
         ServerName::try_from(host.clone()).map_err(|_| TlsError::BadAddress(addr.to_string()))?;
         Ok(TlsConnector {
             config,
@@ -413,22 +397,6 @@ impl tower::Service<http::Uri> for TlsConnector {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_port_forms() {
-        assert_eq!(
-            split_host_port("127.0.0.1:80").unwrap(),
-            ("127.0.0.1".into(), 80)
-        );
-        assert_eq!(split_host_port("[::1]:443").unwrap(), ("::1".into(), 443));
-        assert_eq!(
-            split_host_port("example.com:7443").unwrap(),
-            ("example.com".into(), 7443)
-        );
-        assert!(split_host_port("example.com").is_err());
-        assert!(split_host_port(":80").is_err());
-        assert!(split_host_port("host:99999").is_err());
-    }
 
     #[test]
     fn pem_round_trip() {

@@ -1,0 +1,23 @@
+//! Support code that every vantage binary shares, so that the coordinator
+//! does not borrow it from the agent:
+//!
+//! - [`runtime`]: the entry of every binary (tracing, the tokio runtime, one
+//!   `error: …` line and exit code 2);
+//! - [`env`](mod@env): the one place where environment variables are read;
+//! - [`tls`]: the crypto provider, PEM helpers, the client configurations and
+//!   the connector every channel to a coordinator goes through;
+//! - [`fs`]: files and directories readable by their owner only;
+//! - [`addr`]: `host:port` and `IP[:PORT]` parsing;
+//! - [`time`]: wall-clock unix milliseconds.
+//!
+//! It owns no domain and no service: it must never import a tonic service,
+//! the store, the probe engine, the session or anything else of the agent or
+//! the coordinator (it depends on `vantage-proto` only for the certificate
+//! fingerprint). Domain limits and types live in `vantage-proto`.
+
+pub mod addr;
+pub mod env;
+pub mod fs;
+pub mod runtime;
+pub mod time;
+pub mod tls;
