@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use tonic::Code;
+use vantage::store::PlanState;
 use vantage_lab::lab::{enroll_identity, hello_for, raw_session, AgentBuilder, LabCoordinator};
 use vantage_lab::origin::Origin;
 use vantage_proto::pb;
@@ -104,7 +105,7 @@ async fn absurd_messages_are_rejected_and_others_keep_being_served() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("outcome"), "{status:?}");
     assert_eq!(
-        lab.core().store().count_all_results().unwrap(),
+        lab.core().store().count_all_results().await.unwrap(),
         0,
         "nothing invalid was stored"
     );
@@ -146,7 +147,7 @@ async fn absurd_messages_are_rejected_and_others_keep_being_served() {
     vantage_lab::lab::wait_plan_finished(&mut events, &plan_id, 1, Duration::from_secs(30))
         .await
         .unwrap();
-    assert_eq!(lab.core().store().count_results(&plan_id).unwrap(), 3);
+    assert_eq!(lab.core().store().count_results(&plan_id).await.unwrap(), 3);
     good.stop().await.unwrap();
     origin.stop().await;
     lab.stop().await.unwrap();
@@ -236,7 +237,12 @@ async fn witness_observations_are_stored_and_checked() {
     let status = final_status(session).await;
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("not an IP"), "{status:?}");
-    let seen = lab.core().store().sightings_with_prefix("camp1-").unwrap();
+    let seen = lab
+        .core()
+        .store()
+        .sightings_with_prefix("camp1-")
+        .await
+        .unwrap();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen
         .iter()
@@ -291,18 +297,22 @@ async fn results_and_marks_are_refused_for_plans_sent_to_another_agent() {
             .unwrap();
     let store = lab.core().store();
     store
-        .insert_plan(
-            "plan-victim",
-            None,
-            0,
-            "[]",
-            &[(victim.info.agent_id.clone(), 3)],
-        )
+        .insert_plan(vantage::store::NewPlan {
+            plan_id: "plan-victim".into(),
+            campaign_id: None,
+            created_at_ms: 0,
+            probes_json: "[]".into(),
+            agents: vec![(victim.info.agent_id.clone(), 3)],
+        })
+        .await
         .unwrap();
     let state_of_victim = || {
-        let status = store.plan_status("plan-victim").unwrap().unwrap();
-        assert_eq!(status.len(), 1);
-        (status[0].state.clone(), status[0].stored)
+        let store = store.clone();
+        async move {
+            let status = store.plan_status("plan-victim").await.unwrap().unwrap();
+            assert_eq!(status.len(), 1);
+            (status[0].state, status[0].stored)
+        }
     };
 
     // Forged results for the victim's plan, then a forged "finished" mark on
@@ -338,9 +348,9 @@ async fn results_and_marks_are_refused_for_plans_sent_to_another_agent() {
             status.message().contains("plan-victim") && status.message().contains("forger-1"),
             "{status:?}"
         );
-        assert_eq!(state_of_victim(), ("sent".to_string(), 0));
+        assert_eq!(state_of_victim().await, (PlanState::Sent, 0));
     }
-    assert_eq!(store.count_all_results().unwrap(), 0);
+    assert_eq!(store.count_all_results().await.unwrap(), 0);
 
     // A plan that was never sent to anyone is refused the same way.
     let status = final_status(
@@ -413,6 +423,6 @@ async fn results_and_marks_are_refused_for_plans_sent_to_another_agent() {
     .await
     .expect("an Ack within 20 s");
     assert_eq!(acked, 1);
-    assert_eq!(state_of_victim(), ("finished".to_string(), 3));
+    assert_eq!(state_of_victim().await, (PlanState::Finished, 3));
     lab.stop().await.unwrap();
 }
