@@ -4,6 +4,11 @@
 //! (finished, refused, or the agent lost), bounded in time, collect the
 //! results and the witness's sightings into the evidence matrix, diagnose,
 //! and persist the report so it can be rendered again later.
+//!
+//! The orchestration is this module's `impl Coordinator` (the campaign
+//! concern of the shared state, see [`crate::coordinator`]): its methods
+//! use the core operations and the store trait, and the campaign-only state
+//! (the `campaigns` map of [`RunningCampaign`]s) is touched only here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

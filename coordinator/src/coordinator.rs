@@ -1,6 +1,15 @@
-//! The coordinator's operations, in one place: enrollment tokens, agents,
-//! revocation, plans. The gRPC control service, the CLI's embedded modes and
-//! the tests all call these, so each rule is written once.
+//! The coordinator's shared state and its core operations: construction
+//! ([`Coordinator::new`]), enrollment tokens, agents, revocation, plans and
+//! their stored results. The gRPC services, the CLI's embedded modes and the
+//! tests all call these, so each rule is written once.
+//!
+//! One `impl Coordinator` per concern, each in the module that owns it:
+//! this file the core above; [`crate::campaign`] campaign orchestration
+//! (start, watch, cancel, recover, conclude); [`crate::followup`] the TTFB
+//! follow-up. Those impls only use the fields and the methods here, never
+//! each other's internals. Durable state is reached only through the
+//! [`Store`] trait, awaited directly: the backend does its blocking work
+//! off the runtime.
 
 use std::sync::Arc;
 use std::time::Duration;
