@@ -8,7 +8,7 @@
 //! The orchestration is this module's `impl Coordinator` (the campaign
 //! concern of the shared state, see [`crate::coordinator`]): its methods
 //! use the core operations and the store trait, and the campaign-only state
-//! (the `campaigns` map of [`RunningCampaign`]s) is touched only here.
+//! (the `campaigns` map of `RunningCampaign`s) is touched only here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -17,7 +17,7 @@
 //!   backend on tokio's blocking pool), so callers never block the runtime.
 //! - [`sqlite`] is the only place `rusqlite` appears; its `migrations`
 //!   module holds the schema. A second backend (PostgreSQL, issue #13) is a sibling
-//!   module that implements [`Store`] and runs [`conformance`].
+//!   module that implements [`Store`] and runs the `conformance` suite (compiled for tests).
 
 use std::collections::{BTreeMap, HashSet};
 
