@@ -22,7 +22,9 @@ use crate::coordinator::Coordinator;
 use crate::ingest::IngestJob;
 use crate::pki::agent_id_of;
 use crate::registry::AgentEvent;
-use crate::store::{AgentRecord, NewAgent, Sighting, StoreError, TokenRejection};
+use crate::store::{
+    AgentRecord, AgentRole, NewAgent, PlanState, SeenReport, Sighting, StoreError, TokenRejection,
+};
 use crate::time::now_ms;
 
 /// How long an agent has to send `Hello` after opening the stream.
@@ -62,8 +64,7 @@ impl OwnedPlans {
         if unknown.is_empty() {
             return Ok(());
         }
-        let (agent_id, asked) = (record.agent_id.clone(), unknown.clone());
-        let sent = core.db(move |s| s.plans_sent_to(&agent_id, &asked)).await?;
+        let sent = core.store.plans_sent_to(&record.agent_id, &unknown).await?;
         if let Some(foreign) = unknown.iter().find(|id| !sent.contains(*id)) {
             tracing::warn!(
                 agent = %record.name,
@@ -87,7 +88,7 @@ impl OwnedPlans {
 /// Refuses plan traffic from a witness: it follows an access log and has no
 /// plans, so it may send observations only.
 fn plans_only_from_agents(record: &AgentRecord, what: &str) -> Result<(), Status> {
-    if record.role == "witness" {
+    if record.role == AgentRole::Witness {
         tracing::warn!(agent = %record.name, "refused {what} from a witness");
         return Err(Status::permission_denied(format!(
             "{what} refused: {} is a witness, and a witness sends observations only",
@@ -126,27 +127,22 @@ impl AgentService {
             ));
         }
         let hash = hash_secret(&req.token);
-        let probe = hash.clone();
-        if let Err(rejection) = self
-            .core
-            .db(move |s| s.check_token(&probe, now_ms()))
-            .await?
-        {
+        if let Err(rejection) = self.core.store.check_token(&hash, now_ms()).await? {
             return Err(Status::unauthenticated(rejection.to_string()));
         }
         check_name("name", &req.name).map_err(invalid)?;
         let labels = req.labels.into_iter().collect();
         check_labels(&labels).map_err(invalid)?;
+        // An empty role is an agent (DESIGN: older agents do not send one).
         let role = match req.role.as_str() {
-            "" | "agent" => "agent",
-            "witness" => "witness",
-            other => return Err(Status::invalid_argument(format!("unknown role {other:?}"))),
+            "" => AgentRole::Agent,
+            other => AgentRole::parse(other)
+                .ok_or_else(|| Status::invalid_argument(format!("unknown role {other:?}")))?,
         };
         if req.version.len() > domain::MAX_NAME_LEN {
             return Err(Status::invalid_argument("version string too long"));
         }
-        let name = req.name.clone();
-        if let Some(existing) = self.core.db(move |s| s.agent_by_name(&name)).await? {
+        if let Some(existing) = self.core.store.agent_by_name(&req.name).await? {
             if !existing.revoked {
                 return Err(Status::already_exists(format!(
                     "an agent named {} is already enrolled; revoke it first or pick another --name",
@@ -161,11 +157,7 @@ impl AgentService {
             .pki
             .sign_agent_csr(&req.csr_pem, &agent_id, self.core.agent_cert_lifetime)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let grant = match self
-            .core
-            .db(move |s| s.consume_token(&hash, now_ms()))
-            .await?
-        {
+        let grant = match self.core.store.consume_token(&hash, now_ms()).await? {
             Ok(grant) => grant,
             Err(
                 rejection @ (TokenRejection::Unknown
@@ -185,11 +177,11 @@ impl AgentService {
             region: grant.region.clone(),
             labels,
             version: req.version,
-            role: role.to_string(),
+            role,
             cert_sha256,
             enrolled_at_ms: now_ms(),
         };
-        match self.core.db(move |s| Ok(s.insert_agent(&agent))).await? {
+        match self.core.store.insert_agent(agent).await {
             Ok(()) => {}
             Err(StoreError::NameTaken(name)) => {
                 return Err(Status::already_exists(format!(
@@ -217,10 +209,10 @@ impl AgentService {
         let fingerprint = sha256_hex(leaf.as_ref());
         let agent_id = agent_id_of(leaf.as_ref())
             .ok_or_else(|| Status::unauthenticated("client certificate has no agent id"))?;
-        let id = agent_id.clone();
         let record = self
             .core
-            .db(move |s| s.agent_by_id(&id))
+            .store
+            .agent_by_id(&agent_id)
             .await?
             .ok_or_else(|| Status::unauthenticated(format!("unknown agent {agent_id}")))?;
         if record.revoked {
@@ -297,10 +289,10 @@ impl pb::agent_service_server::AgentService for AgentService {
                 self.core.agent_cert_lifetime,
             )
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let id = record.agent_id.clone();
         if !self
             .core
-            .db(move |s| s.set_agent_cert(&id, &cert_sha256))
+            .store
+            .set_agent_cert(&record.agent_id, &cert_sha256)
             .await?
         {
             return Err(Status::permission_denied(format!(
@@ -339,16 +331,14 @@ impl pb::agent_service_server::AgentService for AgentService {
                 hello.name, hello.region, record.name, record.region
             )));
         }
-        let (id, addr, version, labels, spool) = (
-            record.agent_id.clone(),
-            remote_addr.clone(),
-            hello.version.clone(),
-            hello.labels.clone(),
-            hello.spool_bytes,
-        );
-        self.core
-            .db(move |s| s.record_seen(&id, now_ms(), addr.as_deref(), &version, &labels, spool))
-            .await?;
+        let seen = SeenReport {
+            seen_at_ms: now_ms(),
+            remote_addr: remote_addr.clone(),
+            version: hello.version.clone(),
+            labels: hello.labels.clone(),
+            spool_bytes: hello.spool_bytes,
+        };
+        self.core.store.record_seen(&record.agent_id, seen).await?;
 
         let (outbound, rx) = tokio::sync::mpsc::unbounded_channel();
         let heartbeat = self.core.heartbeat;
@@ -382,11 +372,8 @@ impl pb::agent_service_server::AgentService for AgentService {
                 // they end instead of waiting in "sent" for an agent that may
                 // never come back (kill -9, lost host). Done before the event,
                 // so whoever sees the disconnect also sees the plans lost.
-                let (id, why) = (
-                    record.agent_id.clone(),
-                    format!("agent {} disconnected: {reason}", record.name),
-                );
-                if let Err(e) = core.db(move |s| s.mark_plans_lost(&id, &why)).await {
+                let why = format!("agent {} disconnected: {reason}", record.name);
+                if let Err(e) = core.store.mark_plans_lost(&record.agent_id, &why).await {
                     tracing::warn!(agent = %record.name, error = %e, "cannot mark its plans lost");
                 }
                 core.registry.emit(AgentEvent::Disconnected {
@@ -394,8 +381,9 @@ impl pb::agent_service_server::AgentService for AgentService {
                     reason,
                 });
             }
-            let id = record.agent_id.clone();
-            let _ = core.db(move |s| s.touch(&id, now_ms())).await;
+            if let Err(e) = core.store.touch(&record.agent_id, now_ms()).await {
+                tracing::warn!(agent = %record.name, error = %e, "cannot record its last contact");
+            }
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
@@ -513,8 +501,7 @@ async fn handle(
                 let health = domain::AgentHealth::try_from(health).map_err(invalid)?;
                 core.registry.set_health(&record.agent_id, health);
             }
-            let id = record.agent_id.clone();
-            core.db(move |s| s.touch(&id, now_ms())).await
+            Ok(core.store.touch(&record.agent_id, now_ms()).await?)
         }
         Some(Up::PlanRejected(rejected)) => {
             if rejected.plan_id.len() > 128 || rejected.reason.len() > 1024 {
@@ -530,12 +517,13 @@ async fn handle(
                 )
                 .await?;
             tracing::warn!(agent = %record.name, plan_id = %rejected.plan_id, reason = %rejected.reason, "plan refused by agent");
-            let (id, plan, reason) = (
-                record.agent_id.clone(),
-                rejected.plan_id.clone(),
-                rejected.reason.clone(),
-            );
-            core.db(move |s| s.set_plan_agent_state(&plan, &id, "rejected", Some(&reason)))
+            core.store
+                .set_plan_agent_state(
+                    &rejected.plan_id,
+                    &record.agent_id,
+                    PlanState::Rejected,
+                    Some(&rejected.reason),
+                )
                 .await?;
             core.registry.emit(AgentEvent::PlanRejected {
                 plan_id: rejected.plan_id,
@@ -547,13 +535,13 @@ async fn handle(
         Some(Up::Hello(_)) => Err(Status::invalid_argument(
             "Hello may only be the first message",
         )),
-        Some(Up::Observation(_)) if record.role != "witness" => Err(Status::invalid_argument(
-            "observations are accepted from witnesses only",
-        )),
+        Some(Up::Observation(_)) if record.role != AgentRole::Witness => Err(
+            Status::invalid_argument("observations are accepted from witnesses only"),
+        ),
         Some(Up::Observation(observation)) => {
             let sighting = sighting_of(observation)?;
-            let id = record.agent_id.clone();
-            core.db(move |s| s.insert_sightings(&id, &[sighting]))
+            core.store
+                .insert_sightings(&record.agent_id, vec![sighting])
                 .await?;
             Ok(())
         }

@@ -4,6 +4,11 @@
 //! (finished, refused, or the agent lost), bounded in time, collect the
 //! results and the witness's sightings into the evidence matrix, diagnose,
 //! and persist the report so it can be rendered again later.
+//!
+//! The orchestration is this module's `impl Coordinator` (the campaign
+//! concern of the shared state, see [`crate::coordinator`]): its methods
+//! use the core operations and the store trait, and the campaign-only state
+//! (the `campaigns` map of `RunningCampaign`s) is touched only here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -20,6 +25,7 @@ use crate::diagnosis::{
 };
 use crate::plan::{build_probes, plan_budget, CampaignTarget, RegionPlan, TargetRequest};
 use crate::registry::AgentEvent;
+use crate::store::{AgentRole, CampaignStatus, PlanState};
 use crate::time::now_ms;
 
 /// After the plans' budget, how long the campaign waits for regions whose
@@ -125,7 +131,7 @@ async fn choose_agents(
 ) -> Result<Vec<(String, String)>, Status> {
     let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for view in core.list_agents().await? {
-        if view.connected && !view.record.revoked && view.record.role == "agent" {
+        if view.connected && !view.record.revoked && view.record.role == AgentRole::Agent {
             by_region
                 .entry(view.record.region.clone())
                 .or_default()
@@ -179,9 +185,9 @@ impl Coordinator {
                 .map(|r| (r.events.subscribe(), r.cancel.clone()))
         });
         let Some((mut events, cancel)) = running else {
-            let id = campaign_id.to_string();
             let row = self
-                .db(move |s| s.campaign(&id))
+                .store
+                .campaign(campaign_id)
                 .await?
                 .ok_or_else(|| Status::not_found(format!("no campaign {campaign_id}")))?;
             return Err(Status::failed_precondition(format!(
@@ -223,7 +229,7 @@ impl Coordinator {
     /// reason. Called at start-up, before any agent connects. Returns how
     /// many campaigns were finished.
     pub async fn recover_campaigns(&self) -> Result<usize, Status> {
-        let rows = self.db(|s| s.running_campaigns()).await?;
+        let rows = self.store.running_campaigns().await?;
         let mut finished = 0;
         for row in rows {
             match self.recover_campaign(&row).await {
@@ -244,8 +250,7 @@ impl Coordinator {
             .map_err(|e| Status::internal(format!("stored target: {e}")))?;
         let target = CampaignTarget::new(&request_of_stored(&stored)?)
             .map_err(|e| Status::internal(format!("stored target: {e}")))?;
-        let id = row.campaign_id.clone();
-        let plans = self.db(move |s| s.campaign_plan_agents(&id)).await?;
+        let plans = self.store.campaign_plan_agents(&row.campaign_id).await?;
         let runs: Vec<RegionRun> = row
             .regions
             .iter()
@@ -261,7 +266,7 @@ impl Coordinator {
                         plan: RegionPlan::default(),
                     };
                 };
-                let state = if plan.state == "finished" {
+                let state = if plan.state == PlanState::Finished {
                     RegionState::Done
                 } else {
                     RegionState::Lost(format!(
@@ -292,8 +297,7 @@ impl Coordinator {
     /// Tells the agents of the `stopped` regions to stop their plans.
     async fn stop_plans(&self, runs: &[RegionRun], stopped: &[String]) {
         for run in runs.iter().filter(|r| stopped.contains(&r.region)) {
-            let name = run.agent.clone();
-            let Ok(Some(record)) = self.db(move |s| s.agent_by_name(&name)).await else {
+            let Ok(Some(record)) = self.store.agent_by_name(&run.agent).await else {
                 continue;
             };
             if let Some(outbound) = self.registry.outbound(&record.agent_id) {
@@ -319,8 +323,8 @@ impl Coordinator {
             serde_json::to_string(&crate::report::ReportTarget::of(&evidence_target(&target)))
                 .map_err(|e| Status::internal(e.to_string()))?;
         let regions: Vec<String> = chosen.iter().map(|(r, _)| r.clone()).collect();
-        let (id, json, list) = (campaign_id.clone(), target_json, regions.clone());
-        self.db(move |s| s.insert_campaign(&id, now_ms(), &json, &list))
+        self.store
+            .insert_campaign(&campaign_id, now_ms(), &target_json, &regions)
             .await?;
 
         let (events_tx, events) = broadcast::channel(1024);
@@ -420,15 +424,13 @@ impl Coordinator {
             .list_agents()
             .await?
             .iter()
-            .any(|v| v.connected && v.record.role == "witness");
+            .any(|v| v.connected && v.record.role == AgentRole::Witness);
         let prefix = format!("{}-", crate::plan::nonce_prefix(campaign_id));
         let mut regions = Vec::new();
         let mut blocked_headers = Vec::new();
         for run in runs {
-            let plan = run.plan_id.clone();
-            let results = self.db(move |s| s.results_for_plan(&plan)).await?;
-            let (observations, single_header) =
-                observations_of(&run.plan, results.into_iter().map(|(_, r)| r));
+            let results = self.stored_results(&run.plan_id).await?;
+            let (observations, single_header) = observations_of(&run.plan, results.into_iter());
             for header in failing_single_headers(&observations, &single_header) {
                 if !blocked_headers.contains(&header) {
                     blocked_headers.push(header);
@@ -463,8 +465,7 @@ impl Coordinator {
             let (mut last, mut last_change) = (usize::MAX, tokio::time::Instant::now());
             let sightings = loop {
                 tick.tick().await;
-                let p = prefix.clone();
-                let sightings = self.db(move |s| s.sightings_with_prefix(&p)).await?;
+                let sightings = self.store.sightings_with_prefix(&prefix).await?;
                 let now = tokio::time::Instant::now();
                 if sightings.len() != last {
                     last = sightings.len();
@@ -500,8 +501,8 @@ impl Coordinator {
         let json =
             serde_json::to_string_pretty(&report).map_err(|e| Status::internal(e.to_string()))?;
         let status = diagnosis.status.as_str().to_string();
-        let (id, st, js) = (campaign_id.to_string(), status.clone(), json.clone());
-        self.db(move |s| s.finish_campaign(&id, now_ms(), &st, &js))
+        self.store
+            .finish_campaign(campaign_id, now_ms(), diagnosis.status.into(), &json)
             .await?;
         Ok((status, json, followup.then_some(report)))
     }
@@ -759,4 +760,15 @@ fn failing_single_headers(
         .collect();
     failing.sort();
     failing
+}
+
+/// A finished campaign is stored with its diagnosis's verdict.
+impl From<diagnosis::Status> for CampaignStatus {
+    fn from(status: diagnosis::Status) -> CampaignStatus {
+        match status {
+            diagnosis::Status::Healthy => CampaignStatus::Healthy,
+            diagnosis::Status::Faulty => CampaignStatus::Faulty,
+            diagnosis::Status::Inconclusive => CampaignStatus::Inconclusive,
+        }
+    }
 }

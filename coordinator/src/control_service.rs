@@ -2,6 +2,7 @@
 //! authenticated by the admin credential (`authorization: Bearer …`). Each
 //! call is a thin translation onto [`Coordinator`].
 
+use crate::store::CampaignStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,9 +26,9 @@ pub struct ControlService {
 
 impl ControlService {
     async fn campaign_row(&self, id: &str) -> Result<crate::store::CampaignRow, Status> {
-        let owned = id.to_string();
         self.core
-            .db(move |s| s.campaign(&owned))
+            .store
+            .campaign(id)
             .await?
             .ok_or_else(|| Status::not_found(format!("no campaign {id}")))
     }
@@ -183,10 +184,10 @@ impl pb::control_service_server::ControlService for ControlService {
         // Subscribe first, then read the stored status: a campaign that ends
         // in between is seen as ended, never missed.
         let row = self.campaign_row(&id).await?;
-        if row.status != "running" || live.is_none() {
+        if row.status != CampaignStatus::Running || live.is_none() {
             let done = pb::CampaignEvent {
                 kind: "report_ready".into(),
-                detail: row.status,
+                detail: row.status.to_string(),
                 ..Default::default()
             };
             return Ok(Response::new(Box::pin(futures::stream::iter([Ok(done)]))));
@@ -210,7 +211,7 @@ impl pb::control_service_server::ControlService for ControlService {
         let id = request.into_inner().campaign_id;
         let row = self.campaign_row(&id).await?;
         Ok(Response::new(pb::GetReportResponse {
-            status: row.status,
+            status: row.status.to_string(),
             report_json: row.report_json.unwrap_or_default(),
         }))
     }
@@ -238,7 +239,7 @@ impl pb::control_service_server::ControlService for ControlService {
             0 => 20,
             n => n.min(1000),
         };
-        let rows = self.core.db(move |s| s.list_campaigns(limit)).await?;
+        let rows = self.core.store.list_campaigns(limit).await?;
         let campaigns = rows
             .into_iter()
             .map(|row| pb::CampaignSummary {
@@ -248,7 +249,7 @@ impl pb::control_service_server::ControlService for ControlService {
                     .unwrap_or_default(),
                 campaign_id: row.campaign_id,
                 created_at: rfc3339(row.created_at_ms),
-                status: row.status,
+                status: row.status.to_string(),
                 regions: row.regions,
             })
             .collect();
@@ -275,7 +276,7 @@ impl pb::control_service_server::ControlService for ControlService {
                 remote_addr: view.remote_addr.unwrap_or_default(),
                 revoked: view.record.revoked,
                 agent_id: view.record.agent_id,
-                role: view.record.role,
+                role: view.record.role.to_string(),
                 spool_bytes: view.record.spool_bytes,
                 health: view.health.map(Into::into),
             })
@@ -332,7 +333,7 @@ impl pb::control_service_server::ControlService for ControlService {
             .into_iter()
             .map(|row| pb::PlanAgentStatus {
                 agent: row.agent_name,
-                state: row.state,
+                state: row.state.to_string(),
                 reason: row.reason.unwrap_or_default(),
                 results_stored: row.stored,
                 results_expected: row.expected,

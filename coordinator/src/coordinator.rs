@@ -1,6 +1,15 @@
-//! The coordinator's operations, in one place: enrollment tokens, agents,
-//! revocation, plans. The gRPC control service, the CLI's embedded modes and
-//! the tests all call these, so each rule is written once.
+//! The coordinator's shared state and its core operations: construction
+//! ([`Coordinator::new`]), enrollment tokens, agents, revocation, plans and
+//! their stored results. The gRPC services, the CLI's embedded modes and the
+//! tests all call these, so each rule is written once.
+//!
+//! One `impl Coordinator` per concern, each in the module that owns it:
+//! this file the core above; [`crate::campaign`] campaign orchestration
+//! (start, watch, cancel, recover, conclude); [`crate::followup`] the TTFB
+//! follow-up. Those impls only use the fields and the methods here, never
+//! each other's internals. Durable state is reached only through the
+//! [`Store`] trait, awaited directly: the backend does its blocking work
+//! off the runtime.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +25,7 @@ use vantage_proto::token::{hash_secret, EnrollmentToken};
 use crate::ingest::IngestJob;
 use crate::pki::Pki;
 use crate::registry::{AgentEvent, Registry};
-use crate::store::{AgentRecord, NewToken, PlanAgentStatus, Store, StoreError};
+use crate::store::{AgentRecord, NewPlan, NewToken, PlanAgentStatus, PlanState, Store, StoreError};
 use crate::time::now_ms;
 
 /// Longest token lifetime accepted.
@@ -26,7 +35,7 @@ pub const MAX_TOKEN_USES: u32 = 10_000;
 
 /// The shared state behind every service.
 pub struct Coordinator {
-    pub(crate) store: Arc<Store>,
+    pub(crate) store: Arc<dyn Store>,
     pub(crate) pki: Pki,
     pub(crate) registry: Arc<Registry>,
     pub(crate) ingest: mpsc::Sender<IngestJob>,
@@ -50,6 +59,49 @@ impl std::fmt::Debug for Coordinator {
     }
 }
 
+/// What a coordinator is configured with, apart from its state (store, PKI).
+#[derive(Debug, Clone)]
+pub struct CoordinatorSettings {
+    /// sha256 hex of the admin credential.
+    pub admin_hash: String,
+    /// Addresses written into enrollment tokens.
+    pub token_addrs: Vec<String>,
+    /// Heartbeat interval asked of agents.
+    pub heartbeat: Duration,
+    /// Per-source-address rate limit of Enroll.
+    pub enroll_rate: crate::enroll_limit::EnrollRate,
+    /// Lifetime of the agent certificates issued.
+    pub agent_cert_lifetime: Duration,
+}
+
+impl Coordinator {
+    /// A coordinator over `store` and `pki`, with its own registry and the
+    /// ingest writer thread started (call from inside the tokio runtime).
+    /// The thread ends once the coordinator, and with it every ingest
+    /// sender, is dropped; its handle is returned for whoever wants to join.
+    pub fn new(
+        store: Arc<dyn Store>,
+        pki: Pki,
+        settings: CoordinatorSettings,
+    ) -> std::io::Result<(Coordinator, std::thread::JoinHandle<()>)> {
+        let registry = Arc::new(Registry::default());
+        let (ingest, thread) = crate::ingest::spawn(store.clone(), registry.clone())?;
+        let coordinator = Coordinator {
+            store,
+            pki,
+            registry,
+            ingest,
+            admin_hash: settings.admin_hash,
+            token_addrs: settings.token_addrs,
+            heartbeat: settings.heartbeat,
+            campaigns: std::sync::Mutex::default(),
+            enroll_limiter: crate::enroll_limit::EnrollLimiter::new(settings.enroll_rate),
+            agent_cert_lifetime: settings.agent_cert_lifetime,
+        };
+        Ok((coordinator, thread))
+    }
+}
+
 /// An agent as the operator sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentView {
@@ -68,21 +120,17 @@ pub(crate) fn store_status(e: StoreError) -> Status {
     Status::internal(format!("coordinator store error: {e}"))
 }
 
-impl Coordinator {
-    /// Runs a store call off the async runtime.
-    pub(crate) async fn db<T: Send + 'static>(
-        &self,
-        call: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, Status> {
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || call(&store)).await {
-            Ok(result) => result.map_err(store_status),
-            Err(e) => Err(Status::internal(format!("store task failed: {e}"))),
-        }
+/// A store failure reaches a gRPC caller as `internal` (and is logged once),
+/// so the services can `?` store calls directly.
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Status {
+        store_status(e)
     }
+}
 
+impl Coordinator {
     /// The store (tests read results from it).
-    pub fn store(&self) -> Arc<Store> {
+    pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
     }
 
@@ -137,13 +185,13 @@ impl Coordinator {
             expires_at_ms,
             uses,
         };
-        self.db(move |s| s.insert_token(&row)).await?;
+        self.store.insert_token(row).await?;
         Ok((token.encode(), expires_at_ms))
     }
 
     /// Every enrolled agent, with its live connection state.
     pub async fn list_agents(&self) -> Result<Vec<AgentView>, Status> {
-        let records = self.db(|s| s.list_agents()).await?;
+        let records = self.store.list_agents().await?;
         Ok(records
             .into_iter()
             .map(|record| {
@@ -161,9 +209,9 @@ impl Coordinator {
     /// Revokes an agent: its certificate is refused from now on and its
     /// current session is dropped. Returns whether it was connected.
     pub async fn revoke(&self, name: &str) -> Result<bool, Status> {
-        let owned = name.to_string();
         let record = self
-            .db(move |s| s.revoke_agent(&owned))
+            .store
+            .revoke_agent(name)
             .await?
             .ok_or_else(|| Status::not_found(format!("no agent named {name:?}")))?;
         tracing::info!(agent = %name, "agent revoked");
@@ -213,9 +261,9 @@ impl Coordinator {
         let expected: u64 = probes.iter().map(|p| caps.requests(p)).sum();
         let mut targets = Vec::with_capacity(agents.len());
         for name in agents {
-            let owned = name.clone();
             let record = self
-                .db(move |s| s.agent_by_name(&owned))
+                .store
+                .agent_by_name(name)
                 .await?
                 .filter(|r| !r.revoked)
                 .ok_or_else(|| Status::not_found(format!("no enrolled agent named {name:?}")))?;
@@ -231,9 +279,14 @@ impl Coordinator {
             .iter()
             .map(|(id, _)| (id.clone(), expected))
             .collect();
-        let id = plan_id.clone();
-        let campaign = campaign_id.map(str::to_string);
-        self.db(move |s| s.insert_plan(&id, campaign.as_deref(), now_ms(), &probes_json, &rows))
+        self.store
+            .insert_plan(NewPlan {
+                plan_id: plan_id.clone(),
+                campaign_id: campaign_id.map(str::to_string),
+                created_at_ms: now_ms(),
+                probes_json,
+                agents: rows,
+            })
             .await?;
         let plan = pb::Plan {
             plan_id: plan_id.clone(),
@@ -246,25 +299,30 @@ impl Coordinator {
                 body: Some(pb::coordinator_message::Body::Plan(plan.clone())),
             };
             if outbound.send(Ok(message)).is_err() {
-                let id = plan_id.clone();
-                self.db(move |s| {
-                    s.set_plan_agent_state(
-                        &id,
+                self.store
+                    .set_plan_agent_state(
+                        &plan_id,
                         &agent_id,
-                        "lost",
+                        PlanState::Lost,
                         Some("session ended before the plan was sent"),
                     )
-                })
-                .await?;
+                    .await?;
             }
         }
         Ok(plan_id)
     }
 
+    /// Every stored result of a plan, decoded from its wire bytes, in the
+    /// order received (the evidence of campaigns and follow-ups).
+    pub async fn stored_results(&self, plan_id: &str) -> Result<Vec<pb::ProbeResult>, Status> {
+        let records = self.store.results_for_plan(plan_id).await?;
+        Ok(crate::ingest::decode_results(&records)?)
+    }
+
     /// Per-agent progress of a plan.
     pub async fn plan_status(&self, plan_id: &str) -> Result<Vec<PlanAgentStatus>, Status> {
-        let owned = plan_id.to_string();
-        self.db(move |s| s.plan_status(&owned))
+        self.store
+            .plan_status(plan_id)
             .await?
             .ok_or_else(|| Status::not_found(format!("no plan {plan_id}")))
     }

@@ -491,10 +491,7 @@ pub async fn diagnose_local(args: DiagnoseArgs, env: &dyn Env) -> anyhow::Result
         json = await_followup(|| {
             let (core, id, first) = (core.clone(), handle.campaign_id.clone(), json.clone());
             async move {
-                let row = core
-                    .db(move |s| s.campaign(&id))
-                    .await
-                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+                let row = core.store().campaign(&id).await?;
                 Ok(row.and_then(|r| r.report_json).unwrap_or(first))
             }
         })

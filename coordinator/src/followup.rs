@@ -145,8 +145,8 @@ impl Coordinator {
         }
         let mut measurements = Vec::new();
         for (region, plan_id) in plans {
-            let results = self.db(move |s| s.results_for_plan(&plan_id)).await?;
-            for (_, r) in results {
+            let results = self.stored_results(&plan_id).await?;
+            for r in results {
                 let outcome = Outcome::try_from(r.outcome).unwrap_or(Outcome::MalformedResponse);
                 let ttfb_us = r.timings.map_or(0, |t| t.ttfb_us);
                 measurements.push(TtfbMeasurement {
@@ -168,9 +168,10 @@ impl Coordinator {
         }
         let json =
             serde_json::to_string_pretty(&report).map_err(|e| Status::internal(e.to_string()))?;
-        let status = report.status.as_str().to_string();
-        self.db(move |s| s.finish_campaign(&campaign_id, now_ms(), &status, &json))
-            .await
+        Ok(self
+            .store
+            .finish_campaign(&campaign_id, now_ms(), report.status.into(), &json)
+            .await?)
     }
 }
 

@@ -1,17 +1,25 @@
 //! The result ingest path: one writer thread takes batches from every session,
-//! stores as many as are waiting in one SQLite transaction, and only then
+//! encodes them into store records, stores as many as are waiting with one
+//! [`Store::insert_results`] call (one transaction), and only then
 //! acknowledges each batch to its agent. Coalescing across sessions is what
 //! lets one SQLite file keep up with many agents; acknowledging after commit
 //! is what makes delivery lossless.
+//!
+//! The thread is a plain OS thread, not a task: encoding a 50,000-result
+//! commit is CPU work that must not hold a runtime worker. It waits on the
+//! async store through the runtime handle it was started with.
 
 use std::sync::Arc;
 
+use prost::Message as _;
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tonic::Status;
+use vantage_proto::domain::Outcome;
 use vantage_proto::pb;
 
 use crate::registry::{AgentEvent, Outbound, Registry};
-use crate::store::Store;
+use crate::store::{PlanState, ResultRecord, Store, StoreError};
 use crate::time::now_ms;
 
 /// Jobs queued at most; a full queue makes sessions wait (backpressure).
@@ -32,12 +40,14 @@ pub struct IngestJob {
     pub reply: Outbound,
 }
 
-/// Starts the writer thread; it ends when every sender is dropped.
+/// Starts the writer thread; it ends when every sender is dropped. Call it
+/// from inside the tokio runtime the store runs on.
 pub fn spawn(
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     registry: Arc<Registry>,
 ) -> std::io::Result<(mpsc::Sender<IngestJob>, std::thread::JoinHandle<()>)> {
     let (tx, mut rx) = mpsc::channel::<IngestJob>(QUEUE);
+    let runtime = Handle::current();
     let handle = std::thread::Builder::new()
         .name("vantage-ingest".into())
         .spawn(move || {
@@ -53,30 +63,67 @@ pub fn spawn(
                         Err(_) => break,
                     }
                 }
-                commit(&store, &registry, jobs);
+                runtime.block_on(commit(store.as_ref(), &registry, jobs));
             }
         })?;
     Ok((tx, handle))
 }
 
-fn commit(store: &Store, registry: &Registry, jobs: Vec<IngestJob>) {
-    let batches: Vec<(&str, &[pb::ProbeResult])> = jobs
+/// The store's record of one result: the columns, and the whole message as
+/// its wire encoding. The agent id is the session's, not the result's.
+pub fn to_record(agent_id: &str, result: &pb::ProbeResult) -> Result<ResultRecord, StoreError> {
+    let outcome = Outcome::try_from(result.outcome)
+        .map_err(|e| StoreError::Invalid(format!("result {}: {e}", result.result_id)))?;
+    Ok(ResultRecord {
+        result_id: result.result_id.clone(),
+        plan_id: result.plan_id.clone(),
+        agent_id: agent_id.to_owned(),
+        probe_id: result.probe_id.clone(),
+        attempt: result.attempt,
+        outcome,
+        status: result.status,
+        body: result.encode_to_vec(),
+    })
+}
+
+/// Decodes stored result records back to the wire messages they were
+/// encoded from; a body that does not decode is corrupt storage.
+pub fn decode_results(records: &[ResultRecord]) -> Result<Vec<pb::ProbeResult>, StoreError> {
+    records
         .iter()
-        .map(|job| (job.agent_id.as_str(), job.batch.results.as_slice()))
-        .collect();
-    let stored = store.insert_results(&batches, now_ms()).and_then(|new| {
-        for job in &jobs {
-            if !job.batch.finished_plan_id.is_empty() {
-                store.set_plan_agent_state(
+        .map(|record| {
+            pb::ProbeResult::decode(record.body.as_slice()).map_err(|e| {
+                StoreError::Corrupt(format!("stored result {}: {e}", record.result_id))
+            })
+        })
+        .collect()
+}
+
+async fn store_jobs(store: &dyn Store, jobs: &[IngestJob]) -> Result<u64, StoreError> {
+    let mut records = Vec::with_capacity(jobs.iter().map(|j| j.batch.results.len()).sum());
+    for job in jobs {
+        for result in &job.batch.results {
+            records.push(to_record(&job.agent_id, result)?);
+        }
+    }
+    let new = store.insert_results(records, now_ms()).await?;
+    for job in jobs {
+        if !job.batch.finished_plan_id.is_empty() {
+            store
+                .set_plan_agent_state(
                     &job.batch.finished_plan_id,
                     &job.agent_id,
-                    "finished",
+                    PlanState::Finished,
                     None,
-                )?;
-            }
+                )
+                .await?;
         }
-        Ok(new)
-    });
+    }
+    Ok(new)
+}
+
+async fn commit(store: &dyn Store, registry: &Registry, jobs: Vec<IngestJob>) {
+    let stored = store_jobs(store, &jobs).await;
     let results: usize = jobs.iter().map(|job| job.batch.results.len()).sum();
     match stored {
         Ok(new) => {
@@ -114,5 +161,58 @@ fn commit(store: &Store, registry: &Registry, jobs: Vec<IngestJob>) {
                 ))));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_carry_the_wire_message_and_decode_back() {
+        let result = pb::ProbeResult {
+            result_id: "r1".into(),
+            plan_id: "p1".into(),
+            probe_id: "direct/plain".into(),
+            attempt: 2,
+            outcome: pb::Outcome::Reset as i32,
+            status: 502,
+            url: "https://example.test/".into(),
+            body_head: vec![0xab; 64],
+            ..pb::ProbeResult::default()
+        };
+        let record = to_record("a-1", &result).unwrap();
+        assert_eq!(
+            (
+                record.agent_id.as_str(),
+                record.plan_id.as_str(),
+                record.probe_id.as_str(),
+                record.attempt,
+                record.outcome,
+                record.status
+            ),
+            ("a-1", "p1", "direct/plain", 2, Outcome::Reset, 502)
+        );
+        assert_eq!(
+            decode_results(std::slice::from_ref(&record)).unwrap(),
+            std::slice::from_ref(&result)
+        );
+
+        let damaged = ResultRecord {
+            body: vec![0xff; 3],
+            ..record
+        };
+        assert!(matches!(
+            decode_results(&[damaged]),
+            Err(StoreError::Corrupt(_))
+        ));
+        let unknown = pb::ProbeResult {
+            outcome: 999,
+            ..result
+        };
+        assert!(matches!(
+            to_record("a-1", &unknown),
+            Err(StoreError::Invalid(_))
+        ));
     }
 }

@@ -19,11 +19,10 @@ use vantage_support::fs::{create_private_dir, write_private};
 
 use crate::agent_service::AgentService;
 use crate::control_service::ControlService;
-use crate::coordinator::Coordinator;
-use crate::enroll_limit::{EnrollLimiter, EnrollRate};
+use crate::coordinator::{Coordinator, CoordinatorSettings};
+use crate::enroll_limit::EnrollRate;
 use crate::pki::{Pki, SERVER_CERT_LIFETIME};
-use crate::registry::Registry;
-use crate::store::Store;
+use crate::store::SqliteStore;
 use crate::transport::{self, GrpcShared, SharedTls, TransportLimits};
 
 /// File names inside the data dir.
@@ -261,7 +260,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
     create_private_dir(dir).map_err(|e| data_dir_error(dir, e.to_string()))?;
     let db_path = dir.join(DB_FILE);
     private_db_files(&db_path).map_err(|e| data_dir_error(dir, e.to_string()))?;
-    let store = Store::open(&db_path).map_err(|source| ServeError::Store {
+    let store = SqliteStore::open(&db_path).map_err(|source| ServeError::Store {
         path: db_path.clone(),
         source,
     })?;
@@ -303,22 +302,17 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
         &server_cert.key_pem,
         pki.ca_pem(),
     )?));
-    let store = Arc::new(store);
-    let registry = Arc::new(Registry::default());
-    let (ingest, _ingest_thread) =
-        crate::ingest::spawn(store.clone(), registry.clone()).map_err(ServeError::Thread)?;
-    let core = Arc::new(Coordinator {
-        store,
-        pki,
-        registry,
-        ingest,
+    let store: Arc<dyn crate::store::Store> = Arc::new(store);
+    let settings = CoordinatorSettings {
         admin_hash: hash_secret(&admin_token),
         token_addrs,
         heartbeat: config.heartbeat,
-        campaigns: std::sync::Mutex::default(),
-        enroll_limiter: EnrollLimiter::new(config.enroll_rate),
+        enroll_rate: config.enroll_rate,
         agent_cert_lifetime: config.agent_cert_lifetime,
-    });
+    };
+    let (core, _ingest_thread) =
+        Coordinator::new(store, pki, settings).map_err(ServeError::Thread)?;
+    let core = Arc::new(core);
 
     // Before any agent can connect: campaigns a previous process left
     // running are finished from what it stored.

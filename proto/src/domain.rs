@@ -546,6 +546,82 @@ pub fn check_batch(batch: &pb::ResultBatch) -> Result<(), ProtocolError> {
     batch.results.iter().try_for_each(check_result)
 }
 
+/// Defines a closed set of names with `as_str`, `parse` and `Display`: the
+/// names are stored and sent on the wire as these exact strings.
+macro_rules! named_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The stable name stored and sent on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// The value with this exact name, if any.
+            pub fn parse(text: &str) -> Option<$name> {
+                match text {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+named_enum! {
+    /// What an enrolled process is (DESIGN: `EnrollRequest.role`).
+    AgentRole {
+        /// Runs probe plans.
+        Agent => "agent",
+        /// Watches the origin's access log and reports sightings.
+        Witness => "witness",
+    }
+}
+
+named_enum! {
+    /// Delivery state of one plan on one agent, as the control API reports it.
+    PlanState {
+        /// Sent; the agent has not finished it yet.
+        Sent => "sent",
+        /// The agent refused it.
+        Rejected => "rejected",
+        /// The agent reported it finished.
+        Finished => "finished",
+        /// The agent's session ended before it finished.
+        Lost => "lost",
+    }
+}
+
+named_enum! {
+    /// A campaign's status: running, then its report's verdict.
+    CampaignStatus {
+        /// Still collecting evidence.
+        Running => "running",
+        /// Finished, nothing wrong.
+        Healthy => "healthy",
+        /// Finished with at least one finding.
+        Faulty => "faulty",
+        /// Finished without enough evidence to say.
+        Inconclusive => "inconclusive",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,5 +723,27 @@ mod tests {
                 value: 77
             })
         ));
+    }
+
+    #[test]
+    fn named_enums_round_trip_their_stored_names() {
+        for role in AgentRole::ALL {
+            assert_eq!(AgentRole::parse(role.as_str()), Some(*role));
+        }
+        for state in PlanState::ALL {
+            assert_eq!(PlanState::parse(state.as_str()), Some(*state));
+        }
+        for status in CampaignStatus::ALL {
+            assert_eq!(CampaignStatus::parse(&status.to_string()), Some(*status));
+        }
+        assert_eq!(AgentRole::parse("admin"), None);
+        assert_eq!(PlanState::parse("Sent"), None, "names are exact");
+        assert_eq!(
+            CampaignStatus::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>(),
+            ["running", "healthy", "faulty", "inconclusive"]
+        );
     }
 }

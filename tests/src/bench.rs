@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use vantage::store::Store;
+use vantage::store::{NewPlan, SqliteStore, Store as _};
 use vantage_proto::pb;
 use vantage_proto::pb::agent_message::Body as Up;
 use vantage_proto::pb::coordinator_message::Body as Down;
@@ -187,13 +187,15 @@ pub async fn ingest(params: IngestParams) -> anyhow::Result<IngestReport> {
         .iter()
         .map(|i| (i.info.agent_id.clone(), params.results_per_agent))
         .collect();
-    Store::open(&data.path().join("vantage.db"))?.insert_plan(
-        "bench-plan",
-        None,
-        0,
-        "[]",
-        &plan_agents,
-    )?;
+    SqliteStore::open(&data.path().join("vantage.db"))?
+        .insert_plan(NewPlan {
+            plan_id: "bench-plan".into(),
+            campaign_id: None,
+            created_at_ms: 0,
+            probes_json: "[]".into(),
+            agents: plan_agents,
+        })
+        .await?;
     let start = Arc::new(tokio::sync::Barrier::new(params.agents + 1));
     let mut sessions = tokio::task::JoinSet::new();
     for (agent, identity) in identities.into_iter().enumerate() {
@@ -209,9 +211,11 @@ pub async fn ingest(params: IngestParams) -> anyhow::Result<IngestReport> {
     let pid = coordinator.process.pid().context("coordinator pid")?;
     let coordinator_peak_kib = proc_kib(pid, "VmHWM:").unwrap_or(0);
     drop(coordinator);
-    let stored = Store::open(&data.path().join("vantage.db"))?.count_all_results()?;
+    let stored = SqliteStore::open(&data.path().join("vantage.db"))?
+        .count_all_results()
+        .await?;
 
-    let store_rate = store_only(params, &data.path().join("peer.db"))?;
+    let store_rate = store_only(params, &data.path().join("peer.db")).await?;
     Ok(IngestReport {
         grpc_rate: total as f64 / elapsed.as_secs_f64(),
         store_rate,
@@ -221,9 +225,10 @@ pub async fn ingest(params: IngestParams) -> anyhow::Result<IngestReport> {
 }
 
 /// The peer: the same results, in the same batches, written straight into a
-/// fresh store with no network, TLS or protobuf decoding in between.
-fn store_only(params: IngestParams, path: &Path) -> anyhow::Result<f64> {
-    let store = Store::open(path)?;
+/// fresh store with no network, TLS or protobuf decoding in between (the
+/// encoding into store records, which the ingest writer also does, is timed).
+async fn store_only(params: IngestParams, path: &Path) -> anyhow::Result<f64> {
+    let store = SqliteStore::open(path)?;
     let batches: Vec<Vec<pb::ProbeResult>> = (0..params.agents)
         .flat_map(|agent| {
             let per = params.results_per_agent;
@@ -237,7 +242,11 @@ fn store_only(params: IngestParams, path: &Path) -> anyhow::Result<f64> {
         .collect();
     let began = Instant::now();
     for batch in &batches {
-        store.insert_results(&[("bench", batch.as_slice())], 0)?;
+        let records = batch
+            .iter()
+            .map(|result| vantage::ingest::to_record("bench", result))
+            .collect::<Result<Vec<_>, _>>()?;
+        store.insert_results(records, 0).await?;
     }
     let total = params.results_per_agent * params.agents as u64;
     Ok(total as f64 / began.elapsed().as_secs_f64())

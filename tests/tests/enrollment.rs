@@ -136,13 +136,14 @@ async fn bad_tokens_are_clear_final_errors() {
         ..good.clone()
     };
     core.store()
-        .insert_token(&NewToken {
+        .insert_token(NewToken {
             hash: hash_secret(&expired.secret),
             region: "eu".into(),
             created_at_ms: 1,
             expires_at_ms: 2,
             uses: 5,
         })
+        .await
         .unwrap();
     let err = enroll(&expired, &request("a2")).await.unwrap_err();
     assert!(

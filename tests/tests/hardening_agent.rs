@@ -63,13 +63,7 @@ async fn run_plan(
     )
     .await
     .unwrap();
-    lab.core()
-        .store()
-        .results_for_plan(&plan_id)
-        .unwrap()
-        .into_iter()
-        .map(|(_, result)| result)
-        .collect()
+    lab.core().stored_results(&plan_id).await.unwrap()
 }
 
 fn dns_probe(
@@ -410,7 +404,11 @@ async fn an_unwritable_spool_refuses_plans_with_the_reason_and_shows_in_agents()
     };
     assert!(reason.contains("spool not writable"), "{reason}");
     let status = lab.core().plan_status(&plan_id).await.unwrap();
-    assert_eq!(status[0].state, "rejected", "{status:?}");
+    assert_eq!(
+        status[0].state,
+        vantage::store::PlanState::Rejected,
+        "{status:?}"
+    );
     assert_eq!(status[0].reason.as_deref(), Some(reason.as_str()));
     assert_eq!(origin.answered(), 0, "a refused plan runs nothing");
 
@@ -488,7 +486,11 @@ async fn an_unwritable_spool_refuses_plans_with_the_reason_and_shows_in_agents()
     };
     assert!(reason.contains("results could not be spooled"), "{reason}");
     let status = lab.core().plan_status(&plan_id).await.unwrap();
-    assert_eq!(status[0].state, "rejected", "{status:?}");
+    assert_eq!(
+        status[0].state,
+        vantage::store::PlanState::Rejected,
+        "{status:?}"
+    );
     drop(guard);
 
     spooler.terminate(READY).await.unwrap();

@@ -8,6 +8,7 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
+use vantage::store::Store as _;
 
 use vantage_agent::enroll::{enroll, EnrollError, EnrollRequest};
 use vantage_lab::flood::{self, Stall};
@@ -353,8 +354,8 @@ async fn agent_certificate_is_renewed_over_the_session_and_used_on_the_next_conn
     assert_eq!(mode, 0o600);
 
     // The store authenticates the latest certificate only.
-    let store = vantage::store::Store::open(&data.path().join("vantage.db")).unwrap();
-    let record = store.agent_by_name("fra-1").unwrap().unwrap();
+    let store = vantage::store::SqliteStore::open(&data.path().join("vantage.db")).unwrap();
+    let record = store.agent_by_name("fra-1").await.unwrap().unwrap();
     let latest = std::fs::read_to_string(&cert_path).unwrap();
     let der = vantage_support::tls::first_cert_der(&latest).unwrap();
     assert_eq!(record.cert_sha256, sha256_hex(&der));

@@ -18,6 +18,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use vantage::store::Store as _;
 
 use vantage::client::ControlClient;
 use vantage_lab::lab::{spawn_agent_process, wait_agent_connected, CoordinatorProcess};
@@ -241,9 +242,16 @@ fn spool_batches(dir: &Path) -> Vec<u64> {
 /// once the coordinator has exited: (rows, distinct result ids, distinct
 /// request slots). Three equal numbers mean that no request was stored
 /// twice, not even under a second result id.
-fn stored_rows(data_dir: &Path, plan_id: &str) -> (usize, usize, usize) {
-    let store = vantage::store::Store::open(&data_dir.join(vantage::server::DB_FILE)).unwrap();
-    let rows = store.results_for_plan(plan_id).unwrap();
+async fn stored_rows(data_dir: &Path, plan_id: &str) -> (usize, usize, usize) {
+    let store =
+        vantage::store::SqliteStore::open(&data_dir.join(vantage::server::DB_FILE)).unwrap();
+    let records = store.results_for_plan(plan_id).await.unwrap();
+    let decoded = vantage::ingest::decode_results(&records).unwrap();
+    let rows: Vec<(String, _)> = records
+        .into_iter()
+        .map(|r| r.agent_id)
+        .zip(decoded)
+        .collect();
     let ids: HashSet<&str> = rows.iter().map(|(_, r)| r.result_id.as_str()).collect();
     let slots: HashSet<(&str, &str, u32, u32)> = rows
         .iter()
@@ -271,7 +279,7 @@ async fn stop_and_count_stored(
         .terminate(Duration::from_secs(30))
         .await
         .unwrap();
-    let counts = stored_rows(lab.data.path(), plan_id);
+    let counts = stored_rows(lab.data.path(), plan_id).await;
     assert_eq!(counts, (want, want, want), "no duplicate");
     counts
 }

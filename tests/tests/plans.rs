@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use vantage::registry::AgentEvent;
+use vantage::store::PlanState;
 use vantage_agent::session::SessionEvent;
 use vantage_lab::lab::{
     enroll_identity, hello_for, raw_session, wait_coordinator_event, wait_plan_finished,
@@ -59,7 +60,7 @@ async fn plan_runs_on_every_chosen_agent_and_every_result_is_stored() {
     let status = lab.core().plan_status(&plan_id).await.unwrap();
     assert_eq!(status.len(), 2);
     for row in &status {
-        assert_eq!(row.state, "finished", "{row:?}");
+        assert_eq!(row.state, PlanState::Finished, "{row:?}");
         assert_eq!(row.expected, 7);
         assert_eq!(row.stored, 7, "{row:?}");
     }
@@ -97,13 +98,7 @@ async fn run_and_collect(
     )
     .await
     .unwrap();
-    lab.core()
-        .store()
-        .results_for_plan(&plan_id)
-        .unwrap()
-        .into_iter()
-        .map(|(_, result)| result)
-        .collect()
+    lab.core().stored_results(&plan_id).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +202,7 @@ async fn full_spool_refuses_plans_with_a_recorded_reason() {
         .await
         .unwrap();
     let status = lab.core().plan_status(&plan_id).await.unwrap();
-    assert_eq!(status[0].state, "rejected");
+    assert_eq!(status[0].state, PlanState::Rejected);
     assert!(status[0]
         .reason
         .as_deref()

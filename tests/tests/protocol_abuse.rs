@@ -106,7 +106,7 @@ async fn absurd_messages_are_rejected_and_others_keep_being_served() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("outcome"), "{status:?}");
     assert_eq!(
-        lab.core().store().count_all_results().unwrap(),
+        lab.core().store().count_all_results().await.unwrap(),
         0,
         "nothing invalid was stored"
     );
@@ -148,7 +148,7 @@ async fn absurd_messages_are_rejected_and_others_keep_being_served() {
     vantage_lab::lab::wait_plan_finished(&mut events, &plan_id, 1, Duration::from_secs(30))
         .await
         .unwrap();
-    assert_eq!(lab.core().store().count_results(&plan_id).unwrap(), 3);
+    assert_eq!(lab.core().store().count_results(&plan_id).await.unwrap(), 3);
     good.stop().await.unwrap();
     origin.stop().await;
     lab.stop().await.unwrap();
@@ -238,7 +238,12 @@ async fn witness_observations_are_stored_and_checked() {
     let status = final_status(session).await;
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("not an IP"), "{status:?}");
-    let seen = lab.core().store().sightings_with_prefix("camp1-").unwrap();
+    let seen = lab
+        .core()
+        .store()
+        .sightings_with_prefix("camp1-")
+        .await
+        .unwrap();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen
         .iter()

@@ -78,6 +78,7 @@ async fn witness_reports_nonces_from_the_access_log_across_rotation() {
         async move {
             store
                 .sightings_with_prefix("wtest-")
+                .await
                 .ok()
                 .filter(|s| !s.is_empty())
         }
@@ -105,6 +106,7 @@ async fn witness_reports_nonces_from_the_access_log_across_rotation() {
         async move {
             store
                 .sightings_with_prefix("wtest-us-")
+                .await
                 .ok()
                 .filter(|s| s.len() == 1)
         }
@@ -114,7 +116,7 @@ async fn witness_reports_nonces_from_the_access_log_across_rotation() {
 
     let agents = lab.core().list_agents().await.unwrap();
     let record = agents.iter().find(|a| a.record.name == "origin-1").unwrap();
-    assert_eq!(record.record.role, "witness");
+    assert_eq!(record.record.role, vantage::store::AgentRole::Witness);
     assert!(record.connected);
     fixture.stop().await;
     witness.terminate(Duration::from_secs(10)).await.unwrap();

@@ -1,0 +1,449 @@
+//! The coordinator's durable state: enrollment tokens, enrolled agents, probe
+//! plans, campaigns, witness sightings and the results agents send back.
+//!
+//! This module is the door: the [`Store`] trait, the records that cross it
+//! and [`StoreError`]. Callers hold an `Arc<dyn Store>` and await its
+//! methods; they never see how or where the data is kept.
+//!
+//! What it owns and what it never imports:
+//! - The trait speaks in domain terms only (ids, unix-millisecond times,
+//!   decoded labels, the typed [`AgentRole`], [`PlanState`],
+//!   [`CampaignStatus`] and [`Outcome`]). It never names a `rusqlite` type
+//!   and never a `pb` (protobuf) type: a result crosses it as a
+//!   [`ResultRecord`] whose `body` is the already encoded wire message, so
+//!   encoding and decoding `pb::ProbeResult` stay in the coordinator's ingest
+//!   and evidence code.
+//! - The trait is async; a backend does its blocking work inside (the SQLite
+//!   backend on tokio's blocking pool), so callers never block the runtime.
+//! - [`sqlite`] is the only place `rusqlite` appears; its `migrations`
+//!   module holds the schema. A second backend (PostgreSQL, issue #13) is a sibling
+//!   module that implements [`Store`] and runs the `conformance` suite (compiled for tests).
+
+use std::collections::{BTreeMap, HashSet};
+
+pub use vantage_proto::domain::{AgentRole, CampaignStatus, Outcome, PlanState};
+
+#[cfg(test)]
+pub mod conformance;
+pub mod sqlite;
+
+pub use sqlite::migrations::SCHEMA_VERSION;
+pub use sqlite::SqliteStore;
+
+/// A campaign as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CampaignRow {
+    /// Its id.
+    pub campaign_id: String,
+    /// Start, unix milliseconds.
+    pub created_at_ms: i64,
+    /// End, unix milliseconds, once finished.
+    pub finished_at_ms: Option<i64>,
+    /// The target as JSON.
+    pub target_json: String,
+    /// Regions it ran in.
+    pub regions: Vec<String>,
+    /// `Running`, or the report's verdict.
+    pub status: CampaignStatus,
+    /// The report (JSON), once finished.
+    pub report_json: Option<String>,
+}
+
+/// One agent's part of a campaign's plans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CampaignPlanAgent {
+    /// The plan.
+    pub plan_id: String,
+    /// The agent's id.
+    pub agent_id: String,
+    /// Its name (its id if the agent row is gone).
+    pub agent_name: String,
+    /// Its region, if the agent row still exists.
+    pub region: Option<String>,
+    /// Where the plan stands on this agent.
+    pub state: PlanState,
+    /// Why it was rejected or lost, if known.
+    pub reason: Option<String>,
+}
+
+/// One sighting of a probe nonce in the origin's access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sighting {
+    /// The nonce.
+    pub nonce: String,
+    /// The client address the origin logged (the edge's pull IP for edge probes).
+    pub peer: String,
+    /// When the witness saw it, unix milliseconds.
+    pub seen_at_ms: i64,
+    /// The logged request URI.
+    pub uri: String,
+}
+
+/// One probe result as stored: the columns a query can use, and the whole
+/// result as the agent sent it (encoded `pb::ProbeResult` bytes) in `body`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultRecord {
+    /// Unique id chosen by the agent; a repeated id is stored once.
+    pub result_id: String,
+    /// The plan it belongs to.
+    pub plan_id: String,
+    /// The agent that sent it (from the authenticated session).
+    pub agent_id: String,
+    /// The probe within the plan.
+    pub probe_id: String,
+    /// Attempt number of the probe.
+    pub attempt: u32,
+    /// What happened.
+    pub outcome: Outcome,
+    /// HTTP status, 0 if none.
+    pub status: u32,
+    /// The encoded wire message; the store never looks inside.
+    pub body: Vec<u8>,
+}
+
+/// Everything that can go wrong talking to the store.
+///
+/// A rejected enrollment token is not here: it is an expected answer, see
+/// [`TokenRejection`].
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A live (non-revoked) agent already uses this name.
+    #[error("an agent named {0:?} is already enrolled")]
+    NameTaken(String),
+    /// A row with this key (token hash, agent id, plan id, campaign id)
+    /// already exists.
+    #[error("already exists: {0}")]
+    Duplicate(String),
+    /// The database was written by a newer coordinator; using it could
+    /// silently lose data, so it is refused.
+    #[error(
+        "database schema version {found} is newer than this coordinator supports ({supported})"
+    )]
+    TooNew {
+        /// The version found in (or asked of) the database.
+        found: u32,
+        /// The newest version this binary knows, [`SCHEMA_VERSION`].
+        supported: u32,
+    },
+    /// A stored value cannot be read back (labels that are not JSON, a state
+    /// name or outcome code this binary does not know...).
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+    /// A value cannot be written (labels that do not encode...).
+    #[error("cannot store value: {0}")]
+    Invalid(String),
+    /// A thread panicked while holding the backend's connection; its state
+    /// is not trusted any more.
+    #[error("store lock poisoned by a panicked thread")]
+    Poisoned,
+    /// The backend itself failed (I/O, busy, a lost worker...).
+    #[error("database error: {0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A new enrollment token, as the admin CLI creates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewToken {
+    /// Lowercase sha256 hex of the secret. The secret itself is never stored.
+    pub hash: String,
+    /// Region an agent enrolled with this token is placed in.
+    pub region: String,
+    /// Creation time, unix milliseconds.
+    pub created_at_ms: i64,
+    /// The token is refused from this instant on, unix milliseconds.
+    pub expires_at_ms: i64,
+    /// How many enrollments the token allows.
+    pub uses: u32,
+}
+
+/// What a successfully consumed enrollment token grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenGrant {
+    /// Region the enrolling agent is placed in.
+    pub region: String,
+}
+
+/// Why an enrollment token was refused.
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
+pub enum TokenRejection {
+    /// No token with this hash exists.
+    #[error("unknown enrollment token")]
+    Unknown,
+    /// The token's expiry time has passed.
+    #[error("enrollment token expired")]
+    Expired,
+    /// Every use of the token has been consumed.
+    #[error("enrollment token has no uses left")]
+    UsedUp,
+}
+
+/// An agent being enrolled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAgent {
+    /// Stable unique id, also bound into the agent's certificate.
+    pub agent_id: String,
+    /// Human-chosen name, unique among non-revoked agents.
+    pub name: String,
+    /// Region the agent probes from.
+    pub region: String,
+    /// Free-form labels reported by the agent.
+    pub labels: BTreeMap<String, String>,
+    /// Agent software version.
+    pub version: String,
+    /// What it is.
+    pub role: AgentRole,
+    /// sha256 hex of the agent's client certificate (DER).
+    pub cert_sha256: String,
+    /// Enrollment time, unix milliseconds.
+    pub enrolled_at_ms: i64,
+}
+
+/// An enrolled agent as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRecord {
+    /// Stable unique id.
+    pub agent_id: String,
+    /// Human-chosen name.
+    pub name: String,
+    /// Region the agent probes from.
+    pub region: String,
+    /// Labels last reported by the agent.
+    pub labels: BTreeMap<String, String>,
+    /// Software version last reported by the agent.
+    pub version: String,
+    /// What it is.
+    pub role: AgentRole,
+    /// sha256 hex of the agent's client certificate (DER).
+    pub cert_sha256: String,
+    /// Enrollment time, unix milliseconds.
+    pub enrolled_at_ms: i64,
+    /// Last contact, unix milliseconds; `None` if never connected.
+    pub last_seen_ms: Option<i64>,
+    /// Peer address of the last session, if known.
+    pub remote_addr: Option<String>,
+    /// Whether the agent has been revoked and must be refused.
+    pub revoked: bool,
+    /// Bytes of results the agent last reported as spooled locally.
+    pub spool_bytes: u64,
+}
+
+/// What an agent reported when its session started ([`Store::record_seen`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenReport {
+    /// When, unix milliseconds.
+    pub seen_at_ms: i64,
+    /// The session's peer address; `None` keeps the last known one.
+    pub remote_addr: Option<String>,
+    /// Software version.
+    pub version: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Bytes of results spooled locally.
+    pub spool_bytes: u64,
+}
+
+/// Delivery and collection progress of one plan on one agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanAgentStatus {
+    /// The agent's id.
+    pub agent_id: String,
+    /// The agent's current name, or its id if the agent row is gone
+    /// (re-enrolled under the same name after revocation).
+    pub agent_name: String,
+    /// Where the plan stands on this agent.
+    pub state: PlanState,
+    /// Why the agent rejected or finished the plan, if it said.
+    pub reason: Option<String>,
+    /// Results the plan should produce on this agent.
+    pub expected: u64,
+    /// Results actually stored for this plan from this agent.
+    pub stored: u64,
+}
+
+/// A new plan: what [`Store::insert_plan`] records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPlan {
+    /// Its id.
+    pub plan_id: String,
+    /// The campaign it belongs to, if any.
+    pub campaign_id: Option<String>,
+    /// Creation time, unix milliseconds.
+    pub created_at_ms: i64,
+    /// The probes, summarised as JSON.
+    pub probes_json: String,
+    /// `(agent_id, expected results)` for every agent it is sent to.
+    pub agents: Vec<(String, u64)>,
+}
+
+/// The coordinator's persistent store. See the module documentation.
+///
+/// Object safe: the coordinator holds an `Arc<dyn Store>`. Every method may
+/// be called concurrently from many tasks.
+#[tonic::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// The schema version recorded in the database.
+    async fn schema_version(&self) -> Result<u32, StoreError>;
+
+    /// Stores a new enrollment token. A duplicate hash is
+    /// [`StoreError::Duplicate`].
+    async fn insert_token(&self, token: NewToken) -> Result<(), StoreError>;
+
+    /// Checks the token with this hash and, if it is usable at `now_ms`, uses
+    /// it up by one, atomically, so concurrent enrollments cannot overspend
+    /// it.
+    ///
+    /// The outer error is a database failure; the inner one is the reason a
+    /// valid request was refused.
+    async fn consume_token(
+        &self,
+        hash: &str,
+        now_ms: i64,
+    ) -> Result<Result<TokenGrant, TokenRejection>, StoreError>;
+
+    /// Whether the token with `hash` would be accepted now, without spending
+    /// a use: Enroll checks the token before anything else (so an
+    /// unauthenticated caller learns nothing about names), and consumes it
+    /// with [`Store::consume_token`] only once the request is known good.
+    async fn check_token(
+        &self,
+        hash: &str,
+        now_ms: i64,
+    ) -> Result<Result<TokenGrant, TokenRejection>, StoreError>;
+
+    /// Records an agent's renewed certificate: from now on only the
+    /// certificate with `cert_sha256` authenticates it. Returns false for an
+    /// unknown or revoked agent.
+    async fn set_agent_cert(&self, agent_id: &str, cert_sha256: &str) -> Result<bool, StoreError>;
+
+    /// Enrolls an agent.
+    ///
+    /// A non-revoked agent already using the name is
+    /// [`StoreError::NameTaken`]; a revoked one is deleted and replaced
+    /// atomically, so a decommissioned name can be reused. A duplicate id is
+    /// [`StoreError::Duplicate`].
+    async fn insert_agent(&self, agent: NewAgent) -> Result<(), StoreError>;
+
+    /// Looks an agent up by id.
+    async fn agent_by_id(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError>;
+
+    /// Looks an agent up by name.
+    async fn agent_by_name(&self, name: &str) -> Result<Option<AgentRecord>, StoreError>;
+
+    /// Every agent, revoked ones included, ordered by region then name.
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+
+    /// Marks the named agent revoked and returns its updated record, or
+    /// `None` if there is no such agent. Revoking twice is harmless.
+    async fn revoke_agent(&self, name: &str) -> Result<Option<AgentRecord>, StoreError>;
+
+    /// Records what an agent reported when its session started. An unknown
+    /// `agent_id` is a no-op.
+    async fn record_seen(&self, agent_id: &str, seen: SeenReport) -> Result<(), StoreError>;
+
+    /// Updates only an agent's last-seen time (heartbeats). An unknown
+    /// `agent_id` is a no-op.
+    async fn touch(&self, agent_id: &str, seen_at_ms: i64) -> Result<(), StoreError>;
+
+    /// Stores a plan and, for each agent, its delivery row in state
+    /// [`PlanState::Sent`], atomically. A duplicate plan id is
+    /// [`StoreError::Duplicate`], as is an agent listed twice; either leaves
+    /// nothing behind.
+    async fn insert_plan(&self, plan: NewPlan) -> Result<(), StoreError>;
+
+    /// Sets one agent's state for a plan. An unknown `(plan_id, agent_id)`
+    /// pair is a no-op.
+    async fn set_plan_agent_state(
+        &self,
+        plan_id: &str,
+        agent_id: &str,
+        state: PlanState,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError>;
+
+    /// Which of `plan_ids` were sent to `agent_id` (in any state: a plan
+    /// marked lost is still the agent's to finish).
+    async fn plans_sent_to(
+        &self,
+        agent_id: &str,
+        plan_ids: &[String],
+    ) -> Result<HashSet<String>, StoreError>;
+
+    /// Marks every plan that `agent_id` has not finished ([`PlanState::Sent`])
+    /// as [`PlanState::Lost`] with `reason`, because its session ended:
+    /// without this a plan whose agent died mid-run would wait forever.
+    /// Results that still arrive are stored as usual, and a later "finished"
+    /// mark wins. Returns how many plans were marked.
+    async fn mark_plans_lost(&self, agent_id: &str, reason: &str) -> Result<u64, StoreError>;
+
+    /// Per-agent progress of a plan, ordered by agent name, or `None` if the
+    /// plan does not exist; one consistent snapshot.
+    async fn plan_status(&self, plan_id: &str) -> Result<Option<Vec<PlanAgentStatus>>, StoreError>;
+
+    /// Stores results (from one or more agents) atomically and returns how
+    /// many were new. A `result_id` already stored is skipped, so agents can
+    /// safely replay unacknowledged batches.
+    ///
+    /// Owned, so a backend can move the batch to its worker without copying
+    /// the bodies: this is the ingest hot path.
+    async fn insert_results(
+        &self,
+        results: Vec<ResultRecord>,
+        received_at_ms: i64,
+    ) -> Result<u64, StoreError>;
+
+    /// Every stored result of a plan, in the order received.
+    async fn results_for_plan(&self, plan_id: &str) -> Result<Vec<ResultRecord>, StoreError>;
+
+    /// Number of results stored for a plan, across all agents.
+    async fn count_results(&self, plan_id: &str) -> Result<u64, StoreError>;
+
+    /// Number of results stored in total.
+    async fn count_all_results(&self) -> Result<u64, StoreError>;
+
+    /// Records a campaign as [`CampaignStatus::Running`].
+    async fn insert_campaign(
+        &self,
+        campaign_id: &str,
+        created_at_ms: i64,
+        target_json: &str,
+        regions: &[String],
+    ) -> Result<(), StoreError>;
+
+    /// Stores a campaign's report and final status.
+    async fn finish_campaign(
+        &self,
+        campaign_id: &str,
+        finished_at_ms: i64,
+        status: CampaignStatus,
+        report_json: &str,
+    ) -> Result<(), StoreError>;
+
+    /// One campaign.
+    async fn campaign(&self, campaign_id: &str) -> Result<Option<CampaignRow>, StoreError>;
+
+    /// The newest `limit` campaigns, newest first.
+    async fn list_campaigns(&self, limit: u32) -> Result<Vec<CampaignRow>, StoreError>;
+
+    /// Campaigns still running: at start-up, the ones a previous coordinator
+    /// process never finished. Oldest first.
+    async fn running_campaigns(&self) -> Result<Vec<CampaignRow>, StoreError>;
+
+    /// Every (plan, agent) of a campaign, with the agent's name and region
+    /// when its row still exists, ordered by plan creation.
+    async fn campaign_plan_agents(
+        &self,
+        campaign_id: &str,
+    ) -> Result<Vec<CampaignPlanAgent>, StoreError>;
+
+    /// Stores witness sightings; a repeated sighting (same nonce, agent and
+    /// peer) is stored once. Returns how many were new.
+    async fn insert_sightings(
+        &self,
+        agent_id: &str,
+        sightings: Vec<Sighting>,
+    ) -> Result<u64, StoreError>;
+
+    /// Sightings of nonces that start with `prefix` (a campaign's nonces
+    /// share one), taken literally, oldest first.
+    async fn sightings_with_prefix(&self, prefix: &str) -> Result<Vec<Sighting>, StoreError>;
+}
