@@ -110,6 +110,28 @@ impl LabCoordinator {
         self.running.http_addr
     }
 
+    /// Sends `probes` to the connected `agent` as one plan, waits until the
+    /// agent has durably finished it (at most `timeout`) and returns the
+    /// stored results.
+    pub async fn run_and_collect(
+        &self,
+        agent: &str,
+        probes: Vec<vantage_proto::pb::ProbeSpec>,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<vantage_proto::pb::ProbeResult>> {
+        let mut events = self.core().subscribe();
+        let plan_id = self
+            .core()
+            .run_plan(&[agent.to_string()], probes)
+            .await
+            .map_err(|s| anyhow::anyhow!("run_plan: {}", s.message()))?;
+        wait_plan_finished(&mut events, &plan_id, 1, timeout).await?;
+        self.core()
+            .stored_results(&plan_id)
+            .await
+            .map_err(|s| anyhow::anyhow!("stored results: {}", s.message()))
+    }
+
     /// Creates a one-use token for `region`.
     pub async fn token(&self, region: &str) -> anyhow::Result<String> {
         Ok(self

@@ -50,20 +50,9 @@ async fn run_plan(
     agent: &str,
     probes: Vec<pb::ProbeSpec>,
 ) -> Vec<pb::ProbeResult> {
-    let mut events = lab.core().subscribe();
-    let plan_id = lab
-        .core()
-        .run_plan(&[agent.to_string()], probes)
+    lab.run_and_collect(agent, probes, Duration::from_secs(60))
         .await
-        .unwrap();
-    wait_coordinator_event(
-        &mut events,
-        Duration::from_secs(60),
-        |e| matches!(e, AgentEvent::PlanFinished { plan_id: p, .. } if *p == plan_id),
-    )
-    .await
-    .unwrap();
-    lab.core().stored_results(&plan_id).await.unwrap()
+        .unwrap()
 }
 
 fn dns_probe(
@@ -87,6 +76,24 @@ fn dns_probe(
         }),
         ..Default::default()
     }
+}
+
+/// Waits for the coordinator's record that `plan_id` was rejected; returns the reason.
+async fn wait_rejected(
+    events: &mut tokio::sync::broadcast::Receiver<AgentEvent>,
+    plan_id: &str,
+) -> String {
+    let event = wait_coordinator_event(
+        events,
+        Duration::from_secs(30),
+        |e| matches!(e, AgentEvent::PlanRejected { plan_id: p, .. } if p == plan_id),
+    )
+    .await
+    .unwrap();
+    let AgentEvent::PlanRejected { reason, .. } = event else {
+        unreachable!()
+    };
+    reason
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,16 +399,7 @@ async fn an_unwritable_spool_refuses_plans_with_the_reason_and_shows_in_agents()
         .run_plan(&["spool-1".to_string()], vec![probe])
         .await
         .unwrap();
-    let event = wait_coordinator_event(
-        &mut events,
-        Duration::from_secs(30),
-        |e| matches!(e, AgentEvent::PlanRejected { plan_id: p, .. } if *p == plan_id),
-    )
-    .await
-    .unwrap();
-    let AgentEvent::PlanRejected { reason, .. } = event else {
-        unreachable!()
-    };
+    let reason = wait_rejected(&mut events, &plan_id).await;
     assert!(reason.contains("spool not writable"), "{reason}");
     let status = lab.core().plan_status(&plan_id).await.unwrap();
     assert_eq!(
@@ -474,16 +472,7 @@ async fn an_unwritable_spool_refuses_plans_with_the_reason_and_shows_in_agents()
     .unwrap();
     let guard = Unwritable::make(&spool_dir);
     held.release();
-    let event = wait_coordinator_event(
-        &mut events,
-        Duration::from_secs(30),
-        |e| matches!(e, AgentEvent::PlanRejected { plan_id: p, .. } if *p == plan_id),
-    )
-    .await
-    .unwrap();
-    let AgentEvent::PlanRejected { reason, .. } = event else {
-        unreachable!()
-    };
+    let reason = wait_rejected(&mut events, &plan_id).await;
     assert!(reason.contains("results could not be spooled"), "{reason}");
     let status = lab.core().plan_status(&plan_id).await.unwrap();
     assert_eq!(

@@ -85,20 +85,9 @@ async fn run_and_collect(
     agent: &str,
     probes: Vec<pb::ProbeSpec>,
 ) -> Vec<pb::ProbeResult> {
-    let mut events = lab.core().subscribe();
-    let plan_id = lab
-        .core()
-        .run_plan(&[agent.to_string()], probes)
+    lab.run_and_collect(agent, probes, Duration::from_secs(30))
         .await
-        .unwrap();
-    wait_coordinator_event(
-        &mut events,
-        Duration::from_secs(30),
-        |e| matches!(e, AgentEvent::PlanFinished { plan_id: p, .. } if *p == plan_id),
-    )
-    .await
-    .unwrap();
-    lab.core().stored_results(&plan_id).await.unwrap()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
