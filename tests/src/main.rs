@@ -72,6 +72,10 @@ enum Command {
         /// Probes in flight for the memory measurement.
         #[arg(long, default_value_t = 1000)]
         inflight: u64,
+        /// Alternating rounds of ab and the shipped probe; each side's
+        /// median is compared, so one noisy round does not decide the ratio.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// (Used by bench-probe) run N probes at once against URL in this fresh
     /// process and print its idle and peak RSS in KiB.
@@ -190,7 +194,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             curl_loop,
             fidelity,
             inflight,
-        } => bench_probe(requests, concurrency, curl_loop, fidelity, inflight).await,
+            rounds,
+        } => {
+            bench_probe(
+                requests,
+                concurrency,
+                curl_loop,
+                fidelity,
+                inflight,
+                rounds.max(1),
+            )
+            .await
+        }
         Command::BenchInflight { url, n } => {
             let (idle, peak) = vantage_lab::probe_bench::inflight_peak_kib(&url, n).await?;
             println!("{idle} {peak}");
@@ -310,6 +325,7 @@ async fn bench_probe(
     curl_loop: u64,
     fidelity: usize,
     inflight: u64,
+    rounds: usize,
 ) -> anyhow::Result<()> {
     use vantage_lab::probe_bench::{
         ab_rate, binary_rate, curl_loop_rate, engine_rate, engine_rate_one_core, ttfb_fidelity,
@@ -322,10 +338,30 @@ async fn bench_probe(
     );
     let (ours_mt, ours_mt_failed) = engine_rate(&url, requests, concurrency).await?;
     let (ours, ours_failed) = engine_rate_one_core(&url, requests, concurrency)?;
-    let (ab, ab_failed) = ab_rate(&url, requests, concurrency).await?;
-    let shipped = binary_rate(&url, requests, concurrency).await?;
+    // ab and the shipped probe alternate, so both meet the same drift of
+    // the machine; each side's median decides.
+    let mut ab_rates = Vec::with_capacity(rounds);
+    let mut shipped_rates = Vec::with_capacity(rounds);
+    let mut ab_failed = 0;
+    for round in 1..=rounds {
+        let (ab, failed) = ab_rate(&url, requests, concurrency).await?;
+        let shipped = binary_rate(&url, requests, concurrency).await?;
+        println!(
+            "  round {round}: ab {ab:>9.0} req/s, shipped probe {shipped:>9.0} req/s, ratio {:.2}",
+            shipped / ab
+        );
+        ab_failed += failed;
+        ab_rates.push(ab);
+        shipped_rates.push(shipped);
+    }
+    let median = |rates: &mut Vec<f64>| {
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
+    };
+    let (ab, shipped) = (median(&mut ab_rates), median(&mut shipped_rates));
     let curl = curl_loop_rate(&url, curl_loop).await?;
-    println!("  vantage-agent probe (shipped)    : {shipped:>9.0} req/s");
+    println!("  vantage-agent probe (shipped), median of {rounds}: {shipped:>9.0} req/s");
+    println!("  ab, median of {rounds}                   : {ab:>9.0} req/s");
     println!(
         "  ratio shipped probe/ab           : {:>9.2} (target >= 1.0)",
         shipped / ab
@@ -336,7 +372,7 @@ async fn bench_probe(
     );
     println!("  vantage engine, 1 thread like ab : {ours:>9.0} req/s ({ours_failed} failed)");
     println!("  vantage engine, agent runtime    : {ours_mt:>9.0} req/s ({ours_mt_failed} failed)");
-    println!("  ab -n {requests} -c {concurrency}          : {ab:>9.0} req/s ({ab_failed} failed)");
+    println!("  ab -n {requests} -c {concurrency}, median     : {ab:>9.0} req/s ({ab_failed} failed in all)");
     println!("  shell loop of curl ({curl_loop})       : {curl:>9.0} req/s");
     println!(
         "  ratio vantage/ab (agent runtime) : {:>9.2} (target >= 1.0)",

@@ -130,6 +130,77 @@ pub fn total_timeout(result: &pb::ProbeResult, total: Duration) -> Failure {
     )
 }
 
+/// A failure in the HTTP layer, by class: what the classifier needs from
+/// hyper's error (HTTP/2) or from the engine's own HTTP/1.1 reader
+/// ([`super::h1`]), so both are named by one set of rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpFault {
+    /// Its class.
+    pub kind: HttpFaultKind,
+    /// The socket error underneath, if one caused it.
+    pub io: Option<io::ErrorKind>,
+    /// A human-readable detail.
+    pub detail: String,
+}
+
+/// The classes of [`HttpFault`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpFaultKind {
+    /// The reply breaks HTTP's syntax (or its status code is not one).
+    Parse,
+    /// The response head is larger than the limit.
+    TooLarge,
+    /// The peer closed before the message was complete.
+    Incomplete,
+    /// Anything else: a socket error, a broken chunk, a protocol error.
+    Other,
+}
+
+impl HttpFault {
+    /// A fault of `kind` with no socket error underneath.
+    pub fn new(kind: HttpFaultKind, detail: impl Into<String>) -> Self {
+        HttpFault {
+            kind,
+            io: None,
+            detail: detail.into(),
+        }
+    }
+
+    /// A fault caused by a socket error.
+    pub fn io(err: &io::Error, detail: String) -> Self {
+        HttpFault {
+            kind: HttpFaultKind::Other,
+            io: Some(err.kind()),
+            detail,
+        }
+    }
+}
+
+impl std::fmt::Display for HttpFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+impl From<&hyper::Error> for HttpFault {
+    fn from(err: &hyper::Error) -> Self {
+        let kind = if err.is_parse_too_large() {
+            HttpFaultKind::TooLarge
+        } else if err.is_parse() || err.is_parse_status() {
+            HttpFaultKind::Parse
+        } else if err.is_incomplete_message() {
+            HttpFaultKind::Incomplete
+        } else {
+            HttpFaultKind::Other
+        };
+        HttpFault {
+            kind,
+            io: io_kind(err),
+            detail: err.to_string(),
+        }
+    }
+}
+
 /// The first I/O error in hyper's error chain.
 fn io_kind(err: &hyper::Error) -> Option<io::ErrorKind> {
     let mut source = std::error::Error::source(err);
@@ -152,8 +223,8 @@ fn is_reset(kind: Option<io::ErrorKind>) -> bool {
 }
 
 /// A failure before the response head was complete.
-pub fn http_error(err: &hyper::Error, wire: &WireEvents, tls: bool) -> Failure {
-    let detail = err.to_string();
+pub fn http_error(err: &HttpFault, wire: &WireEvents, tls: bool) -> Failure {
+    let detail = &err.detail;
     if wire.bytes_read == 0 && wire.write_error.is_some() && !is_reset(wire.read_error) {
         return Failure::new(
             Outcome::SendFailed,
@@ -169,7 +240,7 @@ pub fn http_error(err: &hyper::Error, wire: &WireEvents, tls: bool) -> Failure {
         )
         .closed_by(PeerClose::Reset);
     }
-    if err.is_parse_too_large() {
+    if err.kind == HttpFaultKind::TooLarge {
         // curl caps a response header at 100 KiB and gives up with 27
         // ("out of memory"), not with a protocol error.
         return Failure::with_exit(
@@ -179,7 +250,7 @@ pub fn http_error(err: &hyper::Error, wire: &WireEvents, tls: bool) -> Failure {
             format!("response header larger than the limit: {detail}"),
         );
     }
-    if err.is_parse() || err.is_parse_status() {
+    if err.kind == HttpFaultKind::Parse {
         return malformed(wire, detail);
     }
     if wire.bytes_read == 0 {
@@ -204,7 +275,7 @@ pub fn http_error(err: &hyper::Error, wire: &WireEvents, tls: bool) -> Failure {
 /// A reply that is not valid HTTP. curl says 1 when the reply does not even
 /// start like HTTP (it refuses HTTP/0.9) and 8 ("weird server reply") when it
 /// does but breaks the rules.
-fn malformed(wire: &WireEvents, detail: String) -> Failure {
+fn malformed(wire: &WireEvents, detail: &str) -> Failure {
     let looks_like_http = wire.head.starts_with(b"HTTP/");
     let exit = if looks_like_http { 8 } else { 1 };
     Failure::with_exit(
@@ -216,8 +287,8 @@ fn malformed(wire: &WireEvents, detail: String) -> Failure {
 }
 
 /// A failure while reading the body.
-pub fn body_error(err: &hyper::Error, wire: &WireEvents, _tls: bool) -> Failure {
-    if is_reset(wire.read_error) || is_reset(io_kind(err)) {
+pub fn body_error(err: &HttpFault, wire: &WireEvents, _tls: bool) -> Failure {
+    if is_reset(wire.read_error) || is_reset(err.io) {
         return Failure::new(
             Outcome::Reset,
             Stage::Content,
@@ -225,7 +296,7 @@ pub fn body_error(err: &hyper::Error, wire: &WireEvents, _tls: bool) -> Failure 
         )
         .closed_by(PeerClose::Reset);
     }
-    if err.is_incomplete_message()
+    if err.kind == HttpFaultKind::Incomplete
         || wire.eof
         || wire.read_error == Some(io::ErrorKind::UnexpectedEof)
     {
@@ -277,12 +348,12 @@ mod tests {
 
     #[test]
     fn malformed_replies_follow_curl() {
-        let junk = malformed(&wire(b"SSH-2.0-OpenSSH_9.2\r\n"), "x".into());
+        let junk = malformed(&wire(b"SSH-2.0-OpenSSH_9.2\r\n"), "x");
         assert_eq!(
             (junk.outcome, junk.curl_exit),
             (Outcome::MalformedResponse, 1)
         );
-        let weird = malformed(&wire(b"HTTP/1.1 2OO OK\r\n"), "x".into());
+        let weird = malformed(&wire(b"HTTP/1.1 2OO OK\r\n"), "x");
         assert_eq!(
             (weird.outcome, weird.curl_exit),
             (Outcome::MalformedResponse, 8)
@@ -339,68 +410,29 @@ mod tests {
 /// events win in the documented order.
 #[cfg(test)]
 mod fuzz {
-    use std::pin::Pin;
     use std::sync::OnceLock;
-    use std::task::{Context, Poll};
 
     use http_body_util::{BodyExt, Empty};
     use hyper::body::Bytes;
     use proptest::prelude::*;
-    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+    use super::super::h1;
+    use super::super::record::Recorder;
+    use super::super::testing::Peer;
     use super::*;
 
-    /// A peer that sends `reply`, then closes or fails with `end`.
-    struct Peer {
-        reply: Vec<u8>,
-        pos: usize,
-        end: Option<io::ErrorKind>,
+    /// Where a reply failed: before its head was complete, or in its body.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Phase {
+        Head,
+        Body,
     }
 
-    impl AsyncRead for Peer {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            if self.pos < self.reply.len() {
-                let n = (self.reply.len() - self.pos).min(buf.remaining());
-                let from = self.pos;
-                buf.put_slice(&self.reply[from..from + n]);
-                self.pos += n;
-                return Poll::Ready(Ok(()));
-            }
-            match self.end {
-                Some(kind) => Poll::Ready(Err(kind.into())),
-                None => Poll::Ready(Ok(())),
-            }
-        }
-    }
-
-    impl AsyncWrite for Peer {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-            data: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Poll::Ready(Ok(data.len()))
-        }
-        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    /// The error hyper gives for `reply` followed by `end`, before or
-    /// during the body.
-    async fn hyper_error(reply: &[u8], end: Option<io::ErrorKind>) -> hyper::Error {
-        let peer = Peer {
-            reply: reply.to_vec(),
-            pos: 0,
-            end,
-        };
+    /// The fault hyper gives for the peer's reply, before or during the body.
+    async fn hyper_fault<S>(peer: S, reply: &[u8]) -> (Phase, HttpFault)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
             .max_buf_size(8192)
             .handshake(hyper_util::rt::TokioIo::new(peer))
@@ -413,68 +445,170 @@ mod fuzz {
             .body(Empty::<Bytes>::new())
             .expect("request");
         let mut body = match sender.send_request(request).await {
-            Err(e) => return e,
+            Err(e) => return (Phase::Head, HttpFault::from(&e)),
             Ok(response) => response.into_body(),
         };
         loop {
             match body.frame().await {
-                Some(Err(e)) => return e,
+                Some(Err(e)) => return (Phase::Body, HttpFault::from(&e)),
                 Some(Ok(_)) => {}
                 None => panic!("{:?} is a complete reply", String::from_utf8_lossy(reply)),
             }
         }
     }
 
-    /// One real hyper error per class the engine classifies.
-    fn errors() -> &'static [hyper::Error] {
-        static ERRORS: OnceLock<Vec<hyper::Error>> = OnceLock::new();
+    /// The fault the engine's own HTTP/1.1 reader gives for the same reply.
+    async fn h1_fault<S>(peer: S, reply: &[u8]) -> (Phase, HttpFault)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut conn = h1::Connection::new(peer);
+        if let Err(e) = conn
+            .send(b"GET / HTTP/1.1\r\nHost: fuzz.test\r\n\r\n")
+            .await
+        {
+            return (Phase::Head, e);
+        }
+        if let Err(e) = conn.read_head(8192, false).await {
+            return (Phase::Head, e);
+        }
+        loop {
+            match conn.next_body_chunk().await {
+                Err(e) => return (Phase::Body, e),
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("{:?} is a complete reply", String::from_utf8_lossy(reply)),
+            }
+        }
+    }
+
+    /// Replies that fail, each with how the peer ends after it.
+    fn cases() -> Vec<(Vec<u8>, Option<io::ErrorKind>)> {
+        let huge_head = [b"HTTP/1.1 200 OK\r\nX-Big: ".as_slice(), &[b'a'; 20_000]].concat();
+        let cases: Vec<(&[u8], Option<io::ErrorKind>)> = vec![
+            // Before the head is complete.
+            (b"HTTP/1.1 099 Odd\r\n\r\n", None),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                None,
+            ),
+            (b"", None),
+            (b"", Some(io::ErrorKind::ConnectionReset)),
+            (b"", Some(io::ErrorKind::UnexpectedEof)),
+            (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", None),
+            (b"HTTP/1.1 2OO OK\r\n\r\n", None),
+            (b"HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n", None),
+            (b"HTTP/1.1 200 OK\r\nX-Cut", None),
+            (
+                b"HTTP/1.1 200 OK\r\nX-Cut",
+                Some(io::ErrorKind::ConnectionReset),
+            ),
+            (&huge_head, None),
+            // In the body.
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", None),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+                Some(io::ErrorKind::ConnectionReset),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+                Some(io::ErrorKind::UnexpectedEof),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                None,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+                None,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+                Some(io::ErrorKind::ConnectionReset),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n",
+                None,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\n\r\nab",
+                Some(io::ErrorKind::ConnectionReset),
+            ),
+        ];
+        cases
+            .into_iter()
+            .map(|(reply, end)| (reply.to_vec(), end))
+            .collect()
+    }
+
+    fn block_on<T>(fut: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(fut)
+    }
+
+    /// One real fault per class the engine classifies, from hyper and from
+    /// the engine's own reader.
+    fn errors() -> &'static [HttpFault] {
+        static ERRORS: OnceLock<Vec<HttpFault>> = OnceLock::new();
         ERRORS.get_or_init(|| {
-            let huge_head = [b"HTTP/1.1 200 OK\r\nX-Big: ".as_slice(), &[b'a'; 20_000]].concat();
-            let cases: Vec<(&[u8], Option<io::ErrorKind>)> = vec![
-                // Before the head is complete.
-                (b"", None),
-                (b"", Some(io::ErrorKind::ConnectionReset)),
-                (b"", Some(io::ErrorKind::UnexpectedEof)),
-                (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", None),
-                (b"HTTP/1.1 2OO OK\r\n\r\n", None),
-                (b"HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n", None),
-                (b"HTTP/1.1 200 OK\r\nX-Cut", None),
-                (
-                    b"HTTP/1.1 200 OK\r\nX-Cut",
-                    Some(io::ErrorKind::ConnectionReset),
-                ),
-                (&huge_head, None),
-                (
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n",
-                    None,
-                ),
-                // In the body.
-                (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", None),
-                (
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
-                    Some(io::ErrorKind::ConnectionReset),
-                ),
-                (
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
-                    Some(io::ErrorKind::UnexpectedEof),
-                ),
-                (
-                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-                    None,
-                ),
-                (
-                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
-                    None,
-                ),
-            ];
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .expect("runtime");
-            cases
-                .into_iter()
-                .map(|(reply, end)| runtime.block_on(hyper_error(reply, end)))
+            cases()
+                .iter()
+                .flat_map(|(reply, end)| {
+                    [
+                        block_on(hyper_fault(Peer::new(reply, *end), reply)).1,
+                        block_on(h1_fault(Peer::new(reply, *end), reply)).1,
+                    ]
+                })
                 .collect()
         })
+    }
+
+    fn classify(phase: Phase, fault: &HttpFault, wire: &WireEvents, tls: bool) -> Failure {
+        match phase {
+            Phase::Head => http_error(fault, wire, tls),
+            Phase::Body => body_error(fault, wire, tls),
+        }
+    }
+
+    /// The engine's HTTP/1.1 reader fails every broken reply where hyper
+    /// did, and the classifier names both failures alike (outcome, stage,
+    /// curl exit, how the peer closed), whatever the read sizes.
+    #[test]
+    fn the_engine_reader_fails_like_hyper_on_every_broken_reply() {
+        for (reply, end) in cases() {
+            for tls in [false, true] {
+                let (hyper_io, hyper_events) = Recorder::new(Peer::new(&reply, end), 4096);
+                let (phase, fault) = block_on(hyper_fault(hyper_io, &reply));
+                let by_hyper = classify(phase, &fault, &hyper_events.snapshot(), tls);
+                for step in [1, 5, usize::MAX] {
+                    let peer = Peer::new(&reply, end).in_steps_of(step);
+                    let (h1_io, h1_events) = Recorder::new(peer, 4096);
+                    let (h1_phase, h1_fault) = block_on(h1_fault(h1_io, &reply));
+                    let by_h1 = classify(h1_phase, &h1_fault, &h1_events.snapshot(), tls);
+                    let what = format!(
+                        "{:?} then {end:?} (tls {tls}, reads of {step}): hyper {fault:?}, engine {h1_fault:?}",
+                        String::from_utf8_lossy(&reply[..reply.len().min(80)])
+                    );
+                    assert_eq!(h1_phase, phase, "{what}");
+                    assert_eq!(
+                        (
+                            by_h1.outcome,
+                            by_h1.stage,
+                            by_h1.curl_exit,
+                            by_h1.peer_close
+                        ),
+                        (
+                            by_hyper.outcome,
+                            by_hyper.stage,
+                            by_hyper.curl_exit,
+                            by_hyper.peer_close
+                        ),
+                        "{what}"
+                    );
+                }
+            }
+        }
     }
 
     fn kind() -> impl Strategy<Value = Option<io::ErrorKind>> {
@@ -538,7 +672,7 @@ mod fuzz {
                 (Outcome::MalformedResponse, Stage::Read, exit) => {
                     prop_assert!(!reset && !send_failed);
                     match exit {
-                        27 => prop_assert!(err.is_parse_too_large()),
+                        27 => prop_assert_eq!(err.kind, HttpFaultKind::TooLarge),
                         8 => prop_assert!(wire.head.starts_with(b"HTTP/")),
                         1 => prop_assert!(!wire.head.starts_with(b"HTTP/")),
                         other => return Err(TestCaseError::fail(format!("exit {other} for {}", f.error))),
@@ -546,7 +680,7 @@ mod fuzz {
                 }
                 (Outcome::EmptyReply, Stage::Read, exit) => {
                     prop_assert!(!reset && !send_failed && wire.bytes_read == 0);
-                    prop_assert!(!err.is_parse() && !err.is_parse_status());
+                    prop_assert!(!matches!(err.kind, HttpFaultKind::Parse | HttpFaultKind::TooLarge));
                     let tls_eof = tls && wire.read_error == Some(io::ErrorKind::UnexpectedEof);
                     prop_assert_eq!(exit, if tls_eof { 56 } else { 52 });
                 }
@@ -563,8 +697,8 @@ mod fuzz {
         ) {
             let err = &errors()[which.index(errors().len())];
             let f = body_error(err, &wire, tls);
-            let reset = is_reset(wire.read_error) || is_reset(io_kind(err));
-            let cut = err.is_incomplete_message()
+            let reset = is_reset(wire.read_error) || is_reset(err.io);
+            let cut = err.kind == HttpFaultKind::Incomplete
                 || wire.eof
                 || wire.read_error == Some(io::ErrorKind::UnexpectedEof);
             match (f.outcome, f.stage, f.curl_exit) {

@@ -27,38 +27,47 @@ const CACHE_HEADERS: [&str; 5] = [
     "x-cache-lookup",
 ];
 
-/// Keeps headers in order until `MAX_HEADER_EVIDENCE` bytes.
-pub fn keep_headers(headers: &http::HeaderMap) -> Vec<pb::Header> {
-    let mut used = 0usize;
-    let mut kept = Vec::new();
-    for (name, value) in headers {
-        used += name.as_str().len() + value.len() + 4;
-        if used > MAX_HEADER_EVIDENCE {
-            break;
-        }
-        kept.push(pb::Header {
+/// Every header of an HTTP/2 response (hyper's map), in order, as
+/// evidence rows; the HTTP/1.1 reader produces the same rows itself.
+pub fn headers_of(map: &http::HeaderMap) -> Vec<pb::Header> {
+    map.iter()
+        .map(|(name, value)| pb::Header {
             name: name.as_str().to_string(),
             value: value.as_bytes().to_vec(),
-        });
-    }
-    kept
+        })
+        .collect()
 }
 
-fn first_of(headers: &http::HeaderMap, names: &[&str]) -> String {
+/// Keeps the longest prefix of `headers`, in order, that fits
+/// `MAX_HEADER_EVIDENCE` bytes.
+pub fn keep_headers(mut headers: Vec<pb::Header>) -> Vec<pb::Header> {
+    let mut used = 0usize;
+    let fits = headers
+        .iter()
+        .take_while(|h| {
+            used += h.name.len() + h.value.len() + 4;
+            used <= MAX_HEADER_EVIDENCE
+        })
+        .count();
+    headers.truncate(fits);
+    headers
+}
+
+fn first_of(headers: &[pb::Header], names: &[&str]) -> String {
     names
         .iter()
-        .find_map(|name| headers.get(*name))
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .find_map(|name| headers.iter().find(|h| h.name == *name))
+        .map(|h| String::from_utf8_lossy(&h.value).into_owned())
         .unwrap_or_default()
 }
 
-/// The edge's request id, if any known header carries one.
-pub fn edge_request_id(headers: &http::HeaderMap) -> String {
+/// The edge's request id, if any known header carries one (names lower-case).
+pub fn edge_request_id(headers: &[pb::Header]) -> String {
     first_of(headers, &REQUEST_ID_HEADERS)
 }
 
-/// The cache verdict, if any known header carries one.
-pub fn cache_status(headers: &http::HeaderMap) -> String {
+/// The cache verdict, if any known header carries one (names lower-case).
+pub fn cache_status(headers: &[pb::Header]) -> String {
     first_of(headers, &CACHE_HEADERS)
 }
 
@@ -110,10 +119,10 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert("cf-ray", "8a1b-FRA".parse().unwrap());
         headers.insert("x-cache", "MISS".parse().unwrap());
-        assert_eq!(edge_request_id(&headers), "8a1b-FRA");
-        assert_eq!(cache_status(&headers), "MISS");
+        assert_eq!(edge_request_id(&headers_of(&headers)), "8a1b-FRA");
+        assert_eq!(cache_status(&headers_of(&headers)), "MISS");
         headers.insert("eo-log-uuid", "abc".parse().unwrap());
-        assert_eq!(edge_request_id(&headers), "abc");
+        assert_eq!(edge_request_id(&headers_of(&headers)), "abc");
     }
 
     #[test]
@@ -125,7 +134,7 @@ mod tests {
                 "v".repeat(1000).parse().unwrap(),
             );
         }
-        let kept = keep_headers(&headers);
+        let kept = keep_headers(headers_of(&headers));
         assert!(kept.len() < 20 && !kept.is_empty());
     }
 }
@@ -234,7 +243,7 @@ mod fuzz {
         /// most specific known header.
         #[test]
         fn header_evidence_is_a_bounded_prefix(map in header_map()) {
-            let kept = keep_headers(&map);
+            let kept = keep_headers(headers_of(&map));
             let all: Vec<(&str, &[u8])> = map.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
             let used: usize = kept.iter().map(|h| cost(&h.name, &h.value)).sum();
             prop_assert!(used <= MAX_HEADER_EVIDENCE);
@@ -249,8 +258,8 @@ mod fuzz {
             let first = |names: &[&str]| {
                 names.iter().find_map(|n| map.get(*n)).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default()
             };
-            prop_assert_eq!(edge_request_id(&map), first(&REQUEST_ID_HEADERS));
-            prop_assert_eq!(cache_status(&map), first(&CACHE_HEADERS));
+            prop_assert_eq!(edge_request_id(&headers_of(&map)), first(&REQUEST_ID_HEADERS));
+            prop_assert_eq!(cache_status(&headers_of(&map)), first(&CACHE_HEADERS));
         }
     }
 }

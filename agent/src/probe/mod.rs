@@ -1,8 +1,9 @@
 //! The probe engine — the curl of vantage. One request of a probe spec runs
 //! as explicit phases on a socket this module connects itself: resolve (or
 //! take the `--resolve`-style override), connect (from `--bind-ip`), TLS
-//! (rustls; the chain is always captured, then verified), then HTTP/1.1 or
-//! HTTP/2 (by ALPN) on hyper's connection-level client. Timings are
+//! (rustls; the chain is always captured, then verified), then HTTP/1.1 on
+//! the engine's own one-request reader ([`h1`]) or HTTP/2 (by ALPN) on
+//! hyper's connection-level client. Timings are
 //! cumulative from the start with curl's meanings, and every failure is
 //! named from the socket, TLS and HTTP events that a [`record::Recorder`]
 //! saw, with the exit code curl gives for the same failure.
@@ -10,9 +11,12 @@
 pub mod classify;
 pub mod dns;
 pub mod evidence;
+mod h1;
 pub mod head;
 pub mod rate;
 pub mod record;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
@@ -34,7 +38,7 @@ use vantage_support::addr::parse_ip_port;
 use vantage_support::time::now_ms;
 
 use crate::safety::TargetPolicy;
-use classify::Failure;
+use classify::{Failure, HttpFault};
 use record::{Events, Recorder};
 
 /// Body bytes kept as evidence when the spec does not say.
@@ -456,7 +460,17 @@ impl ProbeEngine {
             })?;
         }
         match tokio::time::timeout(timeout, socket.connect(addr)).await {
-            Ok(Ok(stream)) => Ok(stream),
+            Ok(Ok(stream)) => {
+                // A probe connection carries one request and is closed by
+                // the probe once the answer is read (curl closes the same
+                // way, first). Closing with a reset instead of a FIN keeps
+                // no TIME_WAIT socket per request on the agent's host: at
+                // thousands of probes a second those fill the port range
+                // and make every later connect() search it. The origin has
+                // answered in full by then, so nothing it sent is lost.
+                let _ = stream.set_zero_linger();
+                Ok(stream)
+            }
             Ok(Err(e)) => Err(classify::connect_error(&e, addr)),
             Err(_) => Err(Failure::new(
                 Outcome::ConnectTimeout,
@@ -563,7 +577,12 @@ impl ProbeEngine {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let _ = stream.set_nodelay(true);
+        if target.tls {
+            // The request follows the client's handshake flight: Nagle would
+            // hold it until that flight is acknowledged. A plain HTTP/1.1
+            // head is a single write, which Nagle never delays.
+            let _ = stream.set_nodelay(true);
+        }
 
         let (wire, events) = if target.tls {
             let tls = self
@@ -636,34 +655,122 @@ impl ProbeEngine {
         } else {
             spec.user_agent.as_str()
         };
-        let timeouts = spec.timeouts.unwrap_or_default();
-        let is_tls = wire.tls;
-        let fail = |e: hyper::Error| classify::http_error(&e, &events.snapshot(), is_tls);
-
         check_headers(spec, method, user_agent)?;
-        let mut request = http::Request::builder().method(method);
-        // HTTP/2 carries the authority in the request URI and lower-cases
-        // names by rule. For HTTP/1.1 hyper only needs the method and target
-        // to read the answer: the head on the wire is curl's, rendered by
-        // `head` and swapped in by `ShapedHead`.
-        let shaped = if wire.h2 {
-            request = request
-                .uri(format!("https://{authority}{path}"))
-                .header(http::header::USER_AGENT, user_agent)
-                .header(http::header::ACCEPT, "*/*");
-            for header in &spec.headers {
-                request = request.header(header.name.as_str(), header.value.as_slice());
-            }
-            None
+        let mut sink = BodySink::new(spec, &self.limits);
+        if wire.h2 {
+            self.http2(
+                spec, &authority, &path, method, user_agent, wire, events, start, result, &mut sink,
+            )
+            .await?;
         } else {
-            request = request.uri(path.as_str());
             let extra: Vec<(&str, &[u8])> = spec
                 .headers
                 .iter()
                 .map(|h| (h.name.as_str(), h.value.as_slice()))
                 .collect();
-            Some(head::render(method, &path, &authority, user_agent, &extra))
+            let head = head::render(method, &path, &authority, user_agent, &extra);
+            self.http1(
+                spec,
+                &head,
+                method.eq_ignore_ascii_case("HEAD"),
+                wire,
+                events,
+                start,
+                result,
+                &mut sink,
+            )
+            .await?;
+        }
+        sink.finish(result);
+        Ok(())
+    }
+
+    /// HTTP/1.1 on the engine's own reader: curl's head byte for byte, one
+    /// request, the body read by its framing.
+    #[allow(clippy::too_many_arguments)]
+    async fn http1(
+        &self,
+        spec: &pb::ProbeSpec,
+        head: &[u8],
+        head_request: bool,
+        wire: Wire,
+        events: &Events,
+        start: Instant,
+        result: &mut pb::ProbeResult,
+        sink: &mut BodySink,
+    ) -> Result<(), Failure> {
+        let timeouts = timeouts_of(spec);
+        let is_tls = wire.tls;
+        let mut conn = h1::Connection::new(wire.io);
+        let max_head = self.limits.max_header_bytes.max(8192);
+        let first_byte = ms(timeouts.first_byte_ms, DEFAULT_FIRST_BYTE);
+        let exchange = async {
+            conn.send(head).await?;
+            conn.read_head(max_head, head_request).await
         };
+        let response = match tokio::time::timeout(first_byte, exchange).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(fault)) => return Err(classify::http_error(&fault, &events.snapshot(), is_tls)),
+            Err(_) => return Err(no_response_within(first_byte)),
+        };
+        record_first_byte(events, start, result);
+        result.status = u32::from(response.status);
+        result.http_version = response.version.into();
+        result.edge_request_id = evidence::edge_request_id(&response.headers);
+        result.cache_status = evidence::cache_status(&response.headers);
+        result.headers = evidence::keep_headers(response.headers);
+
+        let stall = ms(timeouts.body_ms, DEFAULT_BODY_STALL);
+        loop {
+            let data = match tokio::time::timeout(stall, conn.next_body_chunk()).await {
+                Ok(Ok(Some(data))) => data,
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Err(fault)) => {
+                    sink.finish_partial(result);
+                    return Err(classify::body_error(&fault, &events.snapshot(), is_tls));
+                }
+                Err(_) => {
+                    sink.finish_partial(result);
+                    return Err(sink.stalled(stall));
+                }
+            };
+            if sink.take(data, result) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// HTTP/2 (by ALPN) on hyper's connection-level client, driven inside
+    /// this task.
+    #[allow(clippy::too_many_arguments)]
+    async fn http2(
+        &self,
+        spec: &pb::ProbeSpec,
+        authority: &str,
+        path: &str,
+        method: &str,
+        user_agent: &str,
+        wire: Wire,
+        events: &Events,
+        start: Instant,
+        result: &mut pb::ProbeResult,
+        sink: &mut BodySink,
+    ) -> Result<(), Failure> {
+        let timeouts = timeouts_of(spec);
+        let is_tls = wire.tls;
+        let fail = |e: hyper::Error| {
+            classify::http_error(&HttpFault::from(&e), &events.snapshot(), is_tls)
+        };
+        // HTTP/2 carries the authority in the request URI and lower-cases
+        // names by rule.
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("https://{authority}{path}"))
+            .header(http::header::USER_AGENT, user_agent)
+            .header(http::header::ACCEPT, "*/*");
+        for header in &spec.headers {
+            request = request.header(header.name.as_str(), header.value.as_slice());
+        }
         let request = request.body(Empty::<Bytes>::new()).map_err(|e| {
             Failure::with_exit(
                 Outcome::SendFailed,
@@ -672,34 +779,15 @@ impl ProbeEngine {
                 format!("bad request: {e}"),
             )
         })?;
-
-        let io: Box<dyn Io> = match shaped {
-            Some(head) => Box::new(head::ShapedHead::new(wire.io, head)),
-            None => Box::new(wire.io),
-        };
-        let io = hyper_util::rt::TokioIo::new(io);
+        let io = hyper_util::rt::TokioIo::new(wire.io);
         // The connection is driven inside this task, not a spawned one: no
-        // cross-task wake-ups per request (they dominated the profile).
-        let (send, mut conn): (BoxFuture<_>, ConnFuture) = if wire.h2 {
-            let (mut sender, connection) =
-                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-                    .await
-                    .map_err(fail)?;
-            (
-                Box::pin(async move { sender.send_request(request).await }),
-                Box::pin(connection),
-            )
-        } else {
-            let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
-                .max_buf_size(self.limits.max_header_bytes.max(8192))
-                .handshake(io)
+        // cross-task wake-ups per request.
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
                 .await
                 .map_err(fail)?;
-            (
-                Box::pin(async move { sender.send_request(request).await }),
-                Box::pin(connection),
-            )
-        };
+        let send: BoxFuture<_> = Box::pin(async move { sender.send_request(request).await });
+        let mut conn: ConnFuture = Box::pin(connection);
         let mut conn_done = false;
 
         let first_byte = ms(timeouts.first_byte_ms, DEFAULT_FIRST_BYTE);
@@ -707,75 +795,131 @@ impl ProbeEngine {
             match tokio::time::timeout(first_byte, drive(send, &mut conn, &mut conn_done)).await {
                 Ok(Ok(response)) => response,
                 Ok(Err(e)) => return Err(fail(e)),
-                Err(_) => {
-                    return Err(Failure::new(
-                        Outcome::ResponseTimeout,
-                        Stage::Read,
-                        format!("no response within {first_byte:?}"),
-                    ))
-                }
+                Err(_) => return Err(no_response_within(first_byte)),
             };
-        let first_byte_at = events.first_byte_at();
-        if let Some(t) = result.timings.as_mut() {
-            t.ttfb_us = micros(start, first_byte_at.unwrap_or_else(Instant::now));
-        }
+        record_first_byte(events, start, result);
         result.status = u32::from(response.status().as_u16());
-        result.http_version = match response.version() {
-            http::Version::HTTP_2 => "HTTP/2".into(),
-            http::Version::HTTP_10 => "HTTP/1.0".into(),
-            _ => "HTTP/1.1".into(),
-        };
-        result.headers = evidence::keep_headers(response.headers());
-        result.edge_request_id = evidence::edge_request_id(response.headers());
-        result.cache_status = evidence::cache_status(response.headers());
+        result.http_version = "HTTP/2".into();
+        let headers = evidence::headers_of(response.headers());
+        result.edge_request_id = evidence::edge_request_id(&headers);
+        result.cache_status = evidence::cache_status(&headers);
+        result.headers = evidence::keep_headers(headers);
 
-        let capture = match spec.body_capture_bytes {
-            0 => DEFAULT_BODY_CAPTURE,
-            n => usize::try_from(n).unwrap_or(usize::MAX),
-        }
-        .min(self.limits.max_body_capture);
         let stall = ms(timeouts.body_ms, DEFAULT_BODY_STALL);
         let mut body = response.into_body();
-        let mut hasher = Sha256::new();
-        let mut total_bytes = 0u64;
         loop {
             let frame =
                 match tokio::time::timeout(stall, drive(body.frame(), &mut conn, &mut conn_done))
                     .await
                 {
                     Ok(Some(Ok(frame))) => frame,
-                    Ok(None) => break,
+                    Ok(None) => return Ok(()),
                     Ok(Some(Err(e))) => {
-                        result.body_bytes = total_bytes;
-                        return Err(classify::body_error(&e, &events.snapshot(), is_tls));
+                        sink.finish_partial(result);
+                        return Err(classify::body_error(
+                            &HttpFault::from(&e),
+                            &events.snapshot(),
+                            is_tls,
+                        ));
                     }
                     Err(_) => {
-                        result.body_bytes = total_bytes;
-                        return Err(Failure::new(
-                            Outcome::BodyTimeout,
-                            Stage::Content,
-                            format!("body stalled for {stall:?} after {total_bytes} bytes"),
-                        ));
+                        sink.finish_partial(result);
+                        return Err(sink.stalled(stall));
                     }
                 };
             if let Some(data) = frame.data_ref() {
-                hasher.update(data);
-                total_bytes += data.len() as u64;
-                let room = capture.saturating_sub(result.body_head.len());
-                result
-                    .body_head
-                    .extend_from_slice(&data[..room.min(data.len())]);
-                if total_bytes >= self.limits.max_body_bytes {
-                    result.error =
-                        format!("stopped reading after {total_bytes} body bytes (agent limit)");
-                    break;
+                if sink.take(data, result) {
+                    return Ok(());
                 }
             }
         }
-        result.body_bytes = total_bytes;
-        result.body_sha256 = hex::encode(hasher.finalize());
+    }
+}
+
+/// The spec's phase timeouts (defaults where it gives none).
+fn timeouts_of(spec: &pb::ProbeSpec) -> pb::PhaseTimeouts {
+    spec.timeouts.unwrap_or_default()
+}
+
+fn no_response_within(first_byte: Duration) -> Failure {
+    Failure::new(
+        Outcome::ResponseTimeout,
+        Stage::Read,
+        format!("no response within {first_byte:?}"),
+    )
+}
+
+/// Time to first byte: the instant the recorder saw the reply's first byte.
+fn record_first_byte(events: &Events, start: Instant, result: &mut pb::ProbeResult) {
+    let first_byte_at = events.first_byte_at();
+    if let Some(t) = result.timings.as_mut() {
+        t.ttfb_us = micros(start, first_byte_at.unwrap_or_else(Instant::now));
+    }
+}
+
+/// Where a response body goes: its SHA-256, its size, and the first bytes
+/// kept as evidence, up to the agent's download limit.
+struct BodySink {
+    hasher: Sha256,
+    total_bytes: u64,
+    capture: usize,
+    max_bytes: u64,
+}
+
+impl BodySink {
+    fn new(spec: &pb::ProbeSpec, limits: &ProbeLimits) -> Self {
+        let capture = match spec.body_capture_bytes {
+            0 => DEFAULT_BODY_CAPTURE,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        }
+        .min(limits.max_body_capture);
+        BodySink {
+            hasher: Sha256::new(),
+            total_bytes: 0,
+            capture,
+            max_bytes: limits.max_body_bytes,
+        }
+    }
+
+    /// Takes one piece of the body; true when the agent's limit says stop.
+    fn take(&mut self, data: &[u8], result: &mut pb::ProbeResult) -> bool {
+        self.hasher.update(data);
+        self.total_bytes += data.len() as u64;
+        let room = self.capture.saturating_sub(result.body_head.len());
+        result
+            .body_head
+            .extend_from_slice(&data[..room.min(data.len())]);
+        if self.total_bytes >= self.max_bytes {
+            result.error = format!(
+                "stopped reading after {} body bytes (agent limit)",
+                self.total_bytes
+            );
+            return true;
+        }
+        false
+    }
+
+    /// The body failed: only its size so far is known.
+    fn finish_partial(&self, result: &mut pb::ProbeResult) {
+        result.body_bytes = self.total_bytes;
+    }
+
+    fn stalled(&self, stall: Duration) -> Failure {
+        Failure::new(
+            Outcome::BodyTimeout,
+            Stage::Content,
+            format!(
+                "body stalled for {stall:?} after {} bytes",
+                self.total_bytes
+            ),
+        )
+    }
+
+    /// The body is complete (or stopped at the limit).
+    fn finish(self, result: &mut pb::ProbeResult) {
+        result.body_bytes = self.total_bytes;
+        result.body_sha256 = hex::encode(self.hasher.finalize());
         result.title = evidence::title(&result.body_head);
-        Ok(())
     }
 }
 
