@@ -21,7 +21,7 @@ use vantage_proto::pb;
 
 use crate::coordinator::Coordinator;
 use crate::diagnosis::{
-    self, Evidence, Observation, RegionEvidence, Target, Variant, WitnessEvidence,
+    self, Evidence, Observation, RegionEvidence, Target, Timings, Variant, WitnessEvidence,
 };
 use crate::plan::{build_probes, plan_budget, CampaignTarget, RegionPlan, TargetRequest};
 use crate::registry::AgentEvent;
@@ -710,13 +710,13 @@ fn observations_of(
             outcome,
             curl_exit: r.curl_exit,
             status: (r.status != 0).then(|| u16::try_from(r.status).unwrap_or(0)),
-            timings_ms: [
+            timings_ms: Timings::cumulative(
                 ms(t.dns_us),
                 ms(t.connect_us),
                 ms(t.tls_us),
                 ms(t.ttfb_us),
                 ms(t.total_us),
-            ],
+            ),
             body_bytes: r.body_bytes,
             body_sha256: r.body_sha256.clone(),
             title: r.title.clone(),

@@ -155,7 +155,7 @@ impl Coordinator {
                         .get(&r.probe_id)
                         .cloned()
                         .unwrap_or_else(|| r.remote_addr.clone()),
-                    outcome: outcome.as_str().to_string(),
+                    outcome,
                     ttfb_ms: (ttfb_us > 0).then(|| ttfb_us as f64 / 1000.0),
                 });
             }
@@ -187,13 +187,13 @@ fn add_to_finding(report: &mut Report, measurements: &[TtfbMeasurement], edge_ti
     };
     let answered: Vec<f64> = measurements
         .iter()
-        .filter(|m| m.outcome == "ok")
+        .filter(|m| m.outcome == Outcome::Ok)
         .filter_map(|m| m.ttfb_ms)
         .collect();
     let lines: Vec<String> = measurements
         .iter()
         .map(|m| match m.ttfb_ms {
-            Some(ms) if m.outcome == "ok" => format!("{} {:.1} s", m.region, ms / 1000.0),
+            Some(ms) if m.outcome == Outcome::Ok => format!("{} {:.1} s", m.region, ms / 1000.0),
             _ => format!("{} {}", m.region, m.outcome),
         })
         .collect();

@@ -50,9 +50,17 @@ const BUDGET_PAST_EDGE: Duration = Duration::from_millis(1100);
 const ATTEMPT_GAP: Duration = Duration::from_millis(200);
 
 /// The protocol the edge pulls from the origin with (seed step 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// `Default` (HTTP) only fills a report stored before the pull
+/// configuration existed; a campaign's pull protocol always comes from its
+/// target or `--pull-protocol`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum PullProtocol {
     /// Plain HTTP.
+    #[default]
     Http,
     /// HTTPS.
     Https,
@@ -73,6 +81,12 @@ impl PullProtocol {
             PullProtocol::Http => 80,
             PullProtocol::Https => 443,
         }
+    }
+}
+
+impl std::fmt::Display for PullProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

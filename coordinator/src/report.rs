@@ -12,8 +12,10 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::diagnosis::{Diagnosis, Evidence, Finding, Observation, Status};
-use vantage_proto::domain::Outcome;
+pub use crate::diagnosis::Timings;
+use crate::diagnosis::{Diagnosis, Evidence, Finding, Observation, Status, Variant};
+use crate::plan::PullProtocol;
+use vantage_proto::domain::{Outcome, Route};
 
 /// The schema identifier every report carries.
 pub const SCHEMA: &str = "vantage.report.v1";
@@ -77,8 +79,8 @@ pub struct TtfbMeasurement {
     pub region: String,
     /// The origin address.
     pub address: String,
-    /// Its outcome's stable name.
-    pub outcome: String,
+    /// What happened to it.
+    pub outcome: Outcome,
     /// Its time to first byte, if a byte came.
     pub ttfb_ms: Option<f64>,
 }
@@ -127,7 +129,7 @@ pub struct ReportTimeouts {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ReportPull {
     /// `http` or `https`.
-    pub protocol: String,
+    pub protocol: PullProtocol,
     /// Host header and SNI.
     pub host: String,
     /// Path and query.
@@ -157,7 +159,7 @@ impl ReportTarget {
             },
             user_agent: t.user_agent.clone(),
             pull: ReportPull {
-                protocol: t.pull.protocol.as_str().to_string(),
+                protocol: t.pull.protocol,
                 host: t.pull.host.clone(),
                 path: t.pull.path.clone(),
             },
@@ -181,14 +183,14 @@ pub struct ReportRegion {
 /// One request's result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportProbe {
-    /// `direct`, `edge` or `dns`.
-    pub route: String,
-    /// `baseline`, `cdn_headers` or `burst`.
-    pub variant: String,
+    /// How it travelled: `direct`, `edge` or `dns`.
+    pub route: Route,
+    /// Which step it belongs to: `baseline`, `cdn_headers`, `burst`, `https`.
+    pub variant: Variant,
     /// The address it went to (`""`: the agent's resolver).
     pub address: String,
-    /// The outcome's stable name.
-    pub outcome: String,
+    /// What happened.
+    pub outcome: Outcome,
     /// What curl would have exited with.
     pub curl_exit: i32,
     /// The HTTP status, if any.
@@ -201,22 +203,6 @@ pub struct ReportProbe {
     pub nonce: String,
     /// The engine's error text, if any.
     pub error: String,
-}
-
-/// Cumulative milliseconds (curl's `time_namelookup`, `time_connect`,
-/// `time_appconnect`, `time_starttransfer`, `time_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Timings {
-    /// Name lookup done.
-    pub dns: f64,
-    /// TCP connected.
-    pub connect: f64,
-    /// TLS handshake done.
-    pub tls: f64,
-    /// First response byte.
-    pub ttfb: f64,
-    /// Request done.
-    pub total: f64,
 }
 
 /// The witness's part of the report.
@@ -249,21 +235,14 @@ pub struct RouteSightings {
 
 impl From<&Observation> for ReportProbe {
     fn from(o: &Observation) -> Self {
-        let [dns, connect, tls, ttfb, total] = o.timings_ms;
         ReportProbe {
-            route: o.route.as_str().to_string(),
-            variant: o.variant.as_str().to_string(),
+            route: o.route,
+            variant: o.variant,
             address: o.address.clone(),
-            outcome: o.outcome.as_str().to_string(),
+            outcome: o.outcome,
             curl_exit: o.curl_exit,
             status: o.status,
-            timings_ms: Timings {
-                dns,
-                connect,
-                tls,
-                ttfb,
-                total,
-            },
+            timings_ms: o.timings_ms,
             edge_request_id: o.edge_request_id.clone(),
             nonce: o.nonce.clone(),
             error: o.error.clone(),
@@ -380,9 +359,9 @@ struct Row {
 fn rows(report: &Report) -> Vec<Row> {
     let mut out = Vec::new();
     for r in &report.regions {
-        let mut keys: Vec<(&str, &str, &str)> = Vec::new();
+        let mut keys: Vec<(Route, Variant, &str)> = Vec::new();
         for p in &r.probes {
-            let key = (p.route.as_str(), p.variant.as_str(), p.address.as_str());
+            let key = (p.route, p.variant, p.address.as_str());
             if !keys.contains(&key) {
                 keys.push(key);
             }
@@ -393,7 +372,7 @@ fn rows(report: &Report) -> Vec<Row> {
                 .iter()
                 .filter(|p| p.route == route && p.variant == variant && p.address == address)
                 .collect();
-            let outcome = counted(probes.iter().map(|p| p.outcome.clone()));
+            let outcome = counted(probes.iter().map(|p| p.outcome.as_str().to_string()));
             let status = counted(
                 probes
                     .iter()
@@ -410,7 +389,7 @@ fn rows(report: &Report) -> Vec<Row> {
                 .map_or_else(|| "-".to_string(), |t| format!("{t:.0} ms"));
             let failed = probes
                 .iter()
-                .any(|p| p.outcome != "ok" || p.status.is_some_and(|s| s >= 500));
+                .any(|p| p.outcome != Outcome::Ok || p.status.is_some_and(|s| s >= 500));
             let where_ = if address.is_empty() {
                 String::new()
             } else {
@@ -507,7 +486,7 @@ pub fn render_terminal(report: &Report, color: bool) -> String {
             out,
             "\n{} [{}] in {}",
             paint(&format!("{BOLD}{RED}"), &title),
-            serde_confidence(f),
+            f.confidence.as_str(),
             f.regions.join(", ")
         );
         let _ = writeln!(out, "  {}", f.summary);
@@ -534,7 +513,7 @@ pub fn render_terminal(report: &Report, color: bool) -> String {
             crate::report::FollowupState::Done => {
                 for m in &f.measurements {
                     let seen = match m.ttfb_ms {
-                        Some(ms) if m.outcome == "ok" => {
+                        Some(ms) if m.outcome == Outcome::Ok => {
                             format!("first byte after {:.1} s", ms / 1000.0)
                         }
                         _ => format!(
@@ -616,14 +595,6 @@ pub fn render_terminal(report: &Report, color: bool) -> String {
     out
 }
 
-fn serde_confidence(f: &Finding) -> &'static str {
-    match f.confidence {
-        crate::diagnosis::Confidence::High => "high",
-        crate::diagnosis::Confidence::Medium => "medium",
-        crate::diagnosis::Confidence::Low => "low",
-    }
-}
-
 /// Escapes a table cell.
 fn cell(s: &str) -> String {
     s.replace('|', "\\|")
@@ -666,7 +637,7 @@ pub fn render_markdown(report: &Report) -> String {
             out,
             "\n### {title}\n\n**Regions:** {} — **confidence:** {}\n\n{}\n",
             f.regions.join(", "),
-            serde_confidence(f),
+            f.confidence.as_str(),
             f.summary
         );
         for e in &f.evidence {
@@ -781,13 +752,13 @@ mod tests {
             outcome,
             curl_exit: outcome.curl_exit(),
             status,
-            timings_ms: [
+            timings_ms: Timings::cumulative(
                 1.0,
                 2.0,
                 3.0,
                 if status.is_some() { 40.0 } else { 0.0 },
                 50.0,
-            ],
+            ),
             body_bytes: 10,
             body_sha256: String::new(),
             title: String::new(),

@@ -109,7 +109,10 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ProtocolErr
 }
 
 /// How a probe reaches its target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Route {
     /// Straight to the origin address.
     Direct,
@@ -127,6 +130,12 @@ impl Route {
             Route::Edge => "edge",
             Route::Dns => "dns",
         }
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -156,7 +165,8 @@ impl From<Route> for pb::Route {
 }
 
 /// What happened to one request (DESIGN §4; the names are a public contract).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// A complete HTTP response was received.
     Ok,

@@ -70,7 +70,8 @@ pub struct Target {
 }
 
 /// Which of the seed's steps a probe belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Variant {
     /// Plain requests (the seed's step 2, and step 4's client side).
     Baseline,
@@ -85,6 +86,14 @@ pub enum Variant {
 }
 
 impl Variant {
+    /// Every variant, in plan order.
+    pub const ALL: [Variant; 4] = [
+        Variant::Baseline,
+        Variant::CdnHeaders,
+        Variant::Burst,
+        Variant::Https,
+    ];
+
     /// The stable name used in reports and JSON.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -96,13 +105,47 @@ impl Variant {
     }
 }
 
-/// One request's result, as the diagnosis needs it.
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Cumulative milliseconds (curl's `time_namelookup`, `time_connect`,
+/// `time_appconnect`, `time_starttransfer`, `time_total`).
 ///
-/// Timings are kept as curl's five cumulative marks in `timings_ms`
-/// (dns, connect, tls, ttfb, total) rather than separate `ttfb_ms`/`total_ms`
-/// fields, so that the report can print all five without a parallel input;
-/// a ttfb of 0 means no response byte arrived, as with curl's
-/// `time_starttransfer` (see [`Observation::ttfb_ms`]).
+/// All five are kept (not only ttfb and total) so that the report prints
+/// them without a parallel input; a ttfb of 0 means no response byte
+/// arrived, as with curl's `time_starttransfer` (see
+/// [`Observation::ttfb_ms`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Timings {
+    /// Name lookup done.
+    pub dns: f64,
+    /// TCP connected.
+    pub connect: f64,
+    /// TLS handshake done.
+    pub tls: f64,
+    /// First response byte.
+    pub ttfb: f64,
+    /// Request done.
+    pub total: f64,
+}
+
+impl Timings {
+    /// The five marks, in curl's order.
+    pub const fn cumulative(dns: f64, connect: f64, tls: f64, ttfb: f64, total: f64) -> Self {
+        Timings {
+            dns,
+            connect,
+            tls,
+            ttfb,
+            total,
+        }
+    }
+}
+
+/// One request's result, as the diagnosis needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
     /// How the request travelled.
@@ -117,8 +160,8 @@ pub struct Observation {
     pub curl_exit: i32,
     /// The HTTP status, if a response head arrived.
     pub status: Option<u16>,
-    /// Cumulative milliseconds: dns, connect, tls, ttfb, total.
-    pub timings_ms: [f64; 5],
+    /// Cumulative milliseconds, as curl's `-w` variables.
+    pub timings_ms: Timings,
     /// Response body bytes read.
     pub body_bytes: u64,
     /// SHA-256 of the body read, hex.
@@ -148,13 +191,13 @@ pub struct Observation {
 impl Observation {
     /// Time to first byte, if a response byte arrived.
     pub fn ttfb_ms(&self) -> Option<f64> {
-        let ttfb = self.timings_ms[3];
+        let ttfb = self.timings_ms.ttfb;
         (ttfb > 0.0).then_some(ttfb)
     }
 
     /// Total time spent on the request.
     pub fn total_ms(&self) -> f64 {
-        self.timings_ms[4]
+        self.timings_ms.total
     }
 }
 
@@ -215,6 +258,17 @@ pub enum Confidence {
     Low,
 }
 
+impl Confidence {
+    /// The contract name, e.g. `high`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Confidence::High => "high",
+            Confidence::Medium => "medium",
+            Confidence::Low => "low",
+        }
+    }
+}
+
 /// A finding's code (DESIGN §5 table, a contract: these names are what
 /// the report JSON, alerts and users' scripts see).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -272,13 +326,105 @@ impl std::fmt::Display for FindingCode {
     }
 }
 
+/// A finding's kind, where the DESIGN §5 table lists kinds for its code
+/// (a contract: these names are what the report JSON, alerts and metrics
+/// labels carry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// `origin_down`: nothing accepts the connection.
+    ConnectRefused,
+    /// `origin_down`: connection attempts go unanswered.
+    ConnectTimeout,
+    /// `origin_down`: the connection closes without a byte.
+    EmptyReply,
+    /// `origin_down`: the connection is reset after the request.
+    Reset,
+    /// `origin_down`: the origin itself answers 5xx.
+    #[serde(rename = "http_5xx")]
+    Http5xx,
+    /// `origin_tls_error`: the TLS handshake fails (525).
+    Handshake,
+    /// `origin_tls_error`: the certificate does not verify (526).
+    Certificate,
+    /// `carrier_interference`: something answers in the origin's place.
+    HttpInjection,
+    /// `carrier_interference`: connections are reset on the way.
+    TcpReset,
+    /// `carrier_interference`: packets are silently dropped.
+    Blackhole,
+    /// `carrier_interference`: the resolver's answers differ.
+    DnsTampering,
+    /// `carrier_interference`: a different or untrusted certificate.
+    TlsInterception,
+}
+
+impl FindingKind {
+    /// Every kind, in the DESIGN table's order.
+    pub const ALL: [FindingKind; 12] = [
+        FindingKind::ConnectRefused,
+        FindingKind::ConnectTimeout,
+        FindingKind::EmptyReply,
+        FindingKind::Reset,
+        FindingKind::Http5xx,
+        FindingKind::Handshake,
+        FindingKind::Certificate,
+        FindingKind::HttpInjection,
+        FindingKind::TcpReset,
+        FindingKind::Blackhole,
+        FindingKind::DnsTampering,
+        FindingKind::TlsInterception,
+    ];
+
+    /// The contract name, e.g. `connect_refused`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::ConnectRefused => "connect_refused",
+            FindingKind::ConnectTimeout => "connect_timeout",
+            FindingKind::EmptyReply => "empty_reply",
+            FindingKind::Reset => "reset",
+            FindingKind::Http5xx => "http_5xx",
+            FindingKind::Handshake => "handshake",
+            FindingKind::Certificate => "certificate",
+            FindingKind::HttpInjection => "http_injection",
+            FindingKind::TcpReset => "tcp_reset",
+            FindingKind::Blackhole => "blackhole",
+            FindingKind::DnsTampering => "dns_tampering",
+            FindingKind::TlsInterception => "tls_interception",
+        }
+    }
+
+    /// The code whose table row lists this kind.
+    pub fn code(self) -> FindingCode {
+        match self {
+            FindingKind::ConnectRefused
+            | FindingKind::ConnectTimeout
+            | FindingKind::EmptyReply
+            | FindingKind::Reset
+            | FindingKind::Http5xx => FindingCode::OriginDown,
+            FindingKind::Handshake | FindingKind::Certificate => FindingCode::OriginTlsError,
+            FindingKind::HttpInjection
+            | FindingKind::TcpReset
+            | FindingKind::Blackhole
+            | FindingKind::DnsTampering
+            | FindingKind::TlsInterception => FindingCode::CarrierInterference,
+        }
+    }
+}
+
+impl std::fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One named fault (DESIGN §5 table; `code` and `kind` are a contract).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
     /// The finding's code.
     pub code: FindingCode,
-    /// Its kind, where the table lists kinds, e.g. `connect_refused`.
-    pub kind: Option<String>,
+    /// Its kind, where the table lists kinds for its code.
+    pub kind: Option<FindingKind>,
     /// The regions where it holds.
     pub regions: Vec<String>,
     /// How sure it is.

@@ -12,8 +12,8 @@ use vantage_proto::domain::{Outcome, Route};
 use super::compare::same_page;
 use super::curl;
 use super::{
-    Confidence, Evidence, Finding, FindingCode, Observation, RegionEvidence, Target, Variant,
-    WitnessEvidence,
+    Confidence, Evidence, Finding, FindingCode, FindingKind, Observation, RegionEvidence, Target,
+    Variant, WitnessEvidence,
 };
 
 /// The evidence with the live regions picked out.
@@ -135,13 +135,28 @@ enum Failure {
     Http(u16),
 }
 
-impl Failure {
-    /// Failures of the same kind are "the same way" (502 and 503 both are
-    /// `http_5xx`).
-    fn kind(self) -> &'static str {
+/// What makes two failures "the same way": the outcome, or any 5xx (502
+/// and 503 both are `http_5xx`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureClass {
+    Net(Outcome),
+    Http5xx,
+}
+
+impl std::fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Net(o) => o.as_str(),
-            Failure::Http(_) => "http_5xx",
+            FailureClass::Net(o) => f.write_str(o.as_str()),
+            FailureClass::Http5xx => f.write_str("http_5xx"),
+        }
+    }
+}
+
+impl Failure {
+    fn class(self) -> FailureClass {
+        match self {
+            Failure::Net(o) => FailureClass::Net(o),
+            Failure::Http(_) => FailureClass::Http5xx,
         }
     }
 }
@@ -204,10 +219,10 @@ fn verdict<'a>(obs: &[&'a Observation]) -> Option<Verdict<'a>> {
         .collect();
     let refused: Vec<&Observation> = failures.iter().map(|(_, o)| *o).collect();
     if failures.len() * 2 > obs.len() && !throttled(obs, &refused) {
-        let count = |k: &str| failures.iter().filter(|(f, _)| f.kind() == k).count();
+        let count = |k: FailureClass| failures.iter().filter(|(f, _)| f.class() == k).count();
         let mut best = failures.first().copied()?;
         for &(f, o) in &failures {
-            if count(f.kind()) > count(best.0.kind()) {
+            if count(f.class()) > count(best.0.class()) {
                 best = (f, o);
             }
         }
@@ -223,7 +238,7 @@ fn verdict<'a>(obs: &[&'a Observation]) -> Option<Verdict<'a>> {
 fn same_answer(a: Verdict<'_>, b: Verdict<'_>) -> bool {
     match (a, b) {
         (Verdict::Fine(x), Verdict::Fine(y)) => same_page(x, y),
-        (Verdict::Failed(f, _), Verdict::Failed(g, _)) => f.kind() == g.kind(),
+        (Verdict::Failed(f, _), Verdict::Failed(g, _)) => f.class() == g.class(),
         _ => false,
     }
 }
@@ -493,7 +508,7 @@ pub(crate) fn all_findings(ctx: &Ctx<'_>) -> Vec<Finding> {
 
 /// One region's unexpected answer.
 struct Hit<'a> {
-    kind: &'static str,
+    kind: FindingKind,
     region: String,
     route: Route,
     address: String,
@@ -505,30 +520,30 @@ struct Hit<'a> {
 }
 
 /// What an unexpected answer says about the path.
-fn interference_kind(v: Verdict<'_>) -> Option<&'static str> {
+fn interference_kind(v: Verdict<'_>) -> Option<FindingKind> {
     match v {
-        Verdict::Fine(_) | Verdict::Failed(Failure::Http(_), _) => Some("http_injection"),
+        Verdict::Fine(_) | Verdict::Failed(Failure::Http(_), _) => Some(FindingKind::HttpInjection),
         Verdict::Failed(Failure::Net(o), _) => match o {
             Outcome::Reset
             | Outcome::EmptyReply
             | Outcome::ConnectRefused
-            | Outcome::SendFailed => Some("tcp_reset"),
+            | Outcome::SendFailed => Some(FindingKind::TcpReset),
             Outcome::ConnectTimeout
             | Outcome::ResponseTimeout
             | Outcome::BodyTimeout
-            | Outcome::NetworkUnreachable => Some("blackhole"),
+            | Outcome::NetworkUnreachable => Some(FindingKind::Blackhole),
             // The kind follows the packet (DESIGN §5): a handshake the
             // peer cut is SNI filtering, one that never got an answer a
             // blackhole, and interception needs a completed handshake with
             // a certificate that fails where the controls' verified.
             Outcome::TlsHandshakeFailed => Some(match v.rep().peer_close {
-                Some(_) => "tcp_reset",
-                None if v.rep().curl_exit == 28 => "blackhole",
-                None => "http_injection",
+                Some(_) => FindingKind::TcpReset,
+                None if v.rep().curl_exit == 28 => FindingKind::Blackhole,
+                None => FindingKind::HttpInjection,
             }),
-            Outcome::TlsCertInvalid => Some("tls_interception"),
-            Outcome::MalformedResponse | Outcome::Truncated => Some("http_injection"),
-            Outcome::DnsFailure => Some("dns_tampering"),
+            Outcome::TlsCertInvalid => Some(FindingKind::TlsInterception),
+            Outcome::MalformedResponse | Outcome::Truncated => Some(FindingKind::HttpInjection),
+            Outcome::DnsFailure => Some(FindingKind::DnsTampering),
             // The agent's own policy refusal says nothing about the path.
             Outcome::BlockedByPolicy | Outcome::Ok => None,
         },
@@ -629,7 +644,7 @@ fn interference_at<'a>(ctx: &Ctx<'a>, groups: &[&Group<'a>]) -> Vec<Hit<'a>> {
             continue;
         }
         let kind = if tls {
-            Some("tls_interception")
+            Some(FindingKind::TlsInterception)
         } else {
             interference_kind(g.verdict)
         };
@@ -653,9 +668,9 @@ fn interference_at<'a>(ctx: &Ctx<'a>, groups: &[&Group<'a>]) -> Vec<Hit<'a>> {
     // When several regions fail alike and outnumber the controls, the failure
     // looks like the origin's, not several carriers': say nothing.
     if !by_witness {
-        let failing: Vec<&'static str> = hits
+        let failing: Vec<FailureClass> = hits
             .iter()
-            .filter_map(|h| failure(h.rep).map(Failure::kind))
+            .filter_map(|h| failure(h.rep).map(Failure::class))
             .collect();
         if failing.len() >= 2
             && failing.len() > controls.len()
@@ -724,7 +739,7 @@ fn dns_tampering<'a>(ctx: &Ctx<'a>) -> Vec<Hit<'a>> {
         }
         let fmt = |a: &BTreeSet<&str>| a.iter().copied().collect::<Vec<_>>().join(", ");
         hits.push(Hit {
-            kind: "dns_tampering",
+            kind: FindingKind::DnsTampering,
             region: region.region.clone(),
             route: Route::Dns,
             address: String::new(),
@@ -814,12 +829,12 @@ fn genuine_answers<'a>(
     }
 }
 
-fn interference_advice(kind: &str) -> &'static str {
+fn interference_advice(kind: FindingKind) -> &'static str {
     match kind {
-        "http_injection" => "Something on these regions' network path answers in place of the origin (the origin never saw these requests). Serve the site and the CDN's pulls over HTTPS, and report the injected answer (the curl output from that region) to the region's carrier or hosting provider.",
-        "tcp_reset" => "Connections from these regions are reset on the way and never reach the origin. Use HTTPS for the site and the pulls (resets keyed on plain-HTTP content stop), and report the resets, with the curl output from that region, to the region's carrier.",
-        "blackhole" => "Packets from these regions are silently dropped on the way to the target. Report the timeouts, with a traceroute and the curl output from that region, to the region's carrier; meanwhile consider another origin address or an edge near those users.",
-        "dns_tampering" => "These regions' resolvers return addresses that no other region sees for the host. Check the DNS records' geo settings first; if they are right, the resolver or carrier rewrites answers: use DNS over HTTPS/TLS or another resolver, and report it to the carrier.",
+        FindingKind::HttpInjection => "Something on these regions' network path answers in place of the origin (the origin never saw these requests). Serve the site and the CDN's pulls over HTTPS, and report the injected answer (the curl output from that region) to the region's carrier or hosting provider.",
+        FindingKind::TcpReset => "Connections from these regions are reset on the way and never reach the origin. Use HTTPS for the site and the pulls (resets keyed on plain-HTTP content stop), and report the resets, with the curl output from that region, to the region's carrier.",
+        FindingKind::Blackhole => "Packets from these regions are silently dropped on the way to the target. Report the timeouts, with a traceroute and the curl output from that region, to the region's carrier; meanwhile consider another origin address or an edge near those users.",
+        FindingKind::DnsTampering => "These regions' resolvers return addresses that no other region sees for the host. Check the DNS records' geo settings first; if they are right, the resolver or carrier rewrites answers: use DNS over HTTPS/TLS or another resolver, and report it to the carrier.",
         _ => "Something on these regions' path presents a different or untrusted certificate (TLS interception). Do not ignore certificate errors; report the certificate (curl -v shows it) to the region's carrier or network owner.",
     }
 }
@@ -849,7 +864,7 @@ fn https_control_line(ctx: &Ctx<'_>, h: &Hit<'_>) -> Option<String> {
         Some(f) => format!(
             "HTTPS to the same origin from {} fails too ({}) while {} get an answer over it: the carrier blocks more than plain HTTP",
             h.region,
-            f.kind(),
+            f.class(),
             h.controls.join(", ")
         ),
     })
@@ -859,13 +874,10 @@ fn https_control_line(ctx: &Ctx<'_>, h: &Hit<'_>) -> Option<String> {
 fn interference_findings(ctx: &Ctx<'_>, hits: &[Hit<'_>]) -> Vec<Finding> {
     let target = ctx.target();
     let mut out = Vec::new();
-    for kind in [
-        "http_injection",
-        "tcp_reset",
-        "blackhole",
-        "dns_tampering",
-        "tls_interception",
-    ] {
+    let kinds = FindingKind::ALL
+        .into_iter()
+        .filter(|k| k.code() == FindingCode::CarrierInterference);
+    for kind in kinds {
         let mine: Vec<&Hit<'_>> = hits.iter().filter(|h| h.kind == kind).collect();
         if mine.is_empty() {
             continue;
@@ -929,7 +941,7 @@ fn interference_findings(ctx: &Ctx<'_>, hits: &[Hit<'_>]) -> Vec<Finding> {
         }
         out.push(Finding {
             code: FindingCode::CarrierInterference,
-            kind: Some(kind.to_string()),
+            kind: Some(kind),
             regions: regions.clone(),
             confidence: confidence(compared, witness),
             summary: format!(
@@ -983,10 +995,10 @@ fn origin_tls_error(ctx: &Ctx<'_>, groups: &[&Group<'_>]) -> Option<Finding> {
         Verdict::Fine(o) => o.tls_verified == Some(false),
     });
     let (kind, what, code) = if handshake {
-        ("handshake", "fails the TLS handshake", 525)
+        (FindingKind::Handshake, "fails the TLS handshake", 525)
     } else if certificate {
         (
-            "certificate",
+            FindingKind::Certificate,
             "presents a certificate that does not verify",
             526,
         )
@@ -997,7 +1009,7 @@ fn origin_tls_error(ctx: &Ctx<'_>, groups: &[&Group<'_>]) -> Option<Finding> {
     let regions = regions_of(groups);
     Some(Finding {
         code: FindingCode::OriginTlsError,
-        kind: Some(kind.to_string()),
+        kind: Some(kind),
         confidence: confidence(regions.len(), Witness::Irrelevant),
         summary: format!(
             "The origin {address} {what} for {} from every region ({}); through an HTTPS pull the edge answers {code}",
@@ -1005,7 +1017,7 @@ fn origin_tls_error(ctx: &Ctx<'_>, groups: &[&Group<'_>]) -> Option<Finding> {
             regions.len()
         ),
         evidence: groups.iter().map(|g| g.line()).collect(),
-        advice: if kind == "handshake" {
+        advice: if kind == FindingKind::Handshake {
             format!("Make the origin speak TLS on port {} with a certificate for {} (check the listener, the TLS versions and ciphers it allows, and SNI), or pull over HTTP.", ctx.target().port, ctx.target().host)
         } else {
             format!("Install a certificate on the origin that is valid (unexpired, trusted chain) for {}, or relax the CDN's origin certificate verification.", ctx.target().host)
@@ -1019,17 +1031,15 @@ fn origin_tls_error(ctx: &Ctx<'_>, groups: &[&Group<'_>]) -> Option<Finding> {
 fn origin_down(ctx: &Ctx<'_>, groups: &[&Group<'_>]) -> Option<Finding> {
     let first = groups.first()?.verdict.failure()?;
     let kind = match first {
-        Failure::Http(_) => "http_5xx",
-        Failure::Net(o) => match o {
-            Outcome::ConnectRefused
-            | Outcome::ConnectTimeout
-            | Outcome::EmptyReply
-            | Outcome::Reset => o.as_str(),
-            _ => return None,
-        },
+        Failure::Http(_) => FindingKind::Http5xx,
+        Failure::Net(Outcome::ConnectRefused) => FindingKind::ConnectRefused,
+        Failure::Net(Outcome::ConnectTimeout) => FindingKind::ConnectTimeout,
+        Failure::Net(Outcome::EmptyReply) => FindingKind::EmptyReply,
+        Failure::Net(Outcome::Reset) => FindingKind::Reset,
+        Failure::Net(_) => return None,
     };
     if !alike(groups, |v| {
-        v.failure().map(Failure::kind) == Some(first.kind())
+        v.failure().map(Failure::class) == Some(first.class())
     }) {
         return None;
     }
@@ -1041,15 +1051,15 @@ fn origin_down(ctx: &Ctx<'_>, groups: &[&Group<'_>]) -> Option<Finding> {
         _ => None,
     }));
     let (what, advice, edge_code) = match kind {
-        "connect_refused" => ("refuses connections", format!("Nothing accepts connections on {address} port {port}: start the web server, or fix the origin address and port in the CDN's origin configuration."), "521"),
-        "connect_timeout" => ("does not answer connection attempts", format!("Connection attempts to {address} port {port} go unanswered: check that the host is up and that its firewall or security group lets port {port} in."), "522"),
-        "empty_reply" => ("closes connections without answering", "The origin accepts the connection but closes it without a byte: check the web server's error log, crashes, and its upstream application.".to_string(), "520"),
-        "reset" => ("resets connections after the request", "The origin resets the connection after the request arrives: check the web server's error log, crashes, request size limits and its upstream application.".to_string(), "520"),
+        FindingKind::ConnectRefused => ("refuses connections", format!("Nothing accepts connections on {address} port {port}: start the web server, or fix the origin address and port in the CDN's origin configuration."), "521"),
+        FindingKind::ConnectTimeout => ("does not answer connection attempts", format!("Connection attempts to {address} port {port} go unanswered: check that the host is up and that its firewall or security group lets port {port} in."), "522"),
+        FindingKind::EmptyReply => ("closes connections without answering", "The origin accepts the connection but closes it without a byte: check the web server's error log, crashes, and its upstream application.".to_string(), "520"),
+        FindingKind::Reset => ("resets connections after the request", "The origin resets the connection after the request arrives: check the web server's error log, crashes, request size limits and its upstream application.".to_string(), "520"),
         _ => ("answers with a server error", format!("The origin itself answers {}: fix the application (see its error log); the CDN passes the error on.", statuses.join("/")), "the same 5xx"),
     };
     Some(Finding {
         code: FindingCode::OriginDown,
-        kind: Some(kind.to_string()),
+        kind: Some(kind),
         confidence: confidence(regions.len(), Witness::Irrelevant),
         summary: format!(
             "The origin {address} {what} from every region ({}); the edge answers {edge_code}",
@@ -1062,7 +1072,11 @@ fn origin_down(ctx: &Ctx<'_>, groups: &[&Group<'_>]) -> Option<Finding> {
             Route::Direct,
             address,
             &[],
-            Some(if kind == "connect_timeout" { 10 } else { 30 }),
+            Some(if kind == FindingKind::ConnectTimeout {
+                10
+            } else {
+                30
+            }),
         )],
         regions,
     })

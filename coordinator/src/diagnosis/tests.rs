@@ -42,7 +42,7 @@ fn ok(route: Route, variant: Variant, address: &str) -> Observation {
         outcome: Outcome::Ok,
         curl_exit: 0,
         status: Some(200),
-        timings_ms: [1.0, 10.0, 10.0, 50.0, 60.0],
+        timings_ms: Timings::cumulative(1.0, 10.0, 10.0, 50.0, 60.0),
         body_bytes: 1000,
         body_sha256: "aa".repeat(32),
         title: "Test page".to_string(),
@@ -101,7 +101,7 @@ fn fail(o: &mut Observation, outcome: Outcome, after_ms: f64) {
     o.title = String::new();
     o.header_names.clear();
     o.edge_request_id.clear();
-    o.timings_ms = [1.0, 10.0, 10.0, 0.0, after_ms];
+    o.timings_ms = Timings::cumulative(1.0, 10.0, 10.0, 0.0, after_ms);
 }
 
 /// Applies `f` to every observation of `route`/`variant`.
@@ -194,7 +194,7 @@ fn direct_all(outcome: Outcome) -> Vec<Observation> {
 }
 
 fn slow(o: &mut Observation) {
-    o.timings_ms = [1.0, 10.0, 10.0, 20_000.0, 20_010.0];
+    o.timings_ms = Timings::cumulative(1.0, 10.0, 10.0, 20_000.0, 20_010.0);
 }
 
 /// A finding's (code, kind, regions).
@@ -207,7 +207,7 @@ fn codes(d: &Diagnosis) -> Vec<Key> {
         .map(|f| {
             (
                 f.code.as_str().to_string(),
-                f.kind.clone(),
+                f.kind.map(|k| k.as_str().to_string()),
                 f.regions.clone(),
             )
         })
@@ -788,7 +788,7 @@ fn two_regions_told_the_same_lie_do_not_hide_each_other() {
             let dns: Vec<&Finding> = d
                 .findings
                 .iter()
-                .filter(|f| f.kind.as_deref() == Some("dns_tampering"))
+                .filter(|f| f.kind == Some(FindingKind::DnsTampering))
                 .collect();
             assert_eq!(dns.len(), 1, "{liars:?}: {d:#?}");
             let mut got = dns[0].regions.clone();
@@ -798,7 +798,7 @@ fn two_regions_told_the_same_lie_do_not_hide_each_other() {
                 d.findings
                     .iter()
                     .all(|f| f.code == FindingCode::CarrierInterference
-                        && f.kind.as_deref() == Some("dns_tampering")),
+                        && f.kind == Some(FindingKind::DnsTampering)),
                 "the liars' block pages are the lie's, not a second finding: {d:#?}"
             );
         }
@@ -1060,7 +1060,46 @@ fn a_connection_limit_refusing_whichever_requests_overlap_is_only_a_rate_limit()
         d.findings
             .iter()
             .any(|f| f.code == FindingCode::CarrierInterference
-                && f.kind.as_deref() == Some("http_injection")),
+                && f.kind == Some(FindingKind::HttpInjection)),
         "{d:#?}"
     );
+}
+
+/// Every contract name the report JSON carries is the one `as_str` gives,
+/// both ways: what the renderers print is what scripts parse.
+#[test]
+fn contract_names_serialize_as_their_stable_names() {
+    fn both_ways<T>(value: T, name: &str)
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        assert_eq!(serde_json::to_value(&value).unwrap(), name, "{value:?}");
+        let back: T = serde_json::from_value(serde_json::Value::from(name)).unwrap();
+        assert_eq!(back, value);
+    }
+    for code in FindingCode::ALL {
+        both_ways(code, code.as_str());
+    }
+    for kind in FindingKind::ALL {
+        both_ways(kind, kind.as_str());
+        assert!(
+            FindingCode::ALL.contains(&kind.code()),
+            "{kind} belongs to a code"
+        );
+    }
+    for confidence in [Confidence::High, Confidence::Medium, Confidence::Low] {
+        both_ways(confidence, confidence.as_str());
+    }
+    for status in [Status::Healthy, Status::Faulty, Status::Inconclusive] {
+        both_ways(status, status.as_str());
+    }
+    for variant in Variant::ALL {
+        both_ways(variant, variant.as_str());
+    }
+    for route in [Route::Direct, Route::Edge, Route::Dns] {
+        both_ways(route, route.as_str());
+    }
+    for outcome in Outcome::ALL {
+        both_ways(outcome, outcome.as_str());
+    }
 }
