@@ -9,9 +9,9 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 use vantage_proto::pb;
 
+use crate::campaign::plan::{PullProtocol, TargetRequest, DEFAULT_ATTEMPTS, DEFAULT_BURST};
 use crate::campaign::{CampaignEvent, CampaignRequest};
 use crate::coordinator::Coordinator;
-use crate::plan::{PullProtocol, TargetRequest, DEFAULT_ATTEMPTS, DEFAULT_BURST};
 use crate::time::rfc3339;
 use vantage_proto::cdn::CdnProfile;
 

@@ -5,7 +5,7 @@
 //!
 //! One `impl Coordinator` per concern, each in the module that owns it:
 //! this file the core above; [`crate::campaign`] campaign orchestration
-//! (start, watch, cancel, recover, conclude); [`crate::followup`] the TTFB
+//! (start, watch, cancel, recover, conclude); [`crate::campaign::followup`] the TTFB
 //! follow-up. Those impls only use the fields and the methods here, never
 //! each other's internals. Durable state is reached only through the
 //! [`Store`] trait, awaited directly: the backend does its blocking work

@@ -16,9 +16,9 @@ use vantage_proto::cdn::CdnProfile;
 use vantage_proto::pb;
 use vantage_support::env::Env;
 
+use crate::campaign::plan::{CampaignTarget, PullProtocol, TargetRequest};
 use crate::campaign::CampaignRequest;
 use crate::client::{self, Target};
-use crate::plan::{CampaignTarget, PullProtocol, TargetRequest};
 use crate::report::{render_markdown, render_terminal, Report};
 
 /// How the report is printed.
@@ -68,10 +68,10 @@ pub struct DiagnoseArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub edge_timeout: Option<Duration>,
     /// Concurrent requests in the rate-limit test.
-    #[arg(long, value_name = "N", default_value_t = crate::plan::DEFAULT_BURST)]
+    #[arg(long, value_name = "N", default_value_t = crate::campaign::plan::DEFAULT_BURST)]
     pub burst: u32,
     /// Attempts per baseline probe.
-    #[arg(long, value_name = "N", default_value_t = crate::plan::DEFAULT_ATTEMPTS)]
+    #[arg(long, value_name = "N", default_value_t = crate::campaign::plan::DEFAULT_ATTEMPTS)]
     pub attempts: u32,
     /// The protocol the edge pulls from the origin with (seed step 1):
     /// http or https. Default: the URL's scheme. Without a port in

@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use vantage::campaign::plan::TargetRequest;
 use vantage::campaign::{CampaignEvent, CampaignRequest};
-use vantage::plan::TargetRequest;
 use vantage::report::{render_terminal, Report};
 use vantage_proto::cdn::CdnProfile;
 

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
+use vantage::campaign::plan::TargetRequest;
 use vantage::control_service::target_pb;
-use vantage::plan::TargetRequest;
 use vantage_lab::lab::{spawn_agent_process, wait_agent_connected, CoordinatorProcess};
 use vantage_lab::origin::Origin;
 use vantage_lab::process::{poll_until, ChildProcess};

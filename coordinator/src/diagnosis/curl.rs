@@ -146,7 +146,7 @@ pub(crate) fn curl(
 pub(crate) fn curl_https_control(target: &Target, address: &str) -> String {
     let (ip, _) = split_address(address);
     let mut https = target.clone();
-    https.pull.protocol = crate::plan::PullProtocol::Https;
+    https.pull.protocol = crate::campaign::plan::PullProtocol::Https;
     let at = format!("{}:443", bracketed(&ip));
     let mut cmd = base(&https, Route::Direct, &at, "-kvo/dev/null");
     cmd.push_str(" --max-time 30");

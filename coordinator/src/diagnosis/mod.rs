@@ -62,11 +62,11 @@ pub struct Target {
     /// How long the edge waits for the origin's first byte.
     pub edge_timeout: Duration,
     /// How the edge pulls from the origin: what the direct probes replayed.
-    pub pull: crate::plan::Pull,
+    pub pull: crate::campaign::plan::Pull,
     /// The User-Agent the probes sent.
     pub user_agent: String,
     /// The phase limits the probes had.
-    pub timeouts: crate::plan::Timeouts,
+    pub timeouts: crate::campaign::plan::Timeouts,
 }
 
 /// Which of the seed's steps a probe belongs to.

@@ -24,13 +24,13 @@ fn target() -> Target {
         edges: vec![EDGE.to_string()],
         cdn: CdnProfile::EdgeOne,
         edge_timeout: Duration::from_secs(15),
-        pull: crate::plan::Pull {
-            protocol: crate::plan::PullProtocol::Http,
+        pull: crate::campaign::plan::Pull {
+            protocol: crate::campaign::plan::PullProtocol::Http,
             host: "www.test.com".to_string(),
             path: "/test.jpg".to_string(),
         },
         user_agent: "curl/8.5.0".to_string(),
-        timeouts: crate::plan::Timeouts::for_edge_timeout(Duration::from_secs(15)),
+        timeouts: crate::campaign::plan::Timeouts::for_edge_timeout(Duration::from_secs(15)),
     }
 }
 

@@ -18,9 +18,9 @@ use tonic::Status;
 use vantage_proto::domain::Outcome;
 use vantage_proto::pb;
 
+use crate::campaign::plan::CampaignTarget;
 use crate::coordinator::Coordinator;
 use crate::diagnosis::FindingCode;
-use crate::plan::CampaignTarget;
 use crate::registry::AgentEvent;
 use crate::report::{FollowupState, Report, TtfbFollowup, TtfbMeasurement};
 use crate::time::now_ms;
@@ -64,7 +64,7 @@ fn millis(d: Duration) -> u32 {
 fn probes(target: &CampaignTarget, campaign_id: &str, region: &str) -> Vec<pb::ProbeSpec> {
     let wait = wait_for(target.edge_timeout);
     let t = target.timeouts;
-    let short = crate::plan::nonce_prefix(campaign_id);
+    let short = crate::campaign::plan::nonce_prefix(campaign_id);
     target
         .origins
         .iter()
@@ -228,7 +228,7 @@ mod tests {
 
     #[test]
     fn every_origin_is_measured_past_the_edge_timeout() {
-        let target = CampaignTarget::new(&crate::plan::TargetRequest::new(
+        let target = CampaignTarget::new(&crate::campaign::plan::TargetRequest::new(
             "http://www.example.com/a.jpg",
             &["192.0.2.10", "192.0.2.11:8080"],
         ))

@@ -1,6 +1,6 @@
 //! Campaigns: one target probed from every selected region at once. This
 //! module owns the run — choose one connected agent per region, send each
-//! region its plan (built by [`crate::plan`]), follow the plans to their end
+//! region its plan (built by [`plan`]), follow the plans to their end
 //! (finished, refused, or the agent lost), bounded in time, collect the
 //! results and the witness's sightings into the evidence matrix, diagnose,
 //! and persist the report so it can be rendered again later.
@@ -9,6 +9,12 @@
 //! concern of the shared state, see [`crate::coordinator`]): its methods
 //! use the core operations and the store trait, and the campaign-only state
 //! (the `campaigns` map of `RunningCampaign`s) is touched only here.
+//!
+//! The room: [`plan`] (the seed's procedure as probe specs, the typed
+//! probe key, the time budget), this module (orchestration and evidence),
+//! and [`followup`] (the TTFB follow-up after an `origin_slow` report). It
+//! uses the store only through the `Store` trait and agents only through
+//! the registry; it never imports the gRPC services or the CLI.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,14 +25,17 @@ use tonic::Status;
 use vantage_proto::domain::{Outcome, Route};
 use vantage_proto::pb;
 
+pub mod followup;
+pub mod plan;
+
 use crate::coordinator::Coordinator;
 use crate::diagnosis::{
     self, Evidence, Observation, RegionEvidence, Target, Timings, Variant, WitnessEvidence,
 };
-use crate::plan::{build_probes, plan_budget, CampaignTarget, RegionPlan, TargetRequest};
 use crate::registry::AgentEvent;
 use crate::store::{AgentRole, CampaignStatus, PlanState};
 use crate::time::now_ms;
+use plan::{build_probes, plan_budget, CampaignTarget, RegionPlan, TargetRequest};
 
 /// After the plans' budget, how long the campaign waits for regions whose
 /// agents have gone quiet (results in flight, a spool write) before it names
@@ -425,7 +434,7 @@ impl Coordinator {
             .await?
             .iter()
             .any(|v| v.connected && v.record.role == AgentRole::Witness);
-        let prefix = format!("{}-", crate::plan::nonce_prefix(campaign_id));
+        let prefix = format!("{}-", plan::nonce_prefix(campaign_id));
         let mut regions = Vec::new();
         let mut blocked_headers = Vec::new();
         for run in runs {
@@ -494,9 +503,9 @@ impl Coordinator {
         };
         let diagnosis = diagnosis::diagnose(&evidence);
         let mut report = crate::report::build(campaign_id, &evidence, &diagnosis);
-        let followup = crate::followup::wanted(&report);
+        let followup = crate::campaign::followup::wanted(&report);
         if followup {
-            crate::followup::mark_running(&mut report, target);
+            crate::campaign::followup::mark_running(&mut report, target);
         }
         let json =
             serde_json::to_string_pretty(&report).map_err(|e| Status::internal(e.to_string()))?;
@@ -667,8 +676,8 @@ fn request_of_stored(stored: &crate::report::ReportTarget) -> Result<TargetReque
     request.edge_timeout = Some(Duration::from_millis(stored.edge_timeout_ms));
     request.pull_protocol = match stored.pull.protocol.as_str() {
         "" => None,
-        "http" => Some(crate::plan::PullProtocol::Http),
-        "https" => Some(crate::plan::PullProtocol::Https),
+        "http" => Some(plan::PullProtocol::Http),
+        "https" => Some(plan::PullProtocol::Https),
         other => return Err(bad(format!("pull protocol {other:?}"))),
     };
     request.pull_host = (!stored.pull.host.is_empty()).then(|| stored.pull.host.clone());

@@ -1,20 +1,24 @@
 //! The campaign report (DESIGN §6, schema `vantage.report.v1`, a public
-//! contract) and its two human renderings: the terminal view and Markdown
-//! for a support ticket.
+//! contract): its typed JSON schema, built once from the evidence and the
+//! diagnosis, and ([`render`]) its two human renderings, the terminal view
+//! and Markdown for a support ticket. Renderers take the typed report only;
+//! nothing here reads the store, the wire or the campaign.
 //!
 //! The report is built from the same [`Evidence`] the diagnosis read plus the
 //! [`Diagnosis`] itself, so what it shows is exactly what the verdict rests on.
 //! Fields beyond the contract (`missing`, region `lost`, probe `address`,
 //! `edge_request_id`, `error`, `nonce`) are additions the contract allows.
 
+mod render;
+
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::campaign::plan::PullProtocol;
 pub use crate::diagnosis::Timings;
 use crate::diagnosis::{Diagnosis, Evidence, Finding, Observation, Status, Variant};
-use crate::plan::PullProtocol;
+pub use render::{render_markdown, render_terminal};
 use vantage_proto::domain::{Outcome, Route};
 
 /// The schema identifier every report carries.
@@ -345,384 +349,6 @@ fn sorted_regions(evidence: &Evidence) -> Vec<ReportRegion> {
         .collect()
 }
 
-/// One row of the region × probe table: a region's requests of one
-/// route/variant/address, summarised.
-struct Row {
-    region: String,
-    probe: String,
-    outcome: String,
-    status: String,
-    ttfb: String,
-    failed: bool,
-}
-
-fn rows(report: &Report) -> Vec<Row> {
-    let mut out = Vec::new();
-    for r in &report.regions {
-        let mut keys: Vec<(Route, Variant, &str)> = Vec::new();
-        for p in &r.probes {
-            let key = (p.route, p.variant, p.address.as_str());
-            if !keys.contains(&key) {
-                keys.push(key);
-            }
-        }
-        for (route, variant, address) in keys {
-            let probes: Vec<&ReportProbe> = r
-                .probes
-                .iter()
-                .filter(|p| p.route == route && p.variant == variant && p.address == address)
-                .collect();
-            let outcome = counted(probes.iter().map(|p| p.outcome.as_str().to_string()));
-            let status = counted(
-                probes
-                    .iter()
-                    .map(|p| p.status.map_or_else(|| "-".to_string(), |s| s.to_string())),
-            );
-            let mut ttfbs: Vec<f64> = probes
-                .iter()
-                .map(|p| p.timings_ms.ttfb)
-                .filter(|t| *t > 0.0)
-                .collect();
-            ttfbs.sort_by(f64::total_cmp);
-            let ttfb = ttfbs
-                .get(ttfbs.len() / 2)
-                .map_or_else(|| "-".to_string(), |t| format!("{t:.0} ms"));
-            let failed = probes
-                .iter()
-                .any(|p| p.outcome != Outcome::Ok || p.status.is_some_and(|s| s >= 500));
-            let where_ = if address.is_empty() {
-                String::new()
-            } else {
-                format!(" {address}")
-            };
-            out.push(Row {
-                region: if r.lost {
-                    format!("{} (lost)", r.region)
-                } else {
-                    r.region.clone()
-                },
-                probe: format!("{route}/{variant}{where_}"),
-                outcome,
-                status,
-                ttfb,
-                failed,
-            });
-        }
-    }
-    out
-}
-
-/// `ok` or `ok ×2, reset ×1`.
-fn counted(items: impl Iterator<Item = String>) -> String {
-    let mut seen: Vec<(String, usize)> = Vec::new();
-    for i in items {
-        match seen.iter_mut().find(|(s, _)| *s == i) {
-            Some((_, n)) => *n += 1,
-            None => seen.push((i, 1)),
-        }
-    }
-    if seen.len() == 1 {
-        return seen.remove(0).0;
-    }
-    seen.iter()
-        .map(|(s, n)| format!("{s} ×{n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-const RED: &str = "\x1b[31m";
-const GREEN: &str = "\x1b[32m";
-const YELLOW: &str = "\x1b[33m";
-const BOLD: &str = "\x1b[1m";
-const RESET: &str = "\x1b[0m";
-
-/// The report for a terminal: verdict and findings first (summary, evidence,
-/// advice, reproduce), then the region × probe table. ANSI colour only when
-/// `color`.
-pub fn render_terminal(report: &Report, color: bool) -> String {
-    let paint = |code: &str, s: &str| {
-        if color {
-            format!("{code}{s}{RESET}")
-        } else {
-            s.to_string()
-        }
-    };
-    let status_colour = match report.status {
-        Status::Healthy => GREEN,
-        Status::Faulty => RED,
-        Status::Inconclusive => YELLOW,
-    };
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{} {}  ({}, campaign {})",
-        paint(BOLD, "vantage:"),
-        paint(status_colour, report.status.as_str()),
-        report.target.url,
-        report.campaign
-    );
-    if !report.summary.is_empty() {
-        let _ = writeln!(out, "  {}", report.summary);
-    }
-    let t = &report.target;
-    let _ = writeln!(
-        out,
-        "  pull {}://{}{} · edge timeout {} ms · timeouts connect {} / tls {} / ttfb {} ms · UA {}",
-        t.pull.protocol,
-        t.pull.host,
-        t.pull.path,
-        t.edge_timeout_ms,
-        t.timeouts_ms.connect,
-        t.timeouts_ms.tls,
-        t.timeouts_ms.ttfb,
-        t.user_agent
-    );
-    for f in &report.findings {
-        let title = match &f.kind {
-            Some(k) => format!("{}/{k}", f.code),
-            None => f.code.to_string(),
-        };
-        let _ = writeln!(
-            out,
-            "\n{} [{}] in {}",
-            paint(&format!("{BOLD}{RED}"), &title),
-            f.confidence.as_str(),
-            f.regions.join(", ")
-        );
-        let _ = writeln!(out, "  {}", f.summary);
-        for e in &f.evidence {
-            let _ = writeln!(out, "    - {e}");
-        }
-        let _ = writeln!(out, "  {} {}", paint(BOLD, "advice:"), f.advice);
-        let _ = writeln!(out, "  {}", paint(BOLD, "reproduce:"));
-        for c in &f.reproduce {
-            let _ = writeln!(out, "    $ {c}");
-        }
-    }
-    if let Some(f) = &report.ttfb_followup {
-        let _ = writeln!(out, "\n{}", paint(BOLD, "ttfb follow-up:"));
-        match f.state {
-            crate::report::FollowupState::Running => {
-                let _ = writeln!(
-                    out,
-                    "  measuring the origin's real time to first byte (waits up to {} s); see `vantage campaign show {}` later",
-                    f.wait_ms / 1000,
-                    report.campaign
-                );
-            }
-            crate::report::FollowupState::Done => {
-                for m in &f.measurements {
-                    let seen = match m.ttfb_ms {
-                        Some(ms) if m.outcome == Outcome::Ok => {
-                            format!("first byte after {:.1} s", ms / 1000.0)
-                        }
-                        _ => format!(
-                            "{} (no first byte within {} s)",
-                            m.outcome,
-                            f.wait_ms / 1000
-                        ),
-                    };
-                    let _ = writeln!(out, "  {} → {}: {seen}", m.region, m.address);
-                }
-            }
-        }
-    }
-    if !report.missing.is_empty() {
-        let _ = writeln!(out, "\n{}", paint(YELLOW, "missing:"));
-        for m in &report.missing {
-            let _ = writeln!(out, "  - {m}");
-        }
-    }
-    let rows = rows(report);
-    let w = |f: fn(&Row) -> &String, head: &str| {
-        rows.iter()
-            .map(|r| f(r).chars().count())
-            .max()
-            .unwrap_or(0)
-            .max(head.len())
-    };
-    let (wr, wp, wo, ws) = (
-        w(|r| &r.region, "region"),
-        w(|r| &r.probe, "probe"),
-        w(|r| &r.outcome, "outcome"),
-        w(|r| &r.status, "status"),
-    );
-    let _ = writeln!(
-        out,
-        "\n{:wr$}  {:wp$}  {:wo$}  {:ws$}  ttfb",
-        "region", "probe", "outcome", "status"
-    );
-    for r in &rows {
-        // Pad before painting so that escapes do not skew the columns.
-        let outcome = format!("{:wo$}", r.outcome);
-        let outcome = if r.failed {
-            paint(RED, &outcome)
-        } else {
-            paint(GREEN, &outcome)
-        };
-        let _ = writeln!(
-            out,
-            "{:wr$}  {:wp$}  {outcome}  {:ws$}  {}",
-            r.region, r.probe, r.status, r.ttfb
-        );
-    }
-    let w = &report.witness;
-    if w.present {
-        let routes: Vec<String> = w
-            .by_route
-            .iter()
-            .map(|(route, n)| format!("{route} {}/{}", n.seen, n.sent))
-            .collect();
-        let _ = writeln!(
-            out,
-            "\nwitness: saw {} request(s) ({}; per region {}); edge pull IPs: {}",
-            w.seen,
-            routes.join(", "),
-            w.by_region
-                .iter()
-                .map(|(region, n)| format!("{region} {}/{}", n.seen, n.sent))
-                .collect::<Vec<_>>()
-                .join(", "),
-            if w.edge_pull_ips.is_empty() {
-                "none".to_string()
-            } else {
-                w.edge_pull_ips.join(", ")
-            }
-        );
-    } else {
-        let _ = writeln!(out, "\nwitness: none ran");
-    }
-    out
-}
-
-/// Escapes a table cell.
-fn cell(s: &str) -> String {
-    s.replace('|', "\\|")
-}
-
-/// The report as Markdown for a support ticket: findings, the region × probe
-/// table, and the edge's request ids (e.g. `EO-LOG-UUID`) that the CDN's
-/// support can look up.
-pub fn render_markdown(report: &Report) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "# vantage report: {}\n", report.status.as_str());
-    let _ = writeln!(
-        out,
-        "- verdict: {}\n- URL: `{}`\n- pull: `{}://{}{}` (User-Agent `{}`)\n- origin: {}\n- edge: {}\n- CDN: {} (origin-response timeout {} ms)\n- campaign: `{}`",
-        report.summary,
-        report.target.url,
-        report.target.pull.protocol,
-        report.target.pull.host,
-        report.target.pull.path,
-        report.target.user_agent,
-        report.target.origin.join(", "),
-        if report.target.edge.is_empty() {
-            "(resolver)".to_string()
-        } else {
-            report.target.edge.join(", ")
-        },
-        report.target.cdn,
-        report.target.edge_timeout_ms,
-        report.campaign
-    );
-    if !report.findings.is_empty() {
-        let _ = writeln!(out, "\n## Findings");
-    }
-    for f in &report.findings {
-        let title = match &f.kind {
-            Some(k) => format!("`{}` / `{k}`", f.code),
-            None => format!("`{}`", f.code),
-        };
-        let _ = writeln!(
-            out,
-            "\n### {title}\n\n**Regions:** {} — **confidence:** {}\n\n{}\n",
-            f.regions.join(", "),
-            f.confidence.as_str(),
-            f.summary
-        );
-        for e in &f.evidence {
-            let _ = writeln!(out, "- {e}");
-        }
-        let _ = writeln!(out, "\n**Advice:** {}\n\n```sh", f.advice);
-        for c in &f.reproduce {
-            let _ = writeln!(out, "{c}");
-        }
-        let _ = writeln!(out, "```");
-    }
-    if !report.missing.is_empty() {
-        let _ = writeln!(out, "\n## Missing evidence\n");
-        for m in &report.missing {
-            let _ = writeln!(out, "- {m}");
-        }
-    }
-    let _ = writeln!(
-        out,
-        "\n## Probes\n\n| region | probe | outcome | status | ttfb |\n|---|---|---|---|---|"
-    );
-    for r in rows(report) {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} |",
-            cell(&r.region),
-            cell(&r.probe),
-            cell(&r.outcome),
-            cell(&r.status),
-            cell(&r.ttfb)
-        );
-    }
-    let id_header = report
-        .target
-        .cdn
-        .parse::<vantage_proto::cdn::CdnProfile>()
-        .map(|p| p.request_id_header())
-        .unwrap_or("request id");
-    let ids: Vec<(String, &ReportProbe)> = report
-        .regions
-        .iter()
-        .flat_map(|r| r.probes.iter().map(move |p| (r.region.clone(), p)))
-        .filter(|(_, p)| !p.edge_request_id.is_empty())
-        .collect();
-    if !ids.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n## Edge request ids ({id_header})\n\n| region | edge | status | {id_header} |\n|---|---|---|---|"
-        );
-        for (region, p) in ids {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | `{}` |",
-                cell(&region),
-                cell(if p.address.is_empty() {
-                    "(resolver)"
-                } else {
-                    &p.address
-                }),
-                p.status.map_or_else(|| "-".to_string(), |s| s.to_string()),
-                cell(&p.edge_request_id)
-            );
-        }
-    }
-    let w = &report.witness;
-    let _ = writeln!(
-        out,
-        "\n## Origin witness\n\n{}",
-        if w.present {
-            format!(
-                "Saw {} request(s); edge pull IPs: {}",
-                w.seen,
-                if w.edge_pull_ips.is_empty() {
-                    "none".to_string()
-                } else {
-                    w.edge_pull_ips.join(", ")
-                }
-            )
-        } else {
-            "No witness ran on the origin.".to_string()
-        }
-    );
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -811,13 +437,15 @@ mod tests {
                 edges: vec!["203.0.113.1".to_string()],
                 cdn: CdnProfile::EdgeOne,
                 edge_timeout: Duration::from_secs(15),
-                pull: crate::plan::Pull {
-                    protocol: crate::plan::PullProtocol::Http,
+                pull: crate::campaign::plan::Pull {
+                    protocol: crate::campaign::plan::PullProtocol::Http,
                     host: "www.test.com".to_string(),
                     path: "/test.jpg".to_string(),
                 },
                 user_agent: "vantage/0.1.0".to_string(),
-                timeouts: crate::plan::Timeouts::for_edge_timeout(Duration::from_secs(15)),
+                timeouts: crate::campaign::plan::Timeouts::for_edge_timeout(Duration::from_secs(
+                    15,
+                )),
             },
             regions: vec![region("eu"), region("us"), region("ap")],
             witness: Some(WitnessEvidence { seen }),
