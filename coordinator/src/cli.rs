@@ -345,23 +345,7 @@ pub fn agents_table(agents: &[AgentJson]) -> String {
                 .join(","),
         ]);
     }
-    let mut widths = [0usize; 8];
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    crate::report::columns(&rows, |_, _, cell| cell)
 }
 
 async fn agents(args: AgentsArgs, target: Target) -> anyhow::Result<()> {

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::campaign::plan::PullProtocol;
 pub use crate::diagnosis::Timings;
 use crate::diagnosis::{Diagnosis, Evidence, Finding, Observation, Status, Variant};
+pub(crate) use render::columns;
 pub use render::{render_markdown, render_terminal};
 use vantage_proto::domain::{Outcome, Route};
 

@@ -197,38 +197,24 @@ pub fn render_terminal(report: &Report, color: bool) -> String {
         }
     }
     let rows = rows(report);
-    let w = |f: fn(&Row) -> &String, head: &str| {
-        rows.iter()
-            .map(|r| f(r).chars().count())
-            .max()
-            .unwrap_or(0)
-            .max(head.len())
-    };
-    let (wr, wp, wo, ws) = (
-        w(|r| &r.region, "region"),
-        w(|r| &r.probe, "probe"),
-        w(|r| &r.outcome, "outcome"),
-        w(|r| &r.status, "status"),
-    );
-    let _ = writeln!(
-        out,
-        "\n{:wr$}  {:wp$}  {:wo$}  {:ws$}  ttfb",
-        "region", "probe", "outcome", "status"
-    );
-    for r in &rows {
-        // Pad before painting so that escapes do not skew the columns.
-        let outcome = format!("{:wo$}", r.outcome);
-        let outcome = if r.failed {
-            paint(RED, &outcome)
-        } else {
-            paint(GREEN, &outcome)
-        };
-        let _ = writeln!(
-            out,
-            "{:wr$}  {:wp$}  {outcome}  {:ws$}  {}",
-            r.region, r.probe, r.status, r.ttfb
-        );
-    }
+    let mut table = vec![["region", "probe", "outcome", "status", "ttfb"].map(String::from)];
+    table.extend(rows.iter().map(|r| {
+        [
+            r.region.clone(),
+            r.probe.clone(),
+            r.outcome.clone(),
+            r.status.clone(),
+            r.ttfb.clone(),
+        ]
+    }));
+    out.push('\n');
+    out.push_str(&columns(&table, |row, column, cell| {
+        match (row.checked_sub(1).map(|r| &rows[r]), column) {
+            (Some(r), 2) if r.failed => paint(RED, &cell),
+            (Some(_), 2) => paint(GREEN, &cell),
+            _ => cell,
+        }
+    }));
     let w = &report.witness;
     if w.present {
         let routes: Vec<String> = w
@@ -254,6 +240,34 @@ pub fn render_terminal(report: &Report, color: bool) -> String {
         );
     } else {
         let _ = writeln!(out, "\nwitness: none ran");
+    }
+    out
+}
+
+/// Lays `rows` out in columns two spaces apart, each as wide as its widest
+/// cell, one line per row (trailing spaces trimmed). `paint(row, column,
+/// cell)` gets each cell already padded, so colour escapes added there never
+/// skew the columns.
+pub(crate) fn columns<const N: usize>(
+    rows: &[[String; N]],
+    paint: impl Fn(usize, usize, String) -> String,
+) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for (r, row) in rows.iter().enumerate() {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(c, (cell, width))| paint(r, c, format!("{cell:<width$}")))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
     }
     out
 }
@@ -384,4 +398,27 @@ pub fn render_markdown(report: &Report) -> String {
         }
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::columns;
+
+    #[test]
+    fn columns_align_on_the_widest_cell_and_paint_after_padding() {
+        let rows = [
+            ["a".to_string(), "bb".to_string(), "c".to_string()],
+            ["long".to_string(), "x".to_string(), "".to_string()],
+        ];
+        let plain = columns(&rows, |_, _, cell| cell);
+        assert_eq!(plain, "a     bb  c\nlong  x\n");
+        let painted = columns(&rows, |row, column, cell| {
+            if row == 1 && column == 0 {
+                format!("<{cell}>")
+            } else {
+                cell
+            }
+        });
+        assert_eq!(painted, "a     bb  c\n<long>  x\n");
+    }
 }
