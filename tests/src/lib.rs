@@ -2,17 +2,22 @@
 //! loopback origin; real processes or in-process), the workspace integration
 //! tests under `tests/`, and the `vantage-lab` binary (the demo and the
 //! benchmarks).
+//!
+//! Rooms, each with its own door (`mod.rs`): [`harness`], [`fixtures`],
+//! [`net`], [`scenarios`], [`real`] (the real-server tier: nginx, dnsmasq,
+//! iptables) and [`bench`]. The short paths below (`vantage_lab::lab`,
+//! `vantage_lab::edge`, …) are the names tests use; they point into the
+//! rooms.
 
 pub mod bench;
-pub mod carrier;
-pub mod demo;
-pub mod edge;
-pub mod fixture;
-pub mod flood;
-pub mod lab;
-pub mod netns;
-pub mod origin;
-pub mod probe_bench;
-pub mod process;
+pub mod fixtures;
+pub mod harness;
+pub mod net;
 pub mod real;
-pub mod scenario;
+pub mod scenarios;
+
+pub use bench::{flood, probe_bench};
+pub use fixtures::{fixture, origin};
+pub use harness::{lab, process};
+pub use net::{carrier, edge, netns};
+pub use scenarios::{demo, scenario};

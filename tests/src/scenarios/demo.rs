@@ -21,12 +21,14 @@ use crate::edge::EdgeBuilder;
 use crate::fixture::{Fault, Fixture, TlsMode};
 use crate::lab::{AgentBuilder, LabAgent, LabCoordinator};
 
-/// Agent name, region, and the loopback source address that stands for the region.
-const REGIONS: [(&str, &str, [u8; 4]); 3] = [
-    ("fra-1", "eu-central", [127, 0, 1, 1]),
-    ("iad-1", "us-east", [127, 0, 2, 1]),
-    ("sin-1", "ap-southeast", [127, 0, 3, 1]),
-];
+/// The demo's three regions (agent name, region name, source address), from
+/// the lab's one region table.
+fn demo_regions() -> impl Iterator<Item = (&'static str, &'static str, [u8; 4])> {
+    super::LAB_REGIONS
+        .into_iter()
+        .take(3)
+        .map(|r| (r.demo_agent, r.demo_name, r.source))
+}
 /// The edge's pull address in the allowlist scenario.
 const EDGE_PULL_IP: [u8; 4] = [127, 0, 0, 9];
 /// A scaled-down EdgeOne origin-response timeout, so slow scenarios are quick.
@@ -257,7 +259,7 @@ async fn run_scenario(
     .await
     .context("starting the lab resolver")?;
     let mut agents: Vec<LabAgent> = Vec::new();
-    for (name, region, source) in REGIONS {
+    for (name, region, source) in demo_regions() {
         let token = lab.token(region).await?;
         agents.push(
             AgentBuilder::new(name, &token)
@@ -277,10 +279,9 @@ async fn run_scenario(
     let mut hijacked = String::new();
     let _injector = match (scenario.hijack, netns) {
         (Some(region), Some(ns)) => {
-            let source = REGIONS
-                .iter()
+            let source = demo_regions()
                 .find(|(_, r, _)| *r == region)
-                .map(|(_, _, ip)| IpAddr::from(*ip))
+                .map(|(_, _, ip)| IpAddr::from(ip))
                 .context("hijacked region")?;
             let injector = crate::carrier::hijack_http(
                 ns,

@@ -16,14 +16,17 @@ use crate::lab::{
 };
 use crate::process::ChildProcess;
 
-/// The lab's regions and the source address that stands for each; a
-/// scenario uses the first three unless it asks for more.
-pub const REGIONS: [(&str, [u8; 4]); 4] = [
-    ("eu", [127, 0, 1, 1]),
-    ("us", [127, 0, 2, 1]),
-    ("ap", [127, 0, 3, 1]),
-    ("sa", [127, 0, 4, 1]),
-];
+/// The lab's regions (short names) and the source address that stands for
+/// each; a scenario uses the first three unless it asks for more.
+pub const REGIONS: [(&str, [u8; 4]); 4] = {
+    let r = super::LAB_REGIONS;
+    [
+        (r[0].name, r[0].source),
+        (r[1].name, r[1].source),
+        (r[2].name, r[2].source),
+        (r[3].name, r[3].source),
+    ]
+};
 
 /// The source address that stands for `region` in the lab.
 pub fn region_source(region: &str) -> Option<IpAddr> {

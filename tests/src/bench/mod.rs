@@ -1,0 +1,15 @@
+//! The benchmarks room: every figure in docs/BENCHMARKS.md that needs more
+//! than `cargo bench`, each measured beside its peer or floor in the same
+//! run — whole-system runs through the real binaries ([`system`]: ingest,
+//! footprint, diagnose, time budget), the probe engine against ab and curl
+//! ([`probe_bench`]), and the coordinator under a flood ([`flood`]).
+//! Tests never import this room.
+
+pub mod flood;
+pub mod probe_bench;
+mod system;
+
+pub use system::{
+    budget, diagnose, footprint, ingest, proc_kib, synthetic_result, BudgetFigure, DiagnoseReport,
+    FootprintReport, IngestParams, IngestReport,
+};
