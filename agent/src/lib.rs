@@ -8,14 +8,14 @@
 //! with the coordinator (runtime entry, env, TLS, private files, addresses,
 //! time) lives in `vantage-support`, plan limits in `vantage-proto`.
 
-pub mod backoff;
 pub mod cli;
 pub mod embed;
-pub mod enroll;
-pub mod identity;
 pub mod probe;
 pub mod runner;
 pub mod safety;
 pub mod session;
 pub mod spool;
 pub mod witness;
+
+// The short paths the lab's tests use; the modules live in the session room.
+pub use session::{backoff, enroll, identity};

@@ -5,7 +5,7 @@
 //!
 //! Rooms, each with its own door (`mod.rs`): [`harness`], [`fixtures`],
 //! [`net`], [`scenarios`], [`real`] (the real-server tier: nginx, dnsmasq,
-//! iptables) and [`bench`]. The short paths below (`vantage_lab::lab`,
+//! iptables) and [`bench`](mod@bench). The short paths below (`vantage_lab::lab`,
 //! `vantage_lab::edge`, …) are the names tests use; they point into the
 //! rooms.
 

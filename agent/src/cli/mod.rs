@@ -2,9 +2,9 @@
 //! made), then run. Errors print as one line, `error: …`, and exit with 2.
 //!
 //! One file per command, each owning its flags (with their defaults in
-//! code), their validation and its wiring: [`run`] (enrollment and the
-//! serving agent), [`probe`] (one curl-like probe and its table), and
-//! [`witness`] (the origin-log follower). This module holds only the
+//! code), their validation and its wiring: `run` (enrollment and the
+//! serving agent), `probe` (one curl-like probe and its table), and
+//! `witness` (the origin-log follower). This module holds only the
 //! top-level parser and the dispatch; it never reaches into the session,
 //! spool or probe internals beyond their public constructors.
 

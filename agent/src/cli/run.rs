@@ -12,12 +12,12 @@ use clap::Args;
 use vantage_proto::domain::{check_labels, check_name};
 use vantage_proto::token::EnrollmentToken;
 
-use crate::backoff::BackoffConfig;
-use crate::enroll::{enroll, EnrollRequest};
-use crate::identity::Identity;
 use crate::probe::{ProbeEngine, ProbeLimits, DEFAULT_MAX_RATE_PER_TARGET};
 use crate::runner::{Runner, RunnerLimits};
 use crate::safety::TargetPolicy;
+use crate::session::backoff::BackoffConfig;
+use crate::session::enroll::{enroll, EnrollRequest};
+use crate::session::identity::Identity;
 use crate::session::{Agent, SessionConfig};
 use crate::spool::{parse_size, Spool};
 use vantage_support::addr::parse_ip_port;
@@ -334,7 +334,7 @@ fn read_token_file(path: &std::path::Path) -> anyhow::Result<EnrollmentToken> {
 
 /// Builds the agent for a validated configuration.
 pub async fn build_agent(config: &RunConfig) -> anyhow::Result<Agent> {
-    let lock = crate::identity::lock_state_dir(&config.state_dir)?;
+    let lock = crate::session::identity::lock_state_dir(&config.state_dir)?;
     let identity = load_or_enroll(config).await?;
     let spool_dir = config.state_dir.join("spool");
     let spool = Spool::open(&spool_dir, config.spool_max)

@@ -132,7 +132,7 @@ pub fn total_timeout(result: &pb::ProbeResult, total: Duration) -> Failure {
 
 /// A failure in the HTTP layer, by class: what the classifier needs from
 /// hyper's error (HTTP/2) or from the engine's own HTTP/1.1 reader
-/// ([`super::h1`]), so both are named by one set of rules.
+/// (`h1`), so both are named by one set of rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpFault {
     /// Its class.

@@ -5,7 +5,7 @@
 //! Middleboxes match bytes (`Host: www.example.com`), so a probe whose head
 //! differs from a browser's or curl's in case or order can slip past a
 //! carrier rule that curl trips — the probe must be the traffic it stands
-//! for. The engine's HTTP/1.1 reader ([`super::h1`]) writes this head as
+//! for. The engine's HTTP/1.1 reader (`h1`) writes this head as
 //! it is.
 
 /// Renders the request head curl would send for `method target` to

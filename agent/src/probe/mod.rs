@@ -2,7 +2,7 @@
 //! as explicit phases on a socket this module connects itself: resolve (or
 //! take the `--resolve`-style override), connect (from `--bind-ip`), TLS
 //! (rustls; the chain is always captured, then verified), then HTTP/1.1 on
-//! the engine's own one-request reader ([`h1`]) or HTTP/2 (by ALPN) on
+//! the engine's own one-request reader (`h1`) or HTTP/2 (by ALPN) on
 //! hyper's connection-level client. Timings are
 //! cumulative from the start with curl's meanings, and every failure is
 //! named from the socket, TLS and HTTP events that a [`record::Recorder`]

@@ -1,6 +1,6 @@
 //! The campaign report (DESIGN §6, schema `vantage.report.v1`, a public
 //! contract): its typed JSON schema, built once from the evidence and the
-//! diagnosis, and ([`render`]) its two human renderings, the terminal view
+//! diagnosis, and (`render`) its two human renderings, the terminal view
 //! and Markdown for a support ticket. Renderers take the typed report only;
 //! nothing here reads the store, the wire or the campaign.
 //!

@@ -1,6 +1,6 @@
 //! The benchmarks room: every figure in docs/BENCHMARKS.md that needs more
 //! than `cargo bench`, each measured beside its peer or floor in the same
-//! run — whole-system runs through the real binaries ([`system`]: ingest,
+//! run — whole-system runs through the real binaries (`system`: ingest,
 //! footprint, diagnose, time budget), the probe engine against ab and curl
 //! ([`probe_bench`]), and the coordinator under a flood ([`flood`]).
 //! Tests never import this room.

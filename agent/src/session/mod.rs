@@ -6,6 +6,12 @@
 //! sends new ones as plans produce them (bounded by a window of batches in
 //! flight), deletes a batch only on its `Ack`, exchanges heartbeats, and
 //! treats a silent coordinator (three missed heartbeats) as a lost link.
+//!
+//! The room: this state machine, [`enroll`] (the one-time token exchange),
+//! [`identity`] (the key, certificates and state-directory lock it starts
+//! from) and [`backoff`] (the jittered reconnect delay). It drives the
+//! runner and the spool through their public APIs; it never imports the
+//! CLI, the probe engine's internals or the witness.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -20,10 +26,14 @@ use vantage_proto::pb::agent_message::Body as Up;
 use vantage_proto::pb::agent_service_client::AgentServiceClient;
 use vantage_proto::pb::coordinator_message::Body as Down;
 
-use crate::backoff::{Backoff, BackoffConfig};
-use crate::identity::Identity;
+pub mod backoff;
+pub mod enroll;
+pub mod identity;
+
 use crate::runner::Runner;
 use crate::spool::{Spool, SpoolHealth};
+use backoff::{Backoff, BackoffConfig};
+use identity::Identity;
 use vantage_support::time::now_ms;
 use vantage_support::tls::{TlsConnector, TlsError};
 
@@ -281,7 +291,7 @@ impl Agent {
             tokio::time::sleep(until(due)).await;
             // Bounded retries, a minute apart: a later connection tries again.
             for _ in 0..1000 {
-                match crate::enroll::renew(channel.clone(), &identity).await {
+                match crate::session::enroll::renew(channel.clone(), &identity).await {
                     Ok(new) => {
                         // The coordinator now accepts only the new one: keep
                         // it for the next connection even if it cannot be

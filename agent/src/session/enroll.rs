@@ -11,7 +11,7 @@ use vantage_proto::pb;
 use vantage_proto::pb::agent_service_client::AgentServiceClient;
 use vantage_proto::token::{sha256_hex, EnrollmentToken};
 
-use crate::identity::{Identity, IdentityInfo};
+use crate::session::identity::{Identity, IdentityInfo};
 use vantage_support::tls::{self, PinnedCaVerifier, TlsConnector, TlsError};
 
 /// What the agent asks to be enrolled as.
