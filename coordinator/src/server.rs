@@ -235,6 +235,8 @@ fn names_and_addrs(bound: SocketAddr, advertise: &[String]) -> (Vec<String>, Vec
 /// Prepares the data dir and starts serving.
 pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError> {
     vantage_support::tls::crypto_provider();
+    // Settings first, each checked once: a bad one fails before the data
+    // dir is touched or any port is bound.
     if config.heartbeat < Duration::from_millis(100) || config.heartbeat > Duration::from_secs(600)
     {
         return Err(ServeError::Invalid(format!(
@@ -264,13 +266,6 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
     })?;
     let pki = Pki::load_or_create(dir)?;
     let admin_token = load_or_create_admin_token(dir)?;
-    if config.heartbeat < Duration::from_millis(100) || config.heartbeat > Duration::from_secs(600)
-    {
-        return Err(data_dir_error(
-            dir,
-            "heartbeat must be between 100ms and 10m",
-        ));
-    }
 
     // Nothing above binds a port: a bad data dir fails before any listener exists.
     let listener = TcpListener::bind(config.listen)
