@@ -41,7 +41,7 @@ pub struct OutputArgs {
 /// Flags of `vantage diagnose`.
 #[derive(Debug, Args)]
 pub struct DiagnoseArgs {
-    /// The URL as clients request it through the CDN, e.g. https://www.example.com/a.jpg
+    /// The URL as clients request it through the CDN, e.g. `https://www.example.com/a.jpg`
     #[arg(value_name = "URL")]
     pub url: String,
     /// Origin address(es), IP or IP:PORT, comma-separated (like curl

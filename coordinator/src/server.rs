@@ -13,12 +13,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tonic::service::Routes;
 use vantage_proto::pb::agent_service_server::AgentServiceServer;
-use vantage_proto::pb::control_service_server::ControlServiceServer;
 use vantage_proto::token::hash_secret;
 use vantage_support::fs::{create_private_dir, write_private};
 
 use crate::agent_service::AgentService;
-use crate::control_service::ControlService;
 use crate::coordinator::{Coordinator, CoordinatorSettings};
 use crate::enroll_limit::EnrollRate;
 use crate::pki::{Pki, SERVER_CERT_LIFETIME};
@@ -237,6 +235,8 @@ fn names_and_addrs(bound: SocketAddr, advertise: &[String]) -> (Vec<String>, Vec
 /// Prepares the data dir and starts serving.
 pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError> {
     vantage_support::tls::crypto_provider();
+    // Settings first, each checked once: a bad one fails before the data
+    // dir is touched or any port is bound.
     if config.heartbeat < Duration::from_millis(100) || config.heartbeat > Duration::from_secs(600)
     {
         return Err(ServeError::Invalid(format!(
@@ -266,13 +266,6 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
     })?;
     let pki = Pki::load_or_create(dir)?;
     let admin_token = load_or_create_admin_token(dir)?;
-    if config.heartbeat < Duration::from_millis(100) || config.heartbeat > Duration::from_secs(600)
-    {
-        return Err(data_dir_error(
-            dir,
-            "heartbeat must be between 100ms and 10m",
-        ));
-    }
 
     // Nothing above binds a port: a bad data dir fails before any listener exists.
     let listener = TcpListener::bind(config.listen)
@@ -325,8 +318,8 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
     // `transport::LimitedBody` before tonic buffers anything.
     let agent_service = AgentServiceServer::new(AgentService { core: core.clone() })
         .max_decoding_message_size(transport::SESSION_MESSAGE_LIMIT as usize);
-    let control_service = ControlServiceServer::new(ControlService { core: core.clone() })
-        .max_decoding_message_size(transport::CONTROL_MESSAGE_LIMIT as usize);
+    // Every ControlService method behind the admin check (one interceptor).
+    let control_service = crate::control_service::server(core.clone());
     let routes = Routes::new(agent_service)
         .add_service(control_service)
         .prepare();

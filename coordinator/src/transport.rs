@@ -15,7 +15,8 @@
 //!   buffered ([`LimitedBody`]), and unary request bodies must arrive within
 //!   the idle timeout;
 //! - ControlService calls without the admin credential are refused before
-//!   their body is read.
+//!   their body is read (the service's own interceptor,
+//!   [`crate::control_service::AdminCheck`], checks again behind this).
 //!
 //! Tonic's router still dispatches the calls; this module hands it the peer
 //! certificates through tonic's `TlsConnectInfo`, so `Request::peer_certs`
@@ -40,6 +41,7 @@ use tonic::transport::server::Connected as _;
 use tonic::Status;
 use tower::ServiceExt as _;
 
+use crate::control_service::check_admin;
 use crate::coordinator::Coordinator;
 
 /// Largest Enroll or Renew request: a CSR (at most 16 KiB, see `pki`), a
@@ -478,14 +480,6 @@ impl Body for LimitedBody {
     }
 }
 
-fn has_admin(core: &Coordinator, headers: &http::HeaderMap) -> bool {
-    headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v))
-        .is_some_and(|secret| core.is_admin(secret))
-}
-
 /// Everything a gRPC connection needs.
 #[derive(Clone)]
 pub struct GrpcShared {
@@ -559,7 +553,10 @@ pub async fn serve_grpc_connection(
                     _guard: Some(guard),
                 }))
             };
-            if rule.admin && !has_admin(&core, &parts.headers) {
+            // The same check as the service's own interceptor, made here so
+            // that a caller without the credential cannot make us read (up to
+            // CONTROL_MESSAGE_LIMIT of) its body.
+            if rule.admin && check_admin(&core, &parts.headers).is_err() {
                 return refuse(
                     Status::unauthenticated("missing or wrong admin credential"),
                     guard,

@@ -65,3 +65,38 @@ fn client_without_coordinator_is_one_clear_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("no coordinator found"), "{stderr}");
 }
+
+#[test]
+fn bad_heartbeat_fails_before_anything_listens() {
+    // Both addresses are taken by this test: a serve that bound anything
+    // before checking --heartbeat would fail with "cannot listen" instead.
+    let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for heartbeat in ["1ms", "11m"] {
+        let out = vantage(&[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "serve",
+            "--listen",
+            &grpc.local_addr().unwrap().to_string(),
+            "--http-listen",
+            &http.local_addr().unwrap().to_string(),
+            "--heartbeat",
+            heartbeat,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "--heartbeat {heartbeat}");
+        assert!(out.stdout.is_empty(), "nothing on stdout");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("error:")
+                && stderr.contains("--heartbeat")
+                && stderr.contains("between 100ms and 10m"),
+            "{stderr}"
+        );
+        // Checked before the data dir is even created, let alone a port bound.
+        assert!(!data.exists(), "the data dir was created");
+    }
+}
