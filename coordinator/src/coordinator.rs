@@ -22,7 +22,7 @@ use vantage_proto::limits::{PlanCaps, MAX_PLAN_PROBES};
 use vantage_proto::pb;
 use vantage_proto::token::{hash_secret, EnrollmentToken};
 
-use crate::ingest::IngestJob;
+use crate::api::ingest::IngestJob;
 use crate::pki::Pki;
 use crate::registry::{AgentEvent, Registry};
 use crate::store::{AgentRecord, NewPlan, NewToken, PlanAgentStatus, PlanState, Store, StoreError};
@@ -46,7 +46,7 @@ pub struct Coordinator {
     pub(crate) campaigns:
         std::sync::Mutex<std::collections::HashMap<String, crate::campaign::RunningCampaign>>,
     /// Per-source-address rate limit of Enroll.
-    pub(crate) enroll_limiter: crate::enroll_limit::EnrollLimiter,
+    pub(crate) enroll_limiter: crate::api::enroll_limit::EnrollLimiter,
     /// Lifetime of the agent certificates issued (enrollment and renewal).
     pub(crate) agent_cert_lifetime: Duration,
 }
@@ -69,7 +69,7 @@ pub struct CoordinatorSettings {
     /// Heartbeat interval asked of agents.
     pub heartbeat: Duration,
     /// Per-source-address rate limit of Enroll.
-    pub enroll_rate: crate::enroll_limit::EnrollRate,
+    pub enroll_rate: crate::api::enroll_limit::EnrollRate,
     /// Lifetime of the agent certificates issued.
     pub agent_cert_lifetime: Duration,
 }
@@ -85,7 +85,7 @@ impl Coordinator {
         settings: CoordinatorSettings,
     ) -> std::io::Result<(Coordinator, std::thread::JoinHandle<()>)> {
         let registry = Arc::new(Registry::default());
-        let (ingest, thread) = crate::ingest::spawn(store.clone(), registry.clone())?;
+        let (ingest, thread) = crate::api::ingest::spawn(store.clone(), registry.clone())?;
         let coordinator = Coordinator {
             store,
             pki,
@@ -95,7 +95,7 @@ impl Coordinator {
             token_addrs: settings.token_addrs,
             heartbeat: settings.heartbeat,
             campaigns: std::sync::Mutex::default(),
-            enroll_limiter: crate::enroll_limit::EnrollLimiter::new(settings.enroll_rate),
+            enroll_limiter: crate::api::enroll_limit::EnrollLimiter::new(settings.enroll_rate),
             agent_cert_lifetime: settings.agent_cert_lifetime,
         };
         Ok((coordinator, thread))
@@ -316,7 +316,7 @@ impl Coordinator {
     /// order received (the evidence of campaigns and follow-ups).
     pub async fn stored_results(&self, plan_id: &str) -> Result<Vec<pb::ProbeResult>, Status> {
         let records = self.store.results_for_plan(plan_id).await?;
-        Ok(crate::ingest::decode_results(&records)?)
+        Ok(crate::api::ingest::decode_results(&records)?)
     }
 
     /// Per-agent progress of a plan.

@@ -16,12 +16,12 @@ use vantage_proto::pb::agent_service_server::AgentServiceServer;
 use vantage_proto::token::hash_secret;
 use vantage_support::fs::{create_private_dir, write_private};
 
-use crate::agent_service::AgentService;
+use crate::api::agent_service::AgentService;
+use crate::api::enroll_limit::EnrollRate;
+use crate::api::transport::{self, GrpcShared, SharedTls, TransportLimits};
 use crate::coordinator::{Coordinator, CoordinatorSettings};
-use crate::enroll_limit::EnrollRate;
 use crate::pki::{Pki, SERVER_CERT_LIFETIME};
 use crate::store::SqliteStore;
-use crate::transport::{self, GrpcShared, SharedTls, TransportLimits};
 
 /// File names inside the data dir.
 pub const DB_FILE: &str = "vantage.db";
@@ -319,7 +319,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
     let agent_service = AgentServiceServer::new(AgentService { core: core.clone() })
         .max_decoding_message_size(transport::SESSION_MESSAGE_LIMIT as usize);
     // Every ControlService method behind the admin check (one interceptor).
-    let control_service = crate::control_service::server(core.clone());
+    let control_service = crate::api::control_service::server(core.clone());
     let routes = Routes::new(agent_service)
         .add_service(control_service)
         .prepare();

@@ -99,8 +99,8 @@ pub enum CampaignEvent {
     },
     /// The report is stored.
     ReportReady {
-        /// Its status.
-        status: String,
+        /// Its verdict.
+        status: diagnosis::Status,
     },
 }
 
@@ -187,7 +187,7 @@ impl Coordinator {
     pub async fn cancel_campaign(
         &self,
         campaign_id: &str,
-    ) -> Result<(String, Vec<String>), Status> {
+    ) -> Result<(diagnosis::Status, Vec<String>), Status> {
         let running = self.campaigns.lock().ok().and_then(|running| {
             running
                 .get(campaign_id)
@@ -254,7 +254,10 @@ impl Coordinator {
         Ok(finished)
     }
 
-    async fn recover_campaign(&self, row: &crate::store::CampaignRow) -> Result<String, Status> {
+    async fn recover_campaign(
+        &self,
+        row: &crate::store::CampaignRow,
+    ) -> Result<diagnosis::Status, Status> {
         let stored: crate::report::ReportTarget = serde_json::from_str(&row.target_json)
             .map_err(|e| Status::internal(format!("stored target: {e}")))?;
         let target = CampaignTarget::new(&request_of_stored(&stored)?)
@@ -428,7 +431,7 @@ impl Coordinator {
         campaign_id: &str,
         target: &CampaignTarget,
         runs: &[RegionRun],
-    ) -> Result<(String, String, Option<crate::report::Report>), Status> {
+    ) -> Result<(diagnosis::Status, String, Option<crate::report::Report>), Status> {
         let witness_connected = self
             .list_agents()
             .await?
@@ -509,7 +512,7 @@ impl Coordinator {
         }
         let json =
             serde_json::to_string_pretty(&report).map_err(|e| Status::internal(e.to_string()))?;
-        let status = diagnosis.status.as_str().to_string();
+        let status = diagnosis.status;
         self.store
             .finish_campaign(campaign_id, now_ms(), diagnosis.status.into(), &json)
             .await?;

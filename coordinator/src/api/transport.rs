@@ -16,7 +16,7 @@
 //!   the idle timeout;
 //! - ControlService calls without the admin credential are refused before
 //!   their body is read (the service's own interceptor,
-//!   [`crate::control_service::AdminCheck`], checks again behind this).
+//!   [`crate::api::control_service::AdminCheck`], checks again behind this).
 //!
 //! Tonic's router still dispatches the calls; this module hands it the peer
 //! certificates through tonic's `TlsConnectInfo`, so `Request::peer_certs`
@@ -41,7 +41,7 @@ use tonic::transport::server::Connected as _;
 use tonic::Status;
 use tower::ServiceExt as _;
 
-use crate::control_service::check_admin;
+use crate::api::control_service::check_admin;
 use crate::coordinator::Coordinator;
 
 /// Largest Enroll or Renew request: a CSR (at most 16 KiB, see `pki`), a

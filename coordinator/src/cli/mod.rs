@@ -1,6 +1,13 @@
 //! The `vantage` command line (DESIGN §6): parse, validate everything before a
 //! port is bound or a connection is made, run, and report errors as one line
 //! (`error: …`) with exit code 2.
+//!
+//! The room: this module (the parser, `serve`, tokens, agents and their
+//! table), [`diagnose`] (`vantage diagnose` and `vantage campaign`, local or
+//! remote, with progress and every report format) and [`client`] (finding
+//! and calling a coordinator). It talks to a coordinator only through the
+//! ControlService client, or starts one through [`crate::server`]; it never
+//! imports the API services or the store.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -14,8 +21,11 @@ use serde::Serialize;
 use vantage_proto::pb;
 use vantage_support::env::Env;
 
-use crate::client::{self, Target};
+pub mod client;
+pub mod diagnose;
+
 use crate::server::{self, ServeConfig};
+use client::Target;
 
 /// vantage: tells origin faults, edge faults and regional carrier interference
 /// apart behind a CDN, from many vantage points at once.
@@ -62,10 +72,10 @@ pub enum Command {
     /// edge fault or regional carrier interference, with the evidence and
     /// the curl commands that prove it. Exit: 0 healthy, 1 findings,
     /// 3 inconclusive, 2 error.
-    Diagnose(crate::diagnose_cli::DiagnoseArgs),
+    Diagnose(diagnose::DiagnoseArgs),
     /// List, show or follow campaigns.
     #[command(subcommand)]
-    Campaign(crate::diagnose_cli::CampaignCommand),
+    Campaign(diagnose::CampaignCommand),
 }
 
 /// Flags of `vantage serve`.
@@ -251,14 +261,14 @@ async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         http_listen: Some(args.http_listen),
         advertise: args.advertise,
         heartbeat: args.heartbeat,
-        transport: crate::transport::TransportLimits {
+        transport: crate::api::transport::TransportLimits {
             handshake_timeout: args.handshake_timeout,
             idle_timeout: args.idle_timeout,
             max_connections: args.max_connections,
             max_streams: args.max_streams,
-            ..crate::transport::TransportLimits::default()
+            ..crate::api::transport::TransportLimits::default()
         },
-        enroll_rate: crate::enroll_limit::EnrollRate {
+        enroll_rate: crate::api::enroll_limit::EnrollRate {
             per_minute: args.enroll_per_minute,
             burst: args.enroll_burst,
         },
@@ -383,22 +393,13 @@ async fn agents(args: AgentsArgs, target: Target) -> anyhow::Result<()> {
 async fn dispatch(cli: Cli, env: &dyn Env) -> anyhow::Result<ExitCode> {
     let data_dir = client::data_dir(cli.data_dir.clone(), env);
     match cli.command {
-        Command::Diagnose(args) if args.local => {
-            crate::diagnose_cli::diagnose_local(args, env).await
-        }
+        Command::Diagnose(args) if args.local => diagnose::diagnose_local(args, env).await,
         Command::Diagnose(args) => {
-            crate::diagnose_cli::diagnose_remote(
-                args,
-                Target::discover(cli.coordinator, &data_dir, env)?,
-            )
-            .await
+            diagnose::diagnose_remote(args, Target::discover(cli.coordinator, &data_dir, env)?)
+                .await
         }
         Command::Campaign(command) => {
-            crate::diagnose_cli::campaign(
-                command,
-                Target::discover(cli.coordinator, &data_dir, env)?,
-            )
-            .await
+            diagnose::campaign(command, Target::discover(cli.coordinator, &data_dir, env)?).await
         }
         other => dispatch_admin(other, cli.coordinator, data_dir, env)
             .await

@@ -18,8 +18,8 @@ use vantage_proto::pb::agent_message::Body as Up;
 use vantage_proto::pb::coordinator_message::Body as Down;
 use vantage_proto::token::{hash_secret, sha256_hex};
 
+use crate::api::ingest::IngestJob;
 use crate::coordinator::Coordinator;
-use crate::ingest::IngestJob;
 use crate::pki::agent_id_of;
 use crate::registry::AgentEvent;
 use crate::store::{

@@ -18,11 +18,11 @@ use tonic::{Request, Response, Status};
 use vantage_proto::pb;
 use vantage_proto::pb::control_service_server::ControlServiceServer;
 
-use crate::campaign::plan::{PullProtocol, TargetRequest, DEFAULT_ATTEMPTS, DEFAULT_BURST};
-use crate::campaign::{CampaignEvent, CampaignRequest};
 use crate::coordinator::Coordinator;
 use crate::time::rfc3339;
-use vantage_proto::cdn::CdnProfile;
+use crate::wire::{event_pb, target_of};
+// The lab's campaign tests build requests through this path.
+pub use crate::wire::target_pb;
 
 /// Default enrollment-token lifetime.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -81,114 +81,12 @@ pub type ControlServer = InterceptedService<ControlServiceServer<ControlService>
 
 /// Builds the ControlService server for `core`: the only way the service is
 /// served, so no method can be reached without the admin credential.
-/// Messages are capped at [`crate::transport::CONTROL_MESSAGE_LIMIT`]
+/// Messages are capped at [`crate::api::transport::CONTROL_MESSAGE_LIMIT`]
 /// (`transport` refuses larger ones before tonic buffers anything).
 pub fn server(core: Arc<Coordinator>) -> ControlServer {
     let service = ControlServiceServer::new(ControlService { core: core.clone() })
-        .max_decoding_message_size(crate::transport::CONTROL_MESSAGE_LIMIT as usize);
+        .max_decoding_message_size(crate::api::transport::CONTROL_MESSAGE_LIMIT as usize);
     InterceptedService::new(service, AdminCheck { core })
-}
-
-/// A campaign target on the wire (the CLI's side of the edge).
-pub fn target_pb(target: &TargetRequest, regions: &[String]) -> pb::StartCampaignRequest {
-    pb::StartCampaignRequest {
-        url: target.url.clone(),
-        origins: target.origins.clone(),
-        edges: target.edges.clone(),
-        regions: regions.to_vec(),
-        cdn: target.cdn.name().to_string(),
-        edge_timeout_ms: target
-            .edge_timeout
-            .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
-        burst: target.burst,
-        attempts: target.attempts,
-        pull_protocol: match target.pull_protocol {
-            None => pb::PullProtocol::Unspecified,
-            Some(PullProtocol::Http) => pb::PullProtocol::Http,
-            Some(PullProtocol::Https) => pb::PullProtocol::Https,
-        } as i32,
-        pull_host: target.pull_host.clone().unwrap_or_default(),
-        pull_path: target.pull_path.clone().unwrap_or_default(),
-        user_agent: target.user_agent.clone().unwrap_or_default(),
-    }
-}
-
-/// A campaign target from the wire: zeros and empty strings are defaults.
-pub fn target_of(req: pb::StartCampaignRequest) -> Result<CampaignRequest, Status> {
-    let cdn = if req.cdn.is_empty() {
-        CdnProfile::EdgeOne
-    } else {
-        req.cdn
-            .parse()
-            .map_err(|e: vantage_proto::cdn::UnknownProfile| {
-                Status::invalid_argument(e.to_string())
-            })?
-    };
-    let pull_protocol = match pb::PullProtocol::try_from(req.pull_protocol) {
-        Ok(pb::PullProtocol::Unspecified) => None,
-        Ok(pb::PullProtocol::Http) => Some(PullProtocol::Http),
-        Ok(pb::PullProtocol::Https) => Some(PullProtocol::Https),
-        Err(_) => return Err(Status::invalid_argument("unknown pull protocol")),
-    };
-    let text = |s: String| (!s.is_empty()).then_some(s);
-    Ok(CampaignRequest {
-        target: TargetRequest {
-            url: req.url,
-            origins: req.origins,
-            edges: req.edges,
-            cdn,
-            edge_timeout: (req.edge_timeout_ms > 0)
-                .then(|| Duration::from_millis(u64::from(req.edge_timeout_ms))),
-            burst: if req.burst == 0 {
-                DEFAULT_BURST
-            } else {
-                req.burst
-            },
-            attempts: if req.attempts == 0 {
-                DEFAULT_ATTEMPTS
-            } else {
-                req.attempts
-            },
-            pull_protocol,
-            pull_host: text(req.pull_host),
-            pull_path: text(req.pull_path),
-            user_agent: text(req.user_agent),
-        },
-        regions: req.regions,
-    })
-}
-
-/// A campaign event on the wire.
-pub(crate) fn event_pb(event: CampaignEvent) -> pb::CampaignEvent {
-    match event {
-        CampaignEvent::PlanSent {
-            region,
-            agent,
-            expected,
-        } => pb::CampaignEvent {
-            kind: "plan_sent".into(),
-            region,
-            agent,
-            expected,
-            ..Default::default()
-        },
-        CampaignEvent::RegionDone { region } => pb::CampaignEvent {
-            kind: "region_done".into(),
-            region,
-            ..Default::default()
-        },
-        CampaignEvent::RegionLost { region, reason } => pb::CampaignEvent {
-            kind: "region_lost".into(),
-            region,
-            detail: reason,
-            ..Default::default()
-        },
-        CampaignEvent::ReportReady { status } => pb::CampaignEvent {
-            kind: "report_ready".into(),
-            detail: status,
-            ..Default::default()
-        },
-    }
 }
 
 type EventStream =
@@ -262,7 +160,7 @@ impl pb::control_service_server::ControlService for ControlService {
         let (status, stopped_regions) = self.core.cancel_campaign(&id).await?;
         tracing::info!(campaign = %id, %status, stopped = ?stopped_regions, "campaign cancelled");
         Ok(Response::new(pb::CancelCampaignResponse {
-            status,
+            status: status.as_str().to_string(),
             stopped_regions,
         }))
     }
@@ -386,7 +284,7 @@ mod tests {
     //! client and for an enrolled agent's certificate.
 
     use super::*;
-    use crate::enroll_limit::EnrollRate;
+    use crate::api::enroll_limit::EnrollRate;
     use crate::pki::Pki;
     use crate::server::{ServeConfig, ADMIN_TOKEN_FILE};
     use crate::store::SqliteStore;

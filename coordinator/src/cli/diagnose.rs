@@ -16,10 +16,11 @@ use vantage_proto::cdn::CdnProfile;
 use vantage_proto::pb;
 use vantage_support::env::Env;
 
+use super::client::{self, Target};
 use crate::campaign::plan::{CampaignTarget, PullProtocol, TargetRequest};
-use crate::campaign::CampaignRequest;
-use crate::client::{self, Target};
+use crate::campaign::{CampaignEvent, CampaignRequest};
 use crate::report::{render_markdown, render_terminal, Report};
+use crate::wire;
 
 /// How the report is printed.
 #[derive(Debug, Args, Clone)]
@@ -199,15 +200,18 @@ fn progress(line: &str) {
 }
 
 fn describe(event: &pb::CampaignEvent) -> String {
-    match event.kind.as_str() {
-        "plan_sent" => format!(
-            "  {:<14} plan sent to {} ({} requests)",
-            event.region, event.agent, event.expected
-        ),
-        "region_done" => format!("  {:<14} done", event.region),
-        "region_lost" => format!("  {:<14} LOST: {}", event.region, event.detail),
-        "report_ready" => format!("  report ready: {}", event.detail),
-        other => format!("  {other}"),
+    match wire::event_of(event) {
+        Some(CampaignEvent::PlanSent {
+            region,
+            agent,
+            expected,
+        }) => format!("  {region:<14} plan sent to {agent} ({expected} requests)"),
+        Some(CampaignEvent::RegionDone { region }) => format!("  {region:<14} done"),
+        Some(CampaignEvent::RegionLost { region, reason }) => {
+            format!("  {region:<14} LOST: {reason}")
+        }
+        Some(CampaignEvent::ReportReady { status }) => format!("  report ready: {status}"),
+        None => format!("  {}", event.kind),
     }
 }
 
@@ -247,7 +251,7 @@ pub async fn diagnose_remote(args: DiagnoseArgs, target: Target) -> anyhow::Resu
     let request = args.target_request()?;
     let mut control = client::connect(&target)?;
     let started = control
-        .start_campaign(crate::control_service::target_pb(&request, &args.regions))
+        .start_campaign(wire::target_pb(&request, &args.regions))
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();
@@ -330,7 +334,10 @@ async fn watch(control: &mut client::ControlClient, id: &str) -> anyhow::Result<
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
     {
         progress(&describe(&event));
-        if event.kind == "report_ready" {
+        if matches!(
+            wire::event_of(&event),
+            Some(CampaignEvent::ReportReady { .. })
+        ) {
             break;
         }
     }
@@ -480,7 +487,7 @@ pub async fn diagnose_local(args: DiagnoseArgs, env: &dyn Env) -> anyhow::Result
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     let follow = async {
         while let Ok(event) = handle.events.recv().await {
-            progress(&describe(&crate::control_service::event_pb(event)));
+            progress(&describe(&wire::event_pb(event)));
         }
     };
     let (report, ()) = tokio::join!(&mut handle.done, follow);

@@ -1,0 +1,180 @@
+//! The ControlService's messages as the domain sees them: campaign targets
+//! and campaign events, converted both ways here and nowhere else. Both
+//! ends of the operator API use this module — the service
+//! ([`crate::api::control_service`]) and the CLI ([`crate::cli`]) — so an
+//! event's kind is named once and no caller matches on its string.
+
+use std::time::Duration;
+
+use tonic::Status;
+use vantage_proto::cdn::CdnProfile;
+use vantage_proto::pb;
+
+use crate::campaign::plan::{PullProtocol, TargetRequest, DEFAULT_ATTEMPTS, DEFAULT_BURST};
+use crate::campaign::{CampaignEvent, CampaignRequest};
+
+/// A campaign target on the wire (the CLI's side of the edge).
+pub fn target_pb(target: &TargetRequest, regions: &[String]) -> pb::StartCampaignRequest {
+    pb::StartCampaignRequest {
+        url: target.url.clone(),
+        origins: target.origins.clone(),
+        edges: target.edges.clone(),
+        regions: regions.to_vec(),
+        cdn: target.cdn.name().to_string(),
+        edge_timeout_ms: target
+            .edge_timeout
+            .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+        burst: target.burst,
+        attempts: target.attempts,
+        pull_protocol: match target.pull_protocol {
+            None => pb::PullProtocol::Unspecified,
+            Some(PullProtocol::Http) => pb::PullProtocol::Http,
+            Some(PullProtocol::Https) => pb::PullProtocol::Https,
+        } as i32,
+        pull_host: target.pull_host.clone().unwrap_or_default(),
+        pull_path: target.pull_path.clone().unwrap_or_default(),
+        user_agent: target.user_agent.clone().unwrap_or_default(),
+    }
+}
+
+/// A campaign target from the wire: zeros and empty strings are defaults.
+pub fn target_of(req: pb::StartCampaignRequest) -> Result<CampaignRequest, Status> {
+    let cdn = if req.cdn.is_empty() {
+        CdnProfile::EdgeOne
+    } else {
+        req.cdn
+            .parse()
+            .map_err(|e: vantage_proto::cdn::UnknownProfile| {
+                Status::invalid_argument(e.to_string())
+            })?
+    };
+    let pull_protocol = match pb::PullProtocol::try_from(req.pull_protocol) {
+        Ok(pb::PullProtocol::Unspecified) => None,
+        Ok(pb::PullProtocol::Http) => Some(PullProtocol::Http),
+        Ok(pb::PullProtocol::Https) => Some(PullProtocol::Https),
+        Err(_) => return Err(Status::invalid_argument("unknown pull protocol")),
+    };
+    let text = |s: String| (!s.is_empty()).then_some(s);
+    Ok(CampaignRequest {
+        target: TargetRequest {
+            url: req.url,
+            origins: req.origins,
+            edges: req.edges,
+            cdn,
+            edge_timeout: (req.edge_timeout_ms > 0)
+                .then(|| Duration::from_millis(u64::from(req.edge_timeout_ms))),
+            burst: if req.burst == 0 {
+                DEFAULT_BURST
+            } else {
+                req.burst
+            },
+            attempts: if req.attempts == 0 {
+                DEFAULT_ATTEMPTS
+            } else {
+                req.attempts
+            },
+            pull_protocol,
+            pull_host: text(req.pull_host),
+            pull_path: text(req.pull_path),
+            user_agent: text(req.user_agent),
+        },
+        regions: req.regions,
+    })
+}
+
+/// The wire name of each event kind (`CampaignEvent.kind`).
+const PLAN_SENT: &str = "plan_sent";
+const REGION_DONE: &str = "region_done";
+const REGION_LOST: &str = "region_lost";
+const REPORT_READY: &str = "report_ready";
+
+/// A campaign event on the wire.
+pub fn event_pb(event: CampaignEvent) -> pb::CampaignEvent {
+    match event {
+        CampaignEvent::PlanSent {
+            region,
+            agent,
+            expected,
+        } => pb::CampaignEvent {
+            kind: PLAN_SENT.into(),
+            region,
+            agent,
+            expected,
+            ..Default::default()
+        },
+        CampaignEvent::RegionDone { region } => pb::CampaignEvent {
+            kind: REGION_DONE.into(),
+            region,
+            ..Default::default()
+        },
+        CampaignEvent::RegionLost { region, reason } => pb::CampaignEvent {
+            kind: REGION_LOST.into(),
+            region,
+            detail: reason,
+            ..Default::default()
+        },
+        CampaignEvent::ReportReady { status } => pb::CampaignEvent {
+            kind: REPORT_READY.into(),
+            detail: status.as_str().to_string(),
+            ..Default::default()
+        },
+    }
+}
+
+/// A campaign event from the wire; `None` for a kind (or a report status)
+/// this version does not know, which a newer coordinator may send.
+pub fn event_of(event: &pb::CampaignEvent) -> Option<CampaignEvent> {
+    Some(match event.kind.as_str() {
+        PLAN_SENT => CampaignEvent::PlanSent {
+            region: event.region.clone(),
+            agent: event.agent.clone(),
+            expected: event.expected,
+        },
+        REGION_DONE => CampaignEvent::RegionDone {
+            region: event.region.clone(),
+        },
+        REGION_LOST => CampaignEvent::RegionLost {
+            region: event.region.clone(),
+            reason: event.detail.clone(),
+        },
+        REPORT_READY => CampaignEvent::ReportReady {
+            status: serde_json::from_value(serde_json::Value::from(event.detail.as_str())).ok()?,
+        },
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnosis;
+
+    #[test]
+    fn every_event_survives_the_wire() {
+        let events = [
+            CampaignEvent::PlanSent {
+                region: "eu".into(),
+                agent: "eu-1".into(),
+                expected: 42,
+            },
+            CampaignEvent::RegionDone {
+                region: "us".into(),
+            },
+            CampaignEvent::RegionLost {
+                region: "ap".into(),
+                reason: "agent lost".into(),
+            },
+            CampaignEvent::ReportReady {
+                status: diagnosis::Status::Faulty,
+            },
+        ];
+        for event in events {
+            assert_eq!(event_of(&event_pb(event.clone())), Some(event));
+        }
+        let newer = pb::CampaignEvent {
+            kind: "region_paused".into(),
+            ..Default::default()
+        };
+        assert_eq!(event_of(&newer), None);
+    }
+}
