@@ -31,5 +31,6 @@ mod protocol_abuse;
 mod real_servers;
 mod revocation;
 mod scenarios;
+mod support;
 mod wire_head;
 mod witness;
