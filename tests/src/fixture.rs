@@ -223,7 +223,7 @@ const SLOW_BODY_TOO_SLOW: Fault = Fault::SlowBody {
 };
 
 /// The exit codes observed from curl 7.88.1 (Debian 12, OpenSSL 3.0) against
-/// this fixture — produced by `tests/tests/fixture_curl.rs`, which re-checks
+/// this fixture — produced by `tests/tests/lab/fixture_curl.rs`, which re-checks
 /// every row against the real curl. These are what our probe engine's
 /// `curl_exit` must equal for the same fault, TLS mode and timeout.
 #[rustfmt::skip] // one row per line reads as the table it is
