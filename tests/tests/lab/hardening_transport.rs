@@ -10,10 +10,12 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
 use vantage::store::Store as _;
 
-use vantage_agent::enroll::{enroll, EnrollError, EnrollRequest};
+use vantage_agent::enroll::{enroll, EnrollError};
 use vantage_lab::flood::{self, Stall};
 use vantage_lab::lab::{spawn_agent_process, wait_agent_connected, CoordinatorProcess};
 use vantage_proto::token::{sha256_hex, EnrollmentToken};
+
+use crate::support::enroll_request as request;
 
 /// Timeouts the tests configure (small, so the tests are quick).
 const TIMEOUT: &str = "1s";
@@ -45,14 +47,6 @@ fn http_addr(data: &tempfile::TempDir) -> std::net::SocketAddr {
         serde_json::from_slice(&std::fs::read(data.path().join("coordinator.json")).unwrap())
             .unwrap();
     endpoint["http"].as_str().unwrap().parse().unwrap()
-}
-
-fn request(name: &str) -> EnrollRequest {
-    EnrollRequest {
-        name: name.into(),
-        labels: Default::default(),
-        role: "agent".into(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

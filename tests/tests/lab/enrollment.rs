@@ -1,23 +1,16 @@
 //! Enrollment: a token gets an agent a certificate once; the agent connects
 //! over mTLS from then on; every bad token is a clear, final error.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use vantage::store::NewToken;
-use vantage_agent::enroll::{enroll, EnrollError, EnrollRequest};
+use vantage_agent::enroll::{enroll, EnrollError};
 use vantage_lab::lab::{
     spawn_agent_process, wait_agent_connected, CoordinatorProcess, LabCoordinator,
 };
 use vantage_proto::token::{hash_secret, EnrollmentToken};
 
-fn request(name: &str) -> EnrollRequest {
-    EnrollRequest {
-        name: name.into(),
-        labels: BTreeMap::new(),
-        role: "agent".into(),
-    }
-}
+use crate::support::enroll_request as request;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrolled_agent_is_listed_connected_and_reuses_its_certificate() {
