@@ -21,8 +21,6 @@ use vantage_proto::pb::control_service_server::ControlServiceServer;
 use crate::coordinator::Coordinator;
 use crate::time::rfc3339;
 use crate::wire::{event_pb, target_of};
-// The lab's campaign tests build requests through this path.
-pub use crate::wire::target_pb;
 
 /// Default enrollment-token lifetime.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use vantage::campaign::plan::TargetRequest;
-use vantage::control_service::target_pb;
+use vantage::wire::target_pb;
 use vantage_lab::lab::{spawn_agent_process, wait_agent_connected, CoordinatorProcess};
 use vantage_lab::origin::Origin;
 use vantage_lab::process::{poll_until, ChildProcess};

@@ -2,9 +2,10 @@
 //! under `tests/tests/lab/` is a module here, so the workspace is linked
 //! once for all of them instead of once per file. The module names are the
 //! old binary names, so test paths stay recognisable:
-//! `cargo test -p vantage-lab --test lab real_servers::` runs the
-//! real-server tier, `netns_interference::` the network-namespace tier,
-//! `load_faults::` the faults under load.
+//! `cargo test -p vantage-lab --test lab netns_interference::` runs the
+//! network-namespace tier, `load_faults::` the faults under load. The
+//! real-server tier keeps its own binary (`--test real_servers`, see
+//! tests/Cargo.toml).
 //!
 //! Sharing one process is safe for these tests: none sets an environment
 //! variable or changes a limit of its own process (`hardening_transport`
@@ -28,7 +29,6 @@ mod load_faults;
 mod netns_interference;
 mod plans;
 mod protocol_abuse;
-mod real_servers;
 mod revocation;
 mod scenarios;
 mod support;
