@@ -53,6 +53,10 @@ use crate::lab::{
 use crate::process::{bin_path, run_cli, ChildProcess};
 use crate::scenario::{findings, regions_of, REGIONS};
 
+/// The heartbeat of each case's coordinator (its agents are declared lost
+/// after three silent ones).
+const MATRIX_HEARTBEAT: Duration = Duration::from_secs(2);
+
 /// How long the slow application behind the origin takes to answer: above
 /// the EdgeOne profile's 15 s origin-response timeout.
 pub const SLOW_TTFB: Duration = Duration::from_secs(18);
@@ -959,12 +963,14 @@ pub async fn run_case(ns: &str, case: &Case) -> anyhow::Result<Run> {
         resolvers.push(Dnsmasq::start(super::resolver_ip(source), SITE, answer).await?);
     }
 
-    let coordinator = CoordinatorProcess::start(
-        &root.join("data"),
-        "127.0.0.1:0".parse()?,
-        Duration::from_secs(1),
-    )
-    .await?;
+    // Eight cases at a time put about a hundred debug-build processes on
+    // the machine; with 1 s heartbeats a 3 s scheduling stall there ends
+    // every agent's session at once (seen once in 153 cases on 2 cores).
+    // No case here loses its coordinator link on purpose, so a 2 s
+    // heartbeat changes no verdict and only widens that margin.
+    let coordinator =
+        CoordinatorProcess::start(&root.join("data"), "127.0.0.1:0".parse()?, MATRIX_HEARTBEAT)
+            .await?;
     let mut states = Vec::new();
     let mut agents: Vec<ChildProcess> = Vec::new();
     let ca = pki.ca.display().to_string();
