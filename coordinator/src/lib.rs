@@ -14,6 +14,7 @@ pub mod registry;
 pub mod report;
 pub mod server;
 pub mod store;
+pub mod sweep;
 pub mod time;
 pub mod wire;
 

@@ -28,7 +28,7 @@ const MAX_HEADERS: usize = 1000;
 /// First size of the read buffer. Below glibc's per-thread cache limit, so
 /// a small reply (the common probe) costs no large allocation.
 const INITIAL_BUFFER: usize = 1024;
-/// The read buffer grows (doubling) up to this while a body keeps filling it.
+/// The read buffer doubles up to this while reads keep filling it.
 const MAX_BODY_BUFFER: usize = 64 * 1024;
 /// Longest chunk-size line accepted (with extensions).
 const MAX_CHUNK_LINE: usize = 4096;
@@ -304,10 +304,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.pos = 0;
         }
         if self.buf.len() == self.buf.capacity() {
-            let grow = self.buf.capacity().clamp(INITIAL_BUFFER, MAX_BODY_BUFFER);
+            // Full of unread bytes (a head longer than the buffer): double.
+            let grow = self.buf.capacity().max(INITIAL_BUFFER);
             self.buf.reserve(grow);
         }
-        self.io.read_buf(&mut self.buf).await
+        let room = self.buf.capacity() - self.buf.len();
+        let read = self.io.read_buf(&mut self.buf).await?;
+        if read == room && self.buf.capacity() < MAX_BODY_BUFFER {
+            // The peer had more than the room: a larger body. Double the
+            // room for the next read, up to the cap, so a large body is
+            // not read a kilobyte per call.
+            let target = (self.buf.capacity() * 2).min(MAX_BODY_BUFFER);
+            self.buf.reserve_exact(target - self.buf.len());
+        }
+        Ok(read)
     }
 }
 
@@ -507,6 +517,30 @@ mod tests {
             ]
         );
         assert_eq!(head.version, "HTTP/1.1");
+    }
+
+    #[test]
+    fn a_large_body_is_read_in_growing_pieces() {
+        let body = vec![b'x'; 300_000];
+        let reply = [
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+            &body,
+        ]
+        .concat();
+        run(async {
+            let mut conn = Connection::new(Peer::new(&reply, None));
+            conn.send(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            conn.read_head(8192, false).await.unwrap();
+            let (mut total, mut pieces) = (0, 0);
+            while let Some(piece) = conn.next_body_chunk().await.unwrap() {
+                total += piece.len();
+                pieces += 1;
+            }
+            assert_eq!(total, body.len());
+            // 1 KiB reads would take 293 pieces; doubling to 64 KiB takes ~12.
+            assert!(pieces < 20, "{pieces} pieces");
+            assert_eq!(conn.buf.capacity(), MAX_BODY_BUFFER);
+        });
     }
 
     #[test]
