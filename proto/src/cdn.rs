@@ -8,8 +8,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// A CDN whose pull behaviour vantage knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A CDN whose pull behaviour vantage knows (stored by its [`name`](Self::name)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum CdnProfile {
     /// Tencent Cloud EdgeOne.
     EdgeOne,

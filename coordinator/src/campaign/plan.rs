@@ -102,8 +102,9 @@ impl std::str::FromStr for PullProtocol {
 }
 
 /// What a user asks a campaign (or a sweep's runs) to probe, before it is
-/// checked: the target flags of `vantage diagnose`.
-#[derive(Debug, Clone, PartialEq)]
+/// checked: the target flags of `vantage diagnose`. A sweep's definition
+/// stores it as JSON.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TargetRequest {
     /// The site URL as clients request it from the edge.
     pub url: String,

@@ -26,6 +26,12 @@ pub use vantage_proto::domain::{AgentRole, CampaignStatus, Outcome, PlanState};
 #[cfg(test)]
 pub mod conformance;
 pub mod sqlite;
+pub mod sweeps;
+
+pub use sweeps::{
+    AlertRecord, DeliveryRow, MissedSlot, NewDelivery, SweepRecord, SweepRun, SweepRunEnd,
+    SweepRunStatus,
+};
 
 pub use sqlite::migrations::SCHEMA_VERSION;
 pub use sqlite::SqliteStore;
@@ -446,4 +452,107 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Sightings of nonces that start with `prefix` (a campaign's nonces
     /// share one), taken literally, oldest first.
     async fn sightings_with_prefix(&self, prefix: &str) -> Result<Vec<Sighting>, StoreError>;
+
+    /// Stores a new sweep. A name already stored is [`StoreError::Duplicate`].
+    async fn insert_sweep(&self, sweep: SweepRecord) -> Result<(), StoreError>;
+
+    /// Makes the stored sweeps match an apply plan, atomically: creates
+    /// `create`, replaces the definitions of `update` (keeping their
+    /// schedule, pause and history), deletes `delete`. Either all of it
+    /// happens or nothing does.
+    async fn apply_sweeps(
+        &self,
+        create: Vec<SweepRecord>,
+        update: Vec<(String, String)>,
+        delete: Vec<String>,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// One sweep.
+    async fn sweep(&self, name: &str) -> Result<Option<SweepRecord>, StoreError>;
+
+    /// Every sweep, by name.
+    async fn list_sweeps(&self) -> Result<Vec<SweepRecord>, StoreError>;
+
+    /// Pauses or resumes a sweep; false if there is no such sweep.
+    async fn set_sweep_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes a sweep with its runs and alerts (their campaigns and any
+    /// undelivered webhook POSTs stay); false if there is no such sweep.
+    async fn delete_sweep(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Records a sweep's slots atomically: `missed` as missed runs, then,
+    /// if given, `due` as a running run started at `started_at_ms`, and
+    /// moves the sweep's `last_slot_ms` to the newest of them. A slot
+    /// already recorded is left alone (a slot runs at most once); the
+    /// answer is the new running run's id, `None` when there was no `due`
+    /// or it was already recorded, or the sweep is gone.
+    async fn record_sweep_slots(
+        &self,
+        sweep: &str,
+        missed: Vec<MissedSlot>,
+        due: Option<(i64, i64)>,
+    ) -> Result<Option<i64>, StoreError>;
+
+    /// Links a running run to the campaign it started.
+    async fn set_sweep_run_campaign(
+        &self,
+        run_id: i64,
+        campaign_id: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Ends a run and, in the same transaction, stores the alert states it
+    /// moved and queues the webhook POSTs of their events: a crash leaves
+    /// either all of it or none of it, so an event is neither lost nor
+    /// queued twice.
+    async fn finish_sweep_run(
+        &self,
+        run_id: i64,
+        end: SweepRunEnd,
+        alerts: Vec<AlertRecord>,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<(), StoreError>;
+
+    /// A sweep's newest `limit` runs, newest slot first.
+    async fn sweep_runs(&self, sweep: &str, limit: u32) -> Result<Vec<SweepRun>, StoreError>;
+
+    /// Runs still marked running: at start-up, the ones a previous process
+    /// never finished. Oldest first.
+    async fn running_sweep_runs(&self) -> Result<Vec<SweepRun>, StoreError>;
+
+    /// Deletes finished runs that ended before `before_ms` (retention);
+    /// returns how many.
+    async fn prune_sweep_runs(&self, before_ms: i64) -> Result<u64, StoreError>;
+
+    /// A sweep's alert states, by code then kind.
+    async fn sweep_alerts(&self, sweep: &str) -> Result<Vec<AlertRecord>, StoreError>;
+
+    /// Every alert that is open or was ever opened, open first, then the
+    /// most recently resolved.
+    async fn list_alerts(&self) -> Result<Vec<AlertRecord>, StoreError>;
+
+    /// Undelivered webhook POSTs due at `now_ms`, oldest first.
+    async fn due_deliveries(&self, now_ms: i64, limit: u32)
+        -> Result<Vec<DeliveryRow>, StoreError>;
+
+    /// The earliest next attempt of an undelivered POST.
+    async fn next_delivery_at(&self) -> Result<Option<i64>, StoreError>;
+
+    /// A POST was answered 2xx: never attempted again.
+    async fn delivery_done(&self, event_id: &str, url: &str, at_ms: i64) -> Result<(), StoreError>;
+
+    /// A POST failed: try again at `next_at_ms`; `attempts` is the new count.
+    async fn delivery_retry(
+        &self,
+        event_id: &str,
+        url: &str,
+        attempts: u32,
+        next_at_ms: i64,
+        error: &str,
+    ) -> Result<(), StoreError>;
 }

@@ -13,4 +13,6 @@
 
 pub mod alert;
 pub mod apply;
+pub mod model;
 pub mod schedule;
+pub mod scheduler;

@@ -112,6 +112,67 @@ CREATE TABLE observations (
     PRIMARY KEY (nonce, agent_id, peer)
 ) WITHOUT ROWID;
 "#,
+    // 4: sweeps (issue #11): their definitions, every slot's run (a run is
+    // a campaign; a missed slot has none), the confirmed-alert state per
+    // (sweep, code, kind), and the webhook outbox. UNIQUE (sweep, slot_ms)
+    // makes a slot run at most once, whoever tries to start it twice.
+    r#"
+CREATE TABLE sweeps (
+    name            TEXT    PRIMARY KEY NOT NULL,
+    definition_json TEXT    NOT NULL,
+    paused          INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1)),
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    last_slot       INTEGER
+);
+
+CREATE TABLE sweep_runs (
+    run_id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    sweep         TEXT    NOT NULL REFERENCES sweeps (name) ON DELETE CASCADE,
+    slot_ms       INTEGER NOT NULL,
+    started_at    INTEGER,
+    finished_at   INTEGER,
+    status        TEXT    NOT NULL
+        CHECK (status IN ('running', 'healthy', 'faulty', 'inconclusive', 'missed')),
+    campaign_id   TEXT,
+    findings_json TEXT    NOT NULL DEFAULT '[]',
+    reason        TEXT,
+    UNIQUE (sweep, slot_ms)
+);
+
+CREATE INDEX sweep_runs_status ON sweep_runs (status) WHERE status = 'running';
+CREATE INDEX sweep_runs_finished ON sweep_runs (finished_at);
+
+CREATE TABLE alerts (
+    sweep          TEXT    NOT NULL REFERENCES sweeps (name) ON DELETE CASCADE,
+    code           TEXT    NOT NULL,
+    kind           TEXT    NOT NULL,
+    open           INTEGER NOT NULL CHECK (open IN (0, 1)),
+    streak         INTEGER NOT NULL DEFAULT 0,
+    clean          INTEGER NOT NULL DEFAULT 0,
+    regions_json   TEXT    NOT NULL DEFAULT '[]',
+    opened_at      INTEGER,
+    resolved_at    INTEGER,
+    updated_at     INTEGER NOT NULL,
+    summary        TEXT    NOT NULL DEFAULT '',
+    campaign_id    TEXT    NOT NULL DEFAULT '',
+    PRIMARY KEY (sweep, code, kind)
+) WITHOUT ROWID;
+
+CREATE TABLE deliveries (
+    event_id     TEXT    NOT NULL,
+    url          TEXT    NOT NULL,
+    body         TEXT    NOT NULL,
+    created_at   INTEGER NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_at      INTEGER NOT NULL,
+    delivered_at INTEGER,
+    last_error   TEXT,
+    PRIMARY KEY (event_id, url)
+) WITHOUT ROWID;
+
+CREATE INDEX deliveries_due ON deliveries (next_at) WHERE delivered_at IS NULL;
+"#,
 ];
 
 /// The schema version this binary writes and understands: the number of
@@ -266,7 +327,7 @@ mod tests {
         }
 
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 3);
+        assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
         let agent = store.agent_by_name("nyc-1").await.unwrap().unwrap();
         assert_eq!(agent.agent_id, "a-1");
         assert_eq!(agent.role, AgentRole::Witness);
@@ -304,7 +365,7 @@ mod tests {
 
         // Reopening an up-to-date database changes nothing.
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 3);
+        assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
         assert_eq!(store.count_all_results().await.unwrap(), 1);
     }
 

@@ -13,6 +13,7 @@
 //! constraints list, so no migration was needed when they became enums.
 
 pub mod migrations;
+mod sweeps;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -23,9 +24,10 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use vantage_proto::pb;
 
 use super::{
-    AgentRecord, AgentRole, CampaignPlanAgent, CampaignRow, CampaignStatus, NewAgent, NewPlan,
-    NewToken, Outcome, PlanAgentStatus, PlanState, ResultRecord, SeenReport, Sighting, Store,
-    StoreError, TokenGrant, TokenRejection,
+    AgentRecord, AgentRole, AlertRecord, CampaignPlanAgent, CampaignRow, CampaignStatus,
+    DeliveryRow, MissedSlot, NewAgent, NewDelivery, NewPlan, NewToken, Outcome, PlanAgentStatus,
+    PlanState, ResultRecord, SeenReport, Sighting, Store, StoreError, SweepRecord, SweepRun,
+    SweepRunEnd, TokenGrant, TokenRejection,
 };
 
 /// How long a statement waits on a lock held by another connection (another
@@ -884,6 +886,139 @@ impl Store for SqliteStore {
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn insert_sweep(&self, sweep: SweepRecord) -> Result<(), StoreError> {
+        self.run(move |conn| sweeps::insert_sweep(conn, sweep))
+            .await
+    }
+
+    async fn apply_sweeps(
+        &self,
+        create: Vec<SweepRecord>,
+        update: Vec<(String, String)>,
+        delete: Vec<String>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.run(move |conn| sweeps::apply_sweeps(conn, create, update, delete, now_ms))
+            .await
+    }
+
+    async fn sweep(&self, name: &str) -> Result<Option<SweepRecord>, StoreError> {
+        let name = name.to_owned();
+        self.run(move |conn| sweeps::sweep(conn, &name)).await
+    }
+
+    async fn list_sweeps(&self) -> Result<Vec<SweepRecord>, StoreError> {
+        self.run(sweeps::list_sweeps).await
+    }
+
+    async fn set_sweep_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.run(move |conn| sweeps::set_sweep_paused(conn, &name, paused, now_ms))
+            .await
+    }
+
+    async fn delete_sweep(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.run(move |conn| sweeps::delete_sweep(conn, &name))
+            .await
+    }
+
+    async fn record_sweep_slots(
+        &self,
+        sweep: &str,
+        missed: Vec<MissedSlot>,
+        due: Option<(i64, i64)>,
+    ) -> Result<Option<i64>, StoreError> {
+        let sweep = sweep.to_owned();
+        self.run(move |conn| sweeps::record_sweep_slots(conn, &sweep, missed, due))
+            .await
+    }
+
+    async fn set_sweep_run_campaign(
+        &self,
+        run_id: i64,
+        campaign_id: &str,
+    ) -> Result<(), StoreError> {
+        let campaign_id = campaign_id.to_owned();
+        self.run(move |conn| sweeps::set_sweep_run_campaign(conn, run_id, &campaign_id))
+            .await
+    }
+
+    async fn finish_sweep_run(
+        &self,
+        run_id: i64,
+        end: SweepRunEnd,
+        alerts: Vec<AlertRecord>,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<(), StoreError> {
+        self.run(move |conn| sweeps::finish_sweep_run(conn, run_id, end, alerts, deliveries))
+            .await
+    }
+
+    async fn sweep_runs(&self, sweep: &str, limit: u32) -> Result<Vec<SweepRun>, StoreError> {
+        let sweep = sweep.to_owned();
+        self.run(move |conn| sweeps::sweep_runs(conn, &sweep, limit))
+            .await
+    }
+
+    async fn running_sweep_runs(&self) -> Result<Vec<SweepRun>, StoreError> {
+        self.run(sweeps::running_sweep_runs).await
+    }
+
+    async fn prune_sweep_runs(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.run(move |conn| sweeps::prune_sweep_runs(conn, before_ms))
+            .await
+    }
+
+    async fn sweep_alerts(&self, sweep: &str) -> Result<Vec<AlertRecord>, StoreError> {
+        let sweep = sweep.to_owned();
+        self.run(move |conn| sweeps::sweep_alerts(conn, &sweep))
+            .await
+    }
+
+    async fn list_alerts(&self) -> Result<Vec<AlertRecord>, StoreError> {
+        self.run(sweeps::list_alerts).await
+    }
+
+    async fn due_deliveries(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        self.run(move |conn| sweeps::due_deliveries(conn, now_ms, limit))
+            .await
+    }
+
+    async fn next_delivery_at(&self) -> Result<Option<i64>, StoreError> {
+        self.run(sweeps::next_delivery_at).await
+    }
+
+    async fn delivery_done(&self, event_id: &str, url: &str, at_ms: i64) -> Result<(), StoreError> {
+        let (event_id, url) = (event_id.to_owned(), url.to_owned());
+        self.run(move |conn| sweeps::delivery_done(conn, &event_id, &url, at_ms))
+            .await
+    }
+
+    async fn delivery_retry(
+        &self,
+        event_id: &str,
+        url: &str,
+        attempts: u32,
+        next_at_ms: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let (event_id, url, error) = (event_id.to_owned(), url.to_owned(), error.to_owned());
+        self.run(move |conn| {
+            sweeps::delivery_retry(conn, &event_id, &url, attempts, next_at_ms, &error)
         })
         .await
     }
