@@ -49,6 +49,8 @@ pub struct Coordinator {
     pub(crate) enroll_limiter: crate::api::enroll_limit::EnrollLimiter,
     /// Lifetime of the agent certificates issued (enrollment and renewal).
     pub(crate) agent_cert_lifetime: Duration,
+    /// What the sweep operations share with the scheduler and the outbox.
+    pub(crate) sweep_shared: crate::sweep::SweepShared,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -72,6 +74,9 @@ pub struct CoordinatorSettings {
     pub enroll_rate: crate::api::enroll_limit::EnrollRate,
     /// Lifetime of the agent certificates issued.
     pub agent_cert_lifetime: Duration,
+    /// Whether webhooks may point at special-purpose (private, loopback…)
+    /// addresses (`serve --webhook-allow-private`).
+    pub webhook_allow_private: bool,
 }
 
 impl Coordinator {
@@ -97,6 +102,11 @@ impl Coordinator {
             campaigns: std::sync::Mutex::default(),
             enroll_limiter: crate::api::enroll_limit::EnrollLimiter::new(settings.enroll_rate),
             agent_cert_lifetime: settings.agent_cert_lifetime,
+            sweep_shared: crate::sweep::SweepShared {
+                changed: Arc::default(),
+                outbox: Arc::default(),
+                webhook_allow_private: settings.webhook_allow_private,
+            },
         };
         Ok((coordinator, thread))
     }

@@ -56,6 +56,10 @@ pub struct ServeConfig {
     /// Lifetime of the agent certificates issued from now on (default
     /// [`DEFAULT_AGENT_CERT_LIFETIME`]).
     pub agent_cert_lifetime: Duration,
+    /// How the sweep scheduler is bounded.
+    pub scheduler: crate::sweep::scheduler::SchedulerConfig,
+    /// Whether webhooks may point at special-purpose addresses.
+    pub webhook_allow_private: bool,
 }
 
 impl ServeConfig {
@@ -70,6 +74,8 @@ impl ServeConfig {
             transport: TransportLimits::default(),
             enroll_rate: EnrollRate::default(),
             agent_cert_lifetime: DEFAULT_AGENT_CERT_LIFETIME,
+            scheduler: crate::sweep::scheduler::SchedulerConfig::default(),
+            webhook_allow_private: false,
         }
     }
 }
@@ -140,6 +146,8 @@ pub struct RunningCoordinator {
     server: tokio::task::JoinHandle<()>,
     http: Option<tokio::task::JoinHandle<()>>,
     renewal: tokio::task::JoinHandle<()>,
+    /// The sweep scheduler and the webhook outbox.
+    sweeps: Vec<tokio::task::JoinHandle<()>>,
     connections: Arc<Semaphore>,
     max_connections: usize,
 }
@@ -246,6 +254,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
     }
     config.transport.validate().map_err(ServeError::Invalid)?;
     config.enroll_rate.validate().map_err(ServeError::Invalid)?;
+    config.scheduler.validate().map_err(ServeError::Invalid)?;
     if config.agent_cert_lifetime < Duration::from_secs(5)
         || config.agent_cert_lifetime > Duration::from_secs(3650 * 24 * 3600)
     {
@@ -302,6 +311,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
         heartbeat: config.heartbeat,
         enroll_rate: config.enroll_rate,
         agent_cert_lifetime: config.agent_cert_lifetime,
+        webhook_allow_private: config.webhook_allow_private,
     };
     let (core, _ingest_thread) =
         Coordinator::new(store, pki, settings).map_err(ServeError::Thread)?;
@@ -356,6 +366,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
         ))
     });
     let renewal = tokio::spawn(renew_server_cert(core.clone(), names, tls));
+    let sweeps = crate::sweep::start(&core, config.scheduler.clone(), shutdown_rx.clone());
 
     let endpoint = Endpoint {
         grpc: local_endpoint,
@@ -374,6 +385,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
         server,
         http,
         renewal,
+        sweeps,
         connections,
         max_connections: limits.max_connections,
     })
@@ -443,6 +455,10 @@ impl RunningCoordinator {
             "the coordinator is shutting down",
         ));
         let _ = self.shutdown.send(true);
+        for task in self.sweeps.drain(..) {
+            // The scheduler stops between wakes; the outbox between POSTs.
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
         if let Some(http) = self.http.take() {
             let _ = http.await;
         }

@@ -1,5 +1,5 @@
-//! The ControlService's messages as the domain sees them: campaign targets
-//! and campaign events, converted both ways here and nowhere else. Both
+//! The ControlService's messages as the domain sees them: campaign targets,
+//! campaign events, sweeps, their runs and alerts, converted both ways here and nowhere else. Both
 //! ends of the operator API use this module — the service
 //! ([`crate::api::control_service`]) and the CLI ([`crate::cli`]) — so an
 //! event's kind is named once and no caller matches on its string.
@@ -12,6 +12,10 @@ use vantage_proto::pb;
 
 use crate::campaign::plan::{PullProtocol, TargetRequest, DEFAULT_ATTEMPTS, DEFAULT_BURST};
 use crate::campaign::{CampaignEvent, CampaignRequest};
+use crate::store::{AlertRecord, SweepRun};
+use crate::sweep::model::{RunFinding, SweepDefinition};
+use crate::sweep::ops::SweepView;
+use crate::time::rfc3339;
 
 /// A campaign target on the wire (the CLI's side of the edge).
 pub fn target_pb(target: &TargetRequest, regions: &[String]) -> pb::StartCampaignRequest {
@@ -176,5 +180,89 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(event_of(&newer), None);
+    }
+}
+
+/// A sweep's definition on the wire.
+pub fn sweep_definition_pb(name: &str, definition: &SweepDefinition) -> pb::SweepDefinition {
+    pb::SweepDefinition {
+        name: name.to_string(),
+        target: Some(target_pb(&definition.target, &definition.regions)),
+        every_ms: definition.every_ms,
+        confirm: definition.confirm,
+        webhooks: definition.webhooks.clone(),
+    }
+}
+
+/// A sweep's definition from the wire: (name, definition), unchecked (the
+/// coordinator checks it with everything else it knows).
+pub fn sweep_definition_of(
+    definition: pb::SweepDefinition,
+) -> Result<(String, SweepDefinition), Status> {
+    let target = definition
+        .target
+        .ok_or_else(|| Status::invalid_argument("a sweep needs a target"))?;
+    let request = target_of(target)?;
+    let mut out = SweepDefinition::new(request.target);
+    out.regions = request.regions;
+    if definition.every_ms > 0 {
+        out.every_ms = definition.every_ms;
+    }
+    if definition.confirm > 0 {
+        out.confirm = definition.confirm;
+    }
+    out.webhooks = definition.webhooks;
+    Ok((definition.name, out))
+}
+
+/// One run of a sweep on the wire.
+pub fn sweep_run_pb(run: &SweepRun) -> pb::SweepRunInfo {
+    let findings: Vec<RunFinding> = serde_json::from_str(&run.findings_json).unwrap_or_default();
+    pb::SweepRunInfo {
+        slot: rfc3339(run.slot_ms),
+        started_at: run.started_at_ms.map(rfc3339).unwrap_or_default(),
+        finished_at: run.finished_at_ms.map(rfc3339).unwrap_or_default(),
+        status: run.status.as_str().to_string(),
+        campaign_id: run.campaign_id.clone().unwrap_or_default(),
+        findings: findings
+            .iter()
+            .map(|f| {
+                let (code, kind) = f.key();
+                pb::FindingRef {
+                    code: code.to_string(),
+                    kind: kind.to_string(),
+                    regions: f.regions.iter().cloned().collect(),
+                }
+            })
+            .collect(),
+        reason: run.reason.clone().unwrap_or_default(),
+    }
+}
+
+/// A sweep as the operator sees it, on the wire.
+pub fn sweep_info_pb(view: &SweepView) -> pb::SweepInfo {
+    pb::SweepInfo {
+        definition: Some(sweep_definition_pb(&view.name, &view.definition)),
+        paused: view.paused,
+        created_at: rfc3339(view.created_at_ms),
+        next_run_at: view.next_slot_ms.map(rfc3339).unwrap_or_default(),
+        last_run: view.last_run.as_ref().map(sweep_run_pb),
+        alerts_open: view.alerts_open,
+        offset_ms: view.offset_ms,
+    }
+}
+
+/// An alert on the wire.
+pub fn alert_pb(alert: &AlertRecord) -> pb::AlertInfo {
+    pb::AlertInfo {
+        sweep: alert.sweep.clone(),
+        code: alert.code.clone(),
+        kind: alert.kind.clone(),
+        open: alert.open,
+        regions: alert.regions.clone(),
+        opened_at: alert.opened_at_ms.map(rfc3339).unwrap_or_default(),
+        resolved_at: alert.resolved_at_ms.map(rfc3339).unwrap_or_default(),
+        summary: alert.summary.clone(),
+        campaign_id: alert.campaign_id.clone(),
     }
 }

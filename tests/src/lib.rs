@@ -17,7 +17,7 @@ pub mod real;
 pub mod scenarios;
 
 pub use bench::{flood, probe_bench};
-pub use fixtures::{fixture, origin};
+pub use fixtures::{fixture, origin, webhook};
 pub use harness::{lab, process};
 pub use net::{carrier, edge, netns};
 pub use scenarios::{demo, scenario};

@@ -20,7 +20,9 @@ use vantage_proto::pb::control_service_server::ControlServiceServer;
 
 use crate::coordinator::Coordinator;
 use crate::time::rfc3339;
-use crate::wire::{event_pb, target_of};
+use crate::wire::{
+    alert_pb, event_pb, sweep_definition_of, sweep_info_pb, sweep_run_pb, target_of,
+};
 
 /// Default enrollment-token lifetime.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -160,6 +162,100 @@ impl pb::control_service_server::ControlService for ControlService {
         Ok(Response::new(pb::CancelCampaignResponse {
             status: status.as_str().to_string(),
             stopped_regions,
+        }))
+    }
+
+    async fn create_sweep(
+        &self,
+        request: Request<pb::CreateSweepRequest>,
+    ) -> Result<Response<pb::SweepInfo>, Status> {
+        let definition = request
+            .into_inner()
+            .definition
+            .ok_or_else(|| Status::invalid_argument("a sweep needs a definition"))?;
+        let (name, definition) = sweep_definition_of(definition)?;
+        let view = self.core.create_sweep(&name, definition).await?;
+        tracing::info!(sweep = %name, "sweep created");
+        Ok(Response::new(sweep_info_pb(&view)))
+    }
+
+    async fn list_sweeps(
+        &self,
+        _request: Request<pb::ListSweepsRequest>,
+    ) -> Result<Response<pb::ListSweepsResponse>, Status> {
+        let sweeps = self.core.sweep_views().await?;
+        Ok(Response::new(pb::ListSweepsResponse {
+            sweeps: sweeps.iter().map(sweep_info_pb).collect(),
+        }))
+    }
+
+    async fn get_sweep(
+        &self,
+        request: Request<pb::GetSweepRequest>,
+    ) -> Result<Response<pb::SweepInfo>, Status> {
+        let view = self.core.sweep_view(&request.into_inner().name).await?;
+        Ok(Response::new(sweep_info_pb(&view)))
+    }
+
+    async fn sweep_history(
+        &self,
+        request: Request<pb::SweepHistoryRequest>,
+    ) -> Result<Response<pb::SweepHistoryResponse>, Status> {
+        let request = request.into_inner();
+        let runs = self.core.sweep_history(&request.name, request.limit).await?;
+        Ok(Response::new(pb::SweepHistoryResponse {
+            runs: runs.iter().map(sweep_run_pb).collect(),
+        }))
+    }
+
+    async fn set_sweep_paused(
+        &self,
+        request: Request<pb::SetSweepPausedRequest>,
+    ) -> Result<Response<pb::SweepInfo>, Status> {
+        let request = request.into_inner();
+        let view = self.core.pause_sweep(&request.name, request.paused).await?;
+        tracing::info!(sweep = %request.name, paused = request.paused, "sweep paused or resumed");
+        Ok(Response::new(sweep_info_pb(&view)))
+    }
+
+    async fn delete_sweep(
+        &self,
+        request: Request<pb::DeleteSweepRequest>,
+    ) -> Result<Response<pb::DeleteSweepResponse>, Status> {
+        let name = request.into_inner().name;
+        self.core.delete_sweep(&name).await?;
+        tracing::info!(sweep = %name, "sweep deleted");
+        Ok(Response::new(pb::DeleteSweepResponse {}))
+    }
+
+    async fn apply_sweeps(
+        &self,
+        request: Request<pb::ApplySweepsRequest>,
+    ) -> Result<Response<pb::ApplySweepsResponse>, Status> {
+        let request = request.into_inner();
+        let wanted = request
+            .sweeps
+            .into_iter()
+            .map(sweep_definition_of)
+            .collect::<Result<Vec<_>, _>>()?;
+        let plan = self.core.apply_sweeps(wanted, request.dry_run).await?;
+        let names = |items: &[(String, _)]| items.iter().map(|(n, _)| n.clone()).collect();
+        Ok(Response::new(pb::ApplySweepsResponse {
+            create: names(&plan.create),
+            update: names(&plan.update),
+            delete: plan.delete.clone(),
+            unchanged: plan.unchanged.clone(),
+            applied: !request.dry_run && !plan.is_empty(),
+        }))
+    }
+
+    async fn list_alerts(
+        &self,
+        _request: Request<pb::ListAlertsRequest>,
+    ) -> Result<Response<pb::ListAlertsResponse>, Status> {
+        let alerts = self.core.alerts().await?;
+        Ok(Response::new(pb::ListAlertsResponse {
+            alerts: alerts.iter().map(alert_pb).collect(),
         }))
     }
 
@@ -380,6 +476,7 @@ mod tests {
             heartbeat: Duration::from_secs(10),
             enroll_rate: EnrollRate::default(),
             agent_cert_lifetime: Duration::from_secs(3600),
+            webhook_allow_private: false,
         };
         let pki = Pki::load_or_create(dir.path()).unwrap();
         let (core, _ingest) = Coordinator::new(store, pki, settings).unwrap();

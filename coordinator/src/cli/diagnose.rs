@@ -39,9 +39,9 @@ pub struct OutputArgs {
     pub html: Option<PathBuf>,
 }
 
-/// Flags of `vantage diagnose`.
-#[derive(Debug, Args)]
-pub struct DiagnoseArgs {
+/// The target flags of `vantage diagnose`, which every sweep takes too.
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
     /// The URL as clients request it through the CDN, e.g. `https://www.example.com/a.jpg`
     #[arg(value_name = "URL")]
     pub url: String,
@@ -92,6 +92,14 @@ pub struct DiagnoseArgs {
     /// reproduce commands carry it as -A.
     #[arg(long, value_name = "UA")]
     pub user_agent: Option<String>,
+}
+
+/// Flags of `vantage diagnose`.
+#[derive(Debug, Args)]
+pub struct DiagnoseArgs {
+    /// What to probe.
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// When the origin is slower than the edge (a 524), the report prints
     /// by the edge timeout + 1 s and says only "more than …"; the
     /// coordinator then measures the real time to first byte (waiting up to
@@ -219,7 +227,7 @@ fn parse_cdn(text: &str) -> anyhow::Result<CdnProfile> {
     text.parse::<CdnProfile>().context("--cdn")
 }
 
-impl DiagnoseArgs {
+impl TargetArgs {
     /// The campaign target these flags ask for, checked the way the
     /// coordinator will check it, so a bad flag fails before anything
     /// connects.
@@ -248,10 +256,10 @@ impl DiagnoseArgs {
 
 /// `vantage diagnose` against a coordinator.
 pub async fn diagnose_remote(args: DiagnoseArgs, target: Target) -> anyhow::Result<ExitCode> {
-    let request = args.target_request()?;
+    let request = args.target.target_request()?;
     let mut control = client::connect(&target)?;
     let started = control
-        .start_campaign(wire::target_pb(&request, &args.regions))
+        .start_campaign(wire::target_pb(&request, &args.target.regions))
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();
@@ -430,7 +438,7 @@ pub async fn campaign(command: CampaignCommand, target: Target) -> anyhow::Resul
 
 /// `vantage diagnose --local`: an embedded coordinator and one agent.
 pub async fn diagnose_local(args: DiagnoseArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
-    let request = args.target_request()?;
+    let request = args.target.target_request()?;
     let dir = tempfile::tempdir().context("temporary data dir")?;
     let running = crate::server::start(crate::server::ServeConfig {
         heartbeat: Duration::from_secs(5),

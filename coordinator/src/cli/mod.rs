@@ -23,6 +23,7 @@ use vantage_support::env::Env;
 
 pub mod client;
 pub mod diagnose;
+pub mod sweep;
 
 use crate::server::{self, ServeConfig};
 use client::Target;
@@ -76,6 +77,18 @@ pub enum Command {
     /// List, show or follow campaigns.
     #[command(subcommand)]
     Campaign(diagnose::CampaignCommand),
+    /// Scheduled campaigns (sweeps) that alert, after confirmation, when
+    /// their verdict changes: create, list, show, history, pause, resume,
+    /// delete, apply a TOML file.
+    #[command(subcommand)]
+    Sweep(sweep::SweepCommand),
+    /// The alerts sweeps have confirmed: open ones, then the recently
+    /// resolved.
+    Alerts {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Flags of `vantage serve`.
@@ -119,6 +132,18 @@ pub struct ServeArgs {
     /// the session once less than a third of it is left.
     #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = humantime::parse_duration)]
     pub agent_cert_lifetime: Duration,
+    /// Most sweep runs in progress at once; a slot that finds them all busy
+    /// is recorded as missed.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_running_sweeps: usize,
+    /// How long sweep history is kept (runs older than this are pruned;
+    /// their campaigns stay).
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub sweep_retention: Duration,
+    /// Allow webhook URLs that point at loopback, private or other
+    /// special-purpose addresses (refused by default, as probe targets are).
+    #[arg(long)]
+    pub webhook_allow_private: bool,
 }
 
 /// `vantage token …`
@@ -273,6 +298,12 @@ async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()> {
             burst: args.enroll_burst,
         },
         agent_cert_lifetime: args.agent_cert_lifetime,
+        scheduler: crate::sweep::scheduler::SchedulerConfig {
+            max_running: args.max_running_sweeps,
+            retention: args.sweep_retention,
+            ..crate::sweep::scheduler::SchedulerConfig::default()
+        },
+        webhook_allow_private: args.webhook_allow_private,
     })
     .await
     .context("cannot start the coordinator")?;
@@ -401,6 +432,18 @@ async fn dispatch(cli: Cli, env: &dyn Env) -> anyhow::Result<ExitCode> {
         Command::Campaign(command) => {
             diagnose::campaign(command, Target::discover(cli.coordinator, &data_dir, env)?).await
         }
+        Command::Sweep(command) => {
+            // Bad input fails before the coordinator is looked for.
+            sweep::check(&command)?;
+            sweep::sweep(command, Target::discover(cli.coordinator, &data_dir, env)?)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+        }
+        Command::Alerts { json } => {
+            sweep::alerts(json, Target::discover(cli.coordinator, &data_dir, env)?)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+        }
         other => dispatch_admin(other, cli.coordinator, data_dir, env)
             .await
             .map(|()| ExitCode::SUCCESS),
@@ -431,7 +474,9 @@ async fn dispatch_admin(
         Command::Agents(args) => {
             agents(args, Target::discover(cli_coordinator, &data_dir, env)?).await
         }
-        Command::Diagnose(_) | Command::Campaign(_) => bail!("not an administrative command"),
+        Command::Diagnose(_) | Command::Campaign(_) | Command::Sweep(_) | Command::Alerts { .. } => {
+            bail!("not an administrative command")
+        }
     }
 }
 

@@ -38,6 +38,9 @@ macro_rules! conformance_tests {
             shared_across_tasks,
             campaigns_round_trip_and_list_newest_first,
             sightings_are_idempotent_and_found_by_prefix,
+            sweeps_are_named_once_applied_atomically_and_deleted_with_their_history,
+            sweep_slots_run_once_and_history_is_kept_newest_first,
+            alerts_upsert_and_the_outbox_retries_until_delivered,
         );
     };
     (@cases $make:expr; $($case:ident,)+) => {
@@ -683,4 +686,309 @@ pub async fn sightings_are_idempotent_and_found_by_prefix(store: Backend) {
         store.sightings_with_prefix("a*").await.unwrap().is_empty(),
         "GLOB metacharacters are literal"
     );
+}
+
+fn sweep_record(name: &str, created_at_ms: i64) -> super::SweepRecord {
+    super::SweepRecord {
+        name: name.to_owned(),
+        definition_json: format!("{{\"name\":\"{name}\"}}"),
+        paused: false,
+        created_at_ms,
+        updated_at_ms: created_at_ms,
+        last_slot_ms: None,
+    }
+}
+
+fn alert(sweep: &str, code: &str, open: bool) -> super::AlertRecord {
+    super::AlertRecord {
+        sweep: sweep.to_owned(),
+        code: code.to_owned(),
+        kind: String::new(),
+        open,
+        streak: 0,
+        clean: 0,
+        regions: vec!["eu".to_owned()],
+        opened_at_ms: Some(5),
+        resolved_at_ms: (!open).then_some(9),
+        updated_at_ms: 9,
+        summary: format!("{code} in eu"),
+        campaign_id: "c".to_owned(),
+    }
+}
+
+/// Sweeps: create (a name once), pause, apply all-or-nothing, delete with
+/// their runs and alerts.
+pub async fn sweeps_are_named_once_applied_atomically_and_deleted_with_their_history(
+    store: Backend,
+) {
+    use super::{MissedSlot, SweepRunStatus};
+    store.insert_sweep(sweep_record("a", 1)).await.unwrap();
+    assert!(matches!(
+        store.insert_sweep(sweep_record("a", 2)).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    assert!(store.set_sweep_paused("a", true, 3).await.unwrap());
+    assert!(!store.set_sweep_paused("nope", true, 3).await.unwrap());
+    let a = store.sweep("a").await.unwrap().unwrap();
+    assert!(a.paused);
+    assert_eq!(a.updated_at_ms, 3);
+    // An apply that fails half-way (creating a name that exists) changes nothing.
+    let failed = store
+        .apply_sweeps(
+            vec![sweep_record("b", 4), sweep_record("a", 4)],
+            vec![],
+            vec![],
+            4,
+        )
+        .await;
+    assert!(failed.is_err());
+    assert!(store.sweep("b").await.unwrap().is_none());
+    store
+        .apply_sweeps(
+            vec![sweep_record("b", 5)],
+            vec![("a".to_owned(), "{\"v\":2}".to_owned())],
+            vec![],
+            5,
+        )
+        .await
+        .unwrap();
+    let a = store.sweep("a").await.unwrap().unwrap();
+    assert_eq!(a.definition_json, "{\"v\":2}");
+    assert!(a.paused, "an update keeps the pause");
+    let names: Vec<String> = store
+        .list_sweeps()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    // Runs and alerts go with their sweep.
+    let run = store
+        .record_sweep_slots("b", vec![], Some((60_000, 60_001)))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .finish_sweep_run(
+            run,
+            super::SweepRunEnd {
+                finished_at_ms: 61_000,
+                status: SweepRunStatus::Faulty,
+                campaign_id: Some("c".into()),
+                findings_json: "[]".into(),
+                reason: None,
+            },
+            vec![alert("b", "origin_down", true)],
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.sweep_alerts("b").await.unwrap().len(), 1);
+    store
+        .apply_sweeps(vec![], vec![], vec!["b".to_owned()], 6)
+        .await
+        .unwrap();
+    assert!(store.sweep("b").await.unwrap().is_none());
+    assert!(store.sweep_runs("b", 10).await.unwrap().is_empty());
+    assert!(store.sweep_alerts("b").await.unwrap().is_empty());
+    assert!(store.delete_sweep("a").await.unwrap());
+    assert!(!store.delete_sweep("a").await.unwrap());
+    // A gone sweep records nothing.
+    let none = store
+        .record_sweep_slots(
+            "a",
+            vec![MissedSlot {
+                slot_ms: 1,
+                reason: "x".into(),
+            }],
+            Some((2, 2)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+}
+
+/// Slots: each runs at most once; missed ones are kept with their reason;
+/// the schedule's resume point moves forward only; history is newest
+/// first; finishing twice changes nothing; retention prunes finished runs.
+pub async fn sweep_slots_run_once_and_history_is_kept_newest_first(store: Backend) {
+    use super::{MissedSlot, SweepRunEnd, SweepRunStatus};
+    store.insert_sweep(sweep_record("s", 0)).await.unwrap();
+    let missed = vec![
+        MissedSlot {
+            slot_ms: 10_000,
+            reason: "down".into(),
+        },
+        MissedSlot {
+            slot_ms: 20_000,
+            reason: "down".into(),
+        },
+    ];
+    let run = store
+        .record_sweep_slots("s", missed.clone(), Some((30_000, 30_005)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store
+            .record_sweep_slots("s", missed, Some((30_000, 30_500)))
+            .await
+            .unwrap(),
+        None,
+        "a slot is recorded once"
+    );
+    assert_eq!(
+        store.sweep("s").await.unwrap().unwrap().last_slot_ms,
+        Some(30_000)
+    );
+    store
+        .record_sweep_slots(
+            "s",
+            vec![MissedSlot {
+                slot_ms: 5_000,
+                reason: "late".into(),
+            }],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sweep("s").await.unwrap().unwrap().last_slot_ms,
+        Some(30_000),
+        "the resume point never moves back"
+    );
+    assert_eq!(store.running_sweep_runs().await.unwrap().len(), 1);
+    let end = SweepRunEnd {
+        finished_at_ms: 31_000,
+        status: SweepRunStatus::Healthy,
+        campaign_id: Some("camp".into()),
+        findings_json: "[{\"code\":\"origin_down\"}]".into(),
+        reason: None,
+    };
+    let delivery = super::NewDelivery {
+        event_id: "e1".into(),
+        url: "https://hooks.example/a".into(),
+        body: "{}".into(),
+        created_at_ms: 31_000,
+    };
+    store
+        .finish_sweep_run(run, end.clone(), vec![], vec![delivery.clone()])
+        .await
+        .unwrap();
+    // A second finish (a recovery racing a late end) queues nothing more.
+    let mut again = end.clone();
+    again.status = SweepRunStatus::Missed;
+    store
+        .finish_sweep_run(run, again, vec![], vec![super::NewDelivery {
+            event_id: "e2".into(),
+            ..delivery
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.due_deliveries(i64::MAX, 10).await.unwrap().len(), 1);
+    let history = store.sweep_runs("s", 10).await.unwrap();
+    let slots: Vec<i64> = history.iter().map(|r| r.slot_ms).collect();
+    assert_eq!(slots, [30_000, 20_000, 10_000, 5_000]);
+    assert_eq!(history[0].status, SweepRunStatus::Healthy);
+    assert_eq!(history[0].campaign_id.as_deref(), Some("camp"));
+    assert_eq!(history[0].started_at_ms, Some(30_005));
+    assert_eq!(history[1].status, SweepRunStatus::Missed);
+    assert_eq!(history[1].reason.as_deref(), Some("down"));
+    assert!(store.running_sweep_runs().await.unwrap().is_empty());
+    assert_eq!(store.sweep_runs("s", 2).await.unwrap().len(), 2);
+    // Retention: runs that ended before 15 s go.
+    assert_eq!(store.prune_sweep_runs(15_000).await.unwrap(), 2);
+    assert_eq!(store.sweep_runs("s", 10).await.unwrap().len(), 2);
+}
+
+/// Alerts upsert by (sweep, code, kind); the list shows open ones first.
+/// The outbox hands out due POSTs, retries them later and forgets the
+/// delivered.
+pub async fn alerts_upsert_and_the_outbox_retries_until_delivered(store: Backend) {
+    use super::{NewDelivery, SweepRunEnd, SweepRunStatus};
+    store.insert_sweep(sweep_record("s", 0)).await.unwrap();
+    let end = |at| SweepRunEnd {
+        finished_at_ms: at,
+        status: SweepRunStatus::Faulty,
+        campaign_id: None,
+        findings_json: "[]".into(),
+        reason: None,
+    };
+    let r1 = store
+        .record_sweep_slots("s", vec![], Some((1_000, 1_000)))
+        .await
+        .unwrap()
+        .unwrap();
+    let deliveries = vec![
+        NewDelivery {
+            event_id: "e1".into(),
+            url: "https://a.example/".into(),
+            body: "{\"n\":1}".into(),
+            created_at_ms: 100,
+        },
+        NewDelivery {
+            event_id: "e1".into(),
+            url: "https://b.example/".into(),
+            body: "{\"n\":1}".into(),
+            created_at_ms: 100,
+        },
+    ];
+    store
+        .finish_sweep_run(
+            r1,
+            end(1_500),
+            vec![alert("s", "origin_down", true), alert("s", "origin_waf", false)],
+            deliveries,
+        )
+        .await
+        .unwrap();
+    let r2 = store
+        .record_sweep_slots("s", vec![], Some((2_000, 2_000)))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut changed = alert("s", "origin_down", true);
+    changed.regions = vec!["eu".into(), "us".into()];
+    store
+        .finish_sweep_run(r2, end(2_500), vec![changed], vec![])
+        .await
+        .unwrap();
+    let alerts = store.list_alerts().await.unwrap();
+    assert_eq!(alerts.len(), 2);
+    assert!(alerts[0].open && alerts[0].code == "origin_down");
+    assert_eq!(alerts[0].regions, ["eu", "us"]);
+    assert!(!alerts[1].open);
+    assert_eq!(store.sweep_alerts("s").await.unwrap().len(), 2);
+
+    assert_eq!(store.next_delivery_at().await.unwrap(), Some(100));
+    assert!(store.due_deliveries(99, 10).await.unwrap().is_empty());
+    let due = store.due_deliveries(100, 10).await.unwrap();
+    assert_eq!(due.len(), 2);
+    assert!(due.iter().all(|d| d.event_id == "e1" && d.attempts == 0));
+    store
+        .delivery_retry("e1", "https://a.example/", 1, 5_000, "HTTP 500")
+        .await
+        .unwrap();
+    store
+        .delivery_done("e1", "https://b.example/", 150)
+        .await
+        .unwrap();
+    assert_eq!(store.next_delivery_at().await.unwrap(), Some(5_000));
+    assert!(store.due_deliveries(4_999, 10).await.unwrap().is_empty());
+    let due = store.due_deliveries(5_000, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].attempts, 1);
+    assert_eq!(due[0].body, "{\"n\":1}", "every retry sends the same body");
+    store
+        .delivery_done("e1", "https://a.example/", 5_100)
+        .await
+        .unwrap();
+    assert_eq!(store.next_delivery_at().await.unwrap(), None);
+    // A late retry mark of a delivered POST does not bring it back.
+    store
+        .delivery_retry("e1", "https://a.example/", 2, 6_000, "late")
+        .await
+        .unwrap();
+    assert!(store.due_deliveries(i64::MAX, 10).await.unwrap().is_empty());
 }

@@ -476,6 +476,12 @@ impl CoordinatorProcess {
         CoordinatorProcess::start(&self.data_dir, self.grpc_addr, self.heartbeat).await
     }
 
+    /// Starts it again on the same data dir and port with `extra` flags
+    /// (as [`CoordinatorProcess::start_with`]).
+    pub async fn restart_with(&self, extra: &[&str]) -> anyhow::Result<CoordinatorProcess> {
+        CoordinatorProcess::start_with(&self.data_dir, self.grpc_addr, self.heartbeat, extra).await
+    }
+
     /// A control client.
     pub fn control(&self) -> anyhow::Result<ControlClient> {
         client::connect(&Target::discover(None, &self.data_dir, &MapEnv::default())?)

@@ -32,5 +32,6 @@ mod protocol_abuse;
 mod revocation;
 mod scenarios;
 mod support;
+mod sweeps;
 mod wire_head;
 mod witness;
