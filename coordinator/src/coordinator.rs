@@ -49,6 +49,8 @@ pub struct Coordinator {
     pub(crate) enroll_limiter: crate::api::enroll_limit::EnrollLimiter,
     /// Lifetime of the agent certificates issued (enrollment and renewal).
     pub(crate) agent_cert_lifetime: Duration,
+    /// The Prometheus metrics `/metrics` serves.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -85,7 +87,9 @@ impl Coordinator {
         settings: CoordinatorSettings,
     ) -> std::io::Result<(Coordinator, std::thread::JoinHandle<()>)> {
         let registry = Arc::new(Registry::default());
-        let (ingest, thread) = crate::api::ingest::spawn(store.clone(), registry.clone())?;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let (ingest, thread) =
+            crate::api::ingest::spawn(store.clone(), registry.clone(), metrics.clone())?;
         let coordinator = Coordinator {
             store,
             pki,
@@ -97,6 +101,7 @@ impl Coordinator {
             campaigns: std::sync::Mutex::default(),
             enroll_limiter: crate::api::enroll_limit::EnrollLimiter::new(settings.enroll_rate),
             agent_cert_lifetime: settings.agent_cert_lifetime,
+            metrics,
         };
         Ok((coordinator, thread))
     }
@@ -132,6 +137,11 @@ impl Coordinator {
     /// The store (tests read results from it).
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
+    }
+
+    /// The Prometheus metrics this coordinator updates and `/metrics` serves.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// Agent and plan events from now on.
