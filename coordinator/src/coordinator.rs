@@ -51,6 +51,8 @@ pub struct Coordinator {
     pub(crate) agent_cert_lifetime: Duration,
     /// What the sweep operations share with the scheduler and the outbox.
     pub(crate) sweep_shared: crate::sweep::SweepShared,
+    /// The Prometheus metrics `/metrics` serves.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -90,7 +92,9 @@ impl Coordinator {
         settings: CoordinatorSettings,
     ) -> std::io::Result<(Coordinator, std::thread::JoinHandle<()>)> {
         let registry = Arc::new(Registry::default());
-        let (ingest, thread) = crate::api::ingest::spawn(store.clone(), registry.clone())?;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let (ingest, thread) =
+            crate::api::ingest::spawn(store.clone(), registry.clone(), metrics.clone())?;
         let coordinator = Coordinator {
             store,
             pki,
@@ -107,6 +111,7 @@ impl Coordinator {
                 outbox: Arc::default(),
                 webhook_allow_private: settings.webhook_allow_private,
             },
+            metrics,
         };
         Ok((coordinator, thread))
     }
@@ -142,6 +147,11 @@ impl Coordinator {
     /// The store (tests read results from it).
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
+    }
+
+    /// The Prometheus metrics this coordinator updates and `/metrics` serves.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// Agent and plan events from now on.

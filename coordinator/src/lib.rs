@@ -9,6 +9,7 @@ pub mod campaign;
 pub mod cli;
 pub mod coordinator;
 pub mod diagnosis;
+pub mod metrics;
 pub mod pki;
 pub mod registry;
 pub mod report;

@@ -355,13 +355,14 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
     ));
     let http = http_listener.map(|listener| {
         let limits = limits.clone();
+        let core = core.clone();
         tokio::spawn(transport::accept_loop(
             "http",
             listener,
             Arc::new(Semaphore::new(limits.max_http_connections)),
             shutdown_rx.clone(),
             move |stream, _peer, permit| {
-                transport::serve_http_connection(stream, limits.clone(), permit)
+                transport::serve_http_connection(stream, core.clone(), limits.clone(), permit)
             },
         ))
     });

@@ -18,6 +18,7 @@ use tonic::Status;
 use vantage_proto::domain::Outcome;
 use vantage_proto::pb;
 
+use crate::metrics::Metrics;
 use crate::registry::{AgentEvent, Outbound, Registry};
 use crate::store::{PlanState, ResultRecord, Store, StoreError};
 use crate::time::now_ms;
@@ -41,10 +42,12 @@ pub struct IngestJob {
 }
 
 /// Starts the writer thread; it ends when every sender is dropped. Call it
-/// from inside the tokio runtime the store runs on.
+/// from inside the tokio runtime the store runs on. Each commit adds its new
+/// results to `metrics`.
 pub fn spawn(
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
 ) -> std::io::Result<(mpsc::Sender<IngestJob>, std::thread::JoinHandle<()>)> {
     let (tx, mut rx) = mpsc::channel::<IngestJob>(QUEUE);
     let runtime = Handle::current();
@@ -63,7 +66,7 @@ pub fn spawn(
                         Err(_) => break,
                     }
                 }
-                runtime.block_on(commit(store.as_ref(), &registry, jobs));
+                runtime.block_on(commit(store.as_ref(), &registry, &metrics, jobs));
             }
         })?;
     Ok((tx, handle))
@@ -122,11 +125,12 @@ async fn store_jobs(store: &dyn Store, jobs: &[IngestJob]) -> Result<u64, StoreE
     Ok(new)
 }
 
-async fn commit(store: &dyn Store, registry: &Registry, jobs: Vec<IngestJob>) {
+async fn commit(store: &dyn Store, registry: &Registry, metrics: &Metrics, jobs: Vec<IngestJob>) {
     let stored = store_jobs(store, &jobs).await;
     let results: usize = jobs.iter().map(|job| job.batch.results.len()).sum();
     match stored {
         Ok(new) => {
+            metrics.results_ingested(new);
             let mut agents: Vec<String> = Vec::new();
             for job in jobs {
                 if !job.batch.results.is_empty() && !agents.contains(&job.agent_name) {

@@ -22,6 +22,7 @@
 //! certificates through tonic's `TlsConnectInfo`, so `Request::peer_certs`
 //! keeps working for mTLS.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,7 +43,8 @@ use tonic::Status;
 use tower::ServiceExt as _;
 
 use crate::api::control_service::check_admin;
-use crate::coordinator::Coordinator;
+use crate::coordinator::{AgentView, Coordinator};
+use crate::store::AgentRole;
 
 /// Largest Enroll or Renew request: a CSR (at most 16 KiB, see `pki`), a
 /// name, 32 labels of at most 256 bytes and a version fit in well under this.
@@ -657,23 +659,55 @@ async fn drive<C>(
     }
 }
 
-/// Serves one /healthz connection: one request per connection, its header
-/// read within the idle timeout, the whole exchange within twice that.
+/// Serves one plain-HTTP connection (`/healthz`, and `GET /metrics` from
+/// `core`'s metrics): one request per connection, its header read within the
+/// idle timeout, the whole exchange within twice that.
 pub async fn serve_http_connection(
     stream: TcpStream,
+    core: Arc<Coordinator>,
     limits: TransportLimits,
     permit: OwnedSemaphorePermit,
 ) {
     let _permit = permit;
-    let service = hyper::service::service_fn(|request: hyper::Request<Incoming>| async move {
-        let (status, body) = match request.uri().path() {
-            "/healthz" => (hyper::StatusCode::OK, "ok\n"),
-            _ => (hyper::StatusCode::NOT_FOUND, "not found\n"),
-        };
-        hyper::Response::builder()
-            .status(status)
-            .header("content-type", "text/plain")
-            .body(Full::new(Bytes::from_static(body.as_bytes())))
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let core = core.clone();
+        async move {
+            let (status, content_type, body) = match request.uri().path() {
+                "/healthz" => (
+                    hyper::StatusCode::OK,
+                    "text/plain",
+                    Bytes::from_static(b"ok\n"),
+                ),
+                "/metrics" if request.method() == hyper::Method::GET => {
+                    match core.list_agents().await {
+                        Ok(agents) => (
+                            hyper::StatusCode::OK,
+                            crate::metrics::CONTENT_TYPE,
+                            Bytes::from(core.metrics().encode(&agents_connected(&agents))),
+                        ),
+                        Err(e) => (
+                            hyper::StatusCode::INTERNAL_SERVER_ERROR,
+                            "text/plain",
+                            Bytes::from(format!("cannot list the agents: {}\n", e.message())),
+                        ),
+                    }
+                }
+                "/metrics" => (
+                    hyper::StatusCode::METHOD_NOT_ALLOWED,
+                    "text/plain",
+                    Bytes::from_static(b"method not allowed\n"),
+                ),
+                _ => (
+                    hyper::StatusCode::NOT_FOUND,
+                    "text/plain",
+                    Bytes::from_static(b"not found\n"),
+                ),
+            };
+            hyper::Response::builder()
+                .status(status)
+                .header("content-type", content_type)
+                .body(Full::new(body))
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -683,6 +717,23 @@ pub async fn serve_http_connection(
         .keep_alive(false);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     let _ = tokio::time::timeout(limits.idle_timeout * 2, connection).await;
+}
+
+/// `vantage_agents_connected`'s map: per region, the connected, unrevoked
+/// agents of role `agent`; the regions of enrolled, unrevoked agents with
+/// none connected appear with 0.
+fn agents_connected(agents: &[AgentView]) -> BTreeMap<String, u64> {
+    let mut map = BTreeMap::new();
+    for agent in agents {
+        if agent.record.revoked || agent.record.role != AgentRole::Agent {
+            continue;
+        }
+        let count = map.entry(agent.record.region.clone()).or_insert(0);
+        if agent.connected {
+            *count += 1;
+        }
+    }
+    map
 }
 
 #[cfg(test)]
@@ -764,5 +815,43 @@ mod tests {
         wire.extend_from_slice(&[1; 10]);
         assert!(framing.scan(&wire).is_ok());
         assert!(framing.scan(&header(1)).is_err());
+    }
+
+    #[test]
+    fn agents_connected_counts_connected_agents_per_region() {
+        let view =
+            |name: &str, region: &str, role: AgentRole, connected: bool, revoked: bool| AgentView {
+                record: crate::store::AgentRecord {
+                    agent_id: format!("id-{name}"),
+                    name: name.into(),
+                    region: region.into(),
+                    labels: Default::default(),
+                    version: "0".into(),
+                    role,
+                    cert_sha256: String::new(),
+                    enrolled_at_ms: 0,
+                    last_seen_ms: None,
+                    remote_addr: None,
+                    revoked,
+                    spool_bytes: 0,
+                },
+                connected,
+                remote_addr: None,
+                health: None,
+            };
+        let agents = [
+            view("a", "eu", AgentRole::Agent, true, false),
+            view("b", "eu", AgentRole::Agent, true, false),
+            view("c", "eu", AgentRole::Agent, false, false),
+            view("d", "us", AgentRole::Agent, false, false),
+            view("w", "eu", AgentRole::Witness, true, false),
+            view("w2", "ap", AgentRole::Witness, true, false),
+            view("r", "sa", AgentRole::Agent, false, true),
+        ];
+        let map = agents_connected(&agents);
+        let expected: BTreeMap<String, u64> = [("eu".to_string(), 2), ("us".to_string(), 0)]
+            .into_iter()
+            .collect();
+        assert_eq!(map, expected);
     }
 }

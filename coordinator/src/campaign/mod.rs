@@ -516,6 +516,7 @@ impl Coordinator {
         self.store
             .finish_campaign(campaign_id, now_ms(), diagnosis.status.into(), &json)
             .await?;
+        self.metrics.campaign_finished(status.as_str());
         Ok((status, json, followup.then_some(report)))
     }
 }
