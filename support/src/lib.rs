@@ -8,6 +8,9 @@
 //!   the connector every channel to a coordinator goes through;
 //! - [`fs`]: files and directories readable by their owner only;
 //! - [`addr`]: `host:port` and `IP[:PORT]` parsing;
+//! - [`netrange`]: the special-purpose address ranges every egress guard
+//!   checks (the agent's targets, the coordinator's webhooks);
+//! - [`backoff`]: the validated, jittered retry schedule;
 //! - [`time`]: wall-clock unix milliseconds.
 //!
 //! It owns no domain and no service: it must never import a tonic service,
@@ -16,8 +19,10 @@
 //! fingerprint). Domain limits and types live in `vantage-proto`.
 
 pub mod addr;
+pub mod backoff;
 pub mod env;
 pub mod fs;
+pub mod netrange;
 pub mod runtime;
 pub mod time;
 pub mod tls;
