@@ -148,41 +148,6 @@ pub fn event_of(event: &pb::CampaignEvent) -> Option<CampaignEvent> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::diagnosis;
-
-    #[test]
-    fn every_event_survives_the_wire() {
-        let events = [
-            CampaignEvent::PlanSent {
-                region: "eu".into(),
-                agent: "eu-1".into(),
-                expected: 42,
-            },
-            CampaignEvent::RegionDone {
-                region: "us".into(),
-            },
-            CampaignEvent::RegionLost {
-                region: "ap".into(),
-                reason: "agent lost".into(),
-            },
-            CampaignEvent::ReportReady {
-                status: diagnosis::Status::Faulty,
-            },
-        ];
-        for event in events {
-            assert_eq!(event_of(&event_pb(event.clone())), Some(event));
-        }
-        let newer = pb::CampaignEvent {
-            kind: "region_paused".into(),
-            ..Default::default()
-        };
-        assert_eq!(event_of(&newer), None);
-    }
-}
-
 /// A sweep's definition on the wire.
 pub fn sweep_definition_pb(name: &str, definition: &SweepDefinition) -> pb::SweepDefinition {
     pb::SweepDefinition {
@@ -264,5 +229,40 @@ pub fn alert_pb(alert: &AlertRecord) -> pb::AlertInfo {
         resolved_at: alert.resolved_at_ms.map(rfc3339).unwrap_or_default(),
         summary: alert.summary.clone(),
         campaign_id: alert.campaign_id.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnosis;
+
+    #[test]
+    fn every_event_survives_the_wire() {
+        let events = [
+            CampaignEvent::PlanSent {
+                region: "eu".into(),
+                agent: "eu-1".into(),
+                expected: 42,
+            },
+            CampaignEvent::RegionDone {
+                region: "us".into(),
+            },
+            CampaignEvent::RegionLost {
+                region: "ap".into(),
+                reason: "agent lost".into(),
+            },
+            CampaignEvent::ReportReady {
+                status: diagnosis::Status::Faulty,
+            },
+        ];
+        for event in events {
+            assert_eq!(event_of(&event_pb(event.clone())), Some(event));
+        }
+        let newer = pb::CampaignEvent {
+            kind: "region_paused".into(),
+            ..Default::default()
+        };
+        assert_eq!(event_of(&newer), None);
     }
 }

@@ -202,7 +202,10 @@ impl pb::control_service_server::ControlService for ControlService {
         request: Request<pb::SweepHistoryRequest>,
     ) -> Result<Response<pb::SweepHistoryResponse>, Status> {
         let request = request.into_inner();
-        let runs = self.core.sweep_history(&request.name, request.limit).await?;
+        let runs = self
+            .core
+            .sweep_history(&request.name, request.limit)
+            .await?;
         Ok(Response::new(pb::SweepHistoryResponse {
             runs: runs.iter().map(sweep_run_pb).collect(),
         }))

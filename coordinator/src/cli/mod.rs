@@ -474,7 +474,10 @@ async fn dispatch_admin(
         Command::Agents(args) => {
             agents(args, Target::discover(cli_coordinator, &data_dir, env)?).await
         }
-        Command::Diagnose(_) | Command::Campaign(_) | Command::Sweep(_) | Command::Alerts { .. } => {
+        Command::Diagnose(_)
+        | Command::Campaign(_)
+        | Command::Sweep(_)
+        | Command::Alerts { .. } => {
             bail!("not an administrative command")
         }
     }

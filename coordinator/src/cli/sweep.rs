@@ -31,7 +31,7 @@ pub enum SweepCommand {
     /// Create a sweep: a campaign the coordinator runs every --every, at a
     /// stable offset inside the interval, alerting (after --confirm runs in
     /// a row) on what it finds. Takes every target flag of `diagnose`.
-    Create(SweepCreateArgs),
+    Create(Box<SweepCreateArgs>),
     /// List the sweeps: interval, regions, state, next run, last verdict.
     List {
         /// Print a JSON array.
@@ -147,8 +147,9 @@ struct SweepFile {
 }
 
 fn duration(field: &str, name: &str, text: &str) -> anyhow::Result<Duration> {
-    humantime::parse_duration(text)
-        .with_context(|| format!("sweep {name:?}: {field} = {text:?} is not a duration (e.g. 30s, 5m)"))
+    humantime::parse_duration(text).with_context(|| {
+        format!("sweep {name:?}: {field} = {text:?} is not a duration (e.g. 30s, 5m)")
+    })
 }
 
 impl FileSweep {
@@ -203,15 +204,18 @@ fn millis(d: Duration) -> u64 {
 /// Reads and checks a `sweep apply` file: every sweep in it, or the first
 /// error as one line.
 pub fn read_sweep_file(path: &std::path::Path) -> anyhow::Result<Vec<(String, SweepDefinition)>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file: SweepFile = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
     let mut out: Vec<(String, SweepDefinition)> = Vec::new();
     for sweep in file.sweep {
         let (name, definition) = sweep.definition()?;
         if out.iter().any(|(n, _)| *n == name) {
-            bail!("{}: sweep {name:?} is defined more than once", path.display());
+            bail!(
+                "{}: sweep {name:?} is defined more than once",
+                path.display()
+            );
         }
         out.push((name, definition));
     }
@@ -375,7 +379,13 @@ impl From<pb::AlertInfo> for AlertJson {
 fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for row in rows {
@@ -397,7 +407,11 @@ fn findings_cell(findings: &[FindingJson]) -> String {
     findings
         .iter()
         .map(|f| {
-            let kind = f.kind.as_deref().map(|k| format!("/{k}")).unwrap_or_default();
+            let kind = f
+                .kind
+                .as_deref()
+                .map(|k| format!("/{k}"))
+                .unwrap_or_default();
             format!("{}{kind}@{}", f.code, f.regions.join(","))
         })
         .collect::<Vec<_>>()
@@ -406,15 +420,25 @@ fn findings_cell(findings: &[FindingJson]) -> String {
 
 /// The table of `sweep list`.
 pub fn sweeps_table(sweeps: &[SweepJson]) -> String {
-    let mut rows = vec![["NAME", "EVERY", "REGIONS", "STATE", "NEXT RUN", "LAST", "ALERTS", "URL"]
-        .map(String::from)
-        .to_vec()];
+    let mut rows = vec![[
+        "NAME", "EVERY", "REGIONS", "STATE", "NEXT RUN", "LAST", "ALERTS", "URL",
+    ]
+    .map(String::from)
+    .to_vec()];
     for s in sweeps {
         rows.push(vec![
             s.name.clone(),
             s.every.clone(),
-            if s.regions.is_empty() { "all".into() } else { s.regions.join(",") },
-            if s.paused { "paused".into() } else { "active".into() },
+            if s.regions.is_empty() {
+                "all".into()
+            } else {
+                s.regions.join(",")
+            },
+            if s.paused {
+                "paused".into()
+            } else {
+                "active".into()
+            },
             s.next_run_at.clone().unwrap_or_else(|| "-".into()),
             s.last_run.as_ref().map_or("-".into(), |r| r.status.clone()),
             s.alerts_open.to_string(),
@@ -447,7 +471,11 @@ pub fn alerts_table(alerts: &[AlertJson]) -> String {
         .map(String::from)
         .to_vec()];
     for a in alerts {
-        let since = if a.state == "open" { &a.opened_at } else { &a.resolved_at };
+        let since = if a.state == "open" {
+            &a.opened_at
+        } else {
+            &a.resolved_at
+        };
         rows.push(vec![
             a.state.to_uppercase(),
             a.sweep.clone(),
@@ -474,7 +502,11 @@ fn show_text(s: &SweepJson) -> String {
     }
     line(
         "regions",
-        if s.regions.is_empty() { "all".into() } else { s.regions.join(", ") },
+        if s.regions.is_empty() {
+            "all".into()
+        } else {
+            s.regions.join(", ")
+        },
     );
     line(
         "every",
@@ -482,17 +514,22 @@ fn show_text(s: &SweepJson) -> String {
     );
     line("confirm", format!("{} runs", s.confirm));
     line("webhooks", s.webhooks.to_string());
-    line("state", if s.paused { "paused".into() } else { "active".into() });
-    line("next run", s.next_run_at.clone().unwrap_or_else(|| "-".into()));
+    line(
+        "state",
+        if s.paused {
+            "paused".into()
+        } else {
+            "active".into()
+        },
+    );
+    line(
+        "next run",
+        s.next_run_at.clone().unwrap_or_else(|| "-".into()),
+    );
     match &s.last_run {
         Some(r) => line(
             "last run",
-            format!(
-                "{} {} {}",
-                r.slot,
-                r.status,
-                findings_cell(&r.findings)
-            ),
+            format!("{} {} {}", r.slot, r.status, findings_cell(&r.findings)),
         ),
         None => line("last run", "none yet".into()),
     }
@@ -560,7 +597,9 @@ pub async fn sweep(command: SweepCommand, target: Target) -> anyhow::Result<()> 
             if json {
                 println!("{}", serde_json::to_string_pretty(&sweeps)?);
             } else if sweeps.is_empty() {
-                eprintln!("no sweeps yet: create one with `vantage sweep create NAME URL --origin ADDR`");
+                eprintln!(
+                    "no sweeps yet: create one with `vantage sweep create NAME URL --origin ADDR`"
+                );
             } else {
                 print!("{}", sweeps_table(&sweeps));
             }
@@ -580,7 +619,10 @@ pub async fn sweep(command: SweepCommand, target: Target) -> anyhow::Result<()> 
         }
         SweepCommand::History { name, limit, json } => {
             let runs: Vec<RunJson> = control
-                .sweep_history(pb::SweepHistoryRequest { name: name.clone(), limit })
+                .sweep_history(pb::SweepHistoryRequest {
+                    name: name.clone(),
+                    limit,
+                })
                 .await
                 .map_err(rpc)?
                 .into_inner()
@@ -591,21 +633,29 @@ pub async fn sweep(command: SweepCommand, target: Target) -> anyhow::Result<()> 
             if json {
                 println!("{}", serde_json::to_string_pretty(&runs)?);
             } else if runs.is_empty() {
-                eprintln!("sweep {name} has not run yet (`vantage sweep show {name}` says when it will)");
+                eprintln!(
+                    "sweep {name} has not run yet (`vantage sweep show {name}` says when it will)"
+                );
             } else {
                 print!("{}", history_table(&runs));
             }
         }
         SweepCommand::Pause { name } => {
             control
-                .set_sweep_paused(pb::SetSweepPausedRequest { name: name.clone(), paused: true })
+                .set_sweep_paused(pb::SetSweepPausedRequest {
+                    name: name.clone(),
+                    paused: true,
+                })
                 .await
                 .map_err(rpc)?;
             println!("sweep {name} paused");
         }
         SweepCommand::Resume { name } => {
             let info = control
-                .set_sweep_paused(pb::SetSweepPausedRequest { name: name.clone(), paused: false })
+                .set_sweep_paused(pb::SetSweepPausedRequest {
+                    name: name.clone(),
+                    paused: false,
+                })
                 .await
                 .map_err(rpc)?
                 .into_inner();
@@ -649,7 +699,11 @@ pub async fn sweep(command: SweepCommand, target: Target) -> anyhow::Result<()> 
                 response.update.len(),
                 response.delete.len(),
                 response.unchanged.len(),
-                if dry_run { " (dry run: nothing changed)" } else { "" }
+                if dry_run {
+                    " (dry run: nothing changed)"
+                } else {
+                    ""
+                }
             );
         }
     }
@@ -728,14 +782,23 @@ cdn = "cloudflare"
         let err = |text: &str| format!("{:#}", file(text).unwrap_err());
         let dup = err("[[sweep]]\nname='a'\nurl='http://x.example/'\norigin=['192.0.2.1']\n[[sweep]]\nname='a'\nurl='http://x.example/'\norigin=['192.0.2.1']\n");
         assert!(dup.contains("defined more than once"), "{dup}");
-        let unknown = err("[[sweep]]\nname='a'\nurl='http://x.example/'\norigin=['192.0.2.1']\nevry='1m'\n");
+        let unknown =
+            err("[[sweep]]\nname='a'\nurl='http://x.example/'\norigin=['192.0.2.1']\nevry='1m'\n");
         assert!(unknown.contains("evry"), "{unknown}");
-        let every = err("[[sweep]]\nname='a'\nurl='http://x.example/'\norigin=['192.0.2.1']\nevery='100ms'\n");
+        let every = err(
+            "[[sweep]]\nname='a'\nurl='http://x.example/'\norigin=['192.0.2.1']\nevery='100ms'\n",
+        );
         assert!(every.contains("between 1s and 7days"), "{every}");
         let hook = err("[[sweep]]\nname='a'\nurl='http://x.example/'\norigin=['192.0.2.1']\nwebhooks=['hooks.example']\n");
         assert!(hook.contains("webhook"), "{hook}");
-        let missing = format!("{:#}", read_sweep_file(std::path::Path::new("/nonexistent/sweeps.toml")).unwrap_err());
-        assert!(missing.contains("cannot read /nonexistent/sweeps.toml"), "{missing}");
+        let missing = format!(
+            "{:#}",
+            read_sweep_file(std::path::Path::new("/nonexistent/sweeps.toml")).unwrap_err()
+        );
+        assert!(
+            missing.contains("cannot read /nonexistent/sweeps.toml"),
+            "{missing}"
+        );
         assert!(!dup.contains('\n') && !every.contains('\n'));
     }
 
@@ -755,7 +818,13 @@ cdn = "cloudflare"
             reason: String::new(),
         });
         let v = serde_json::to_value(&run).unwrap();
-        for key in ["started_at", "finished_at", "status", "campaign", "findings"] {
+        for key in [
+            "started_at",
+            "finished_at",
+            "status",
+            "campaign",
+            "findings",
+        ] {
             assert!(v.get(key).is_some(), "{key} missing: {v}");
         }
         assert_eq!(v["findings"][0]["kind"], "connect_refused");

@@ -880,10 +880,15 @@ pub async fn sweep_slots_run_once_and_history_is_kept_newest_first(store: Backen
     let mut again = end.clone();
     again.status = SweepRunStatus::Missed;
     store
-        .finish_sweep_run(run, again, vec![], vec![super::NewDelivery {
-            event_id: "e2".into(),
-            ..delivery
-        }])
+        .finish_sweep_run(
+            run,
+            again,
+            vec![],
+            vec![super::NewDelivery {
+                event_id: "e2".into(),
+                ..delivery
+            }],
+        )
         .await
         .unwrap();
     assert_eq!(store.due_deliveries(i64::MAX, 10).await.unwrap().len(), 1);
@@ -938,7 +943,10 @@ pub async fn alerts_upsert_and_the_outbox_retries_until_delivered(store: Backend
         .finish_sweep_run(
             r1,
             end(1_500),
-            vec![alert("s", "origin_down", true), alert("s", "origin_waf", false)],
+            vec![
+                alert("s", "origin_down", true),
+                alert("s", "origin_waf", false),
+            ],
             deliveries,
         )
         .await

@@ -19,6 +19,7 @@ pub mod run;
 pub mod schedule;
 pub mod scheduler;
 pub mod series;
+pub mod webhook;
 
 use std::sync::Arc;
 

@@ -52,9 +52,9 @@ fn invalid(e: impl std::fmt::Display) -> Status {
 fn decode(record: &SweepRecord) -> Result<(SweepDefinition, Schedule), Status> {
     let definition: SweepDefinition = serde_json::from_str(&record.definition_json)
         .map_err(|e| Status::internal(format!("stored sweep {} is damaged: {e}", record.name)))?;
-    let schedule = definition.check(&record.name).map_err(|e| {
-        Status::internal(format!("stored sweep {} is invalid: {e}", record.name))
-    })?;
+    let schedule = definition
+        .check(&record.name)
+        .map_err(|e| Status::internal(format!("stored sweep {} is invalid: {e}", record.name)))?;
     Ok((definition, schedule))
 }
 
@@ -178,7 +178,11 @@ impl Coordinator {
     /// A sweep's newest `limit` runs (0: [`DEFAULT_HISTORY`]), newest first.
     pub async fn sweep_history(&self, name: &str, limit: u32) -> Result<Vec<SweepRun>, Status> {
         self.sweep_record(name).await?;
-        let limit = if limit == 0 { DEFAULT_HISTORY } else { limit.min(MAX_HISTORY) };
+        let limit = if limit == 0 {
+            DEFAULT_HISTORY
+        } else {
+            limit.min(MAX_HISTORY)
+        };
         Ok(self.store.sweep_runs(name, limit).await?)
     }
 
@@ -211,9 +215,9 @@ impl Coordinator {
         dry_run: bool,
     ) -> Result<ApplyPlan<SweepDefinition>, Status> {
         for (name, definition) in &wanted {
-            self.check_sweep(name, definition)
-                .await
-                .map_err(|s| Status::invalid_argument(format!("sweep {name:?}: {}", s.message())))?;
+            self.check_sweep(name, definition).await.map_err(|s| {
+                Status::invalid_argument(format!("sweep {name:?}: {}", s.message()))
+            })?;
         }
         let mut stored = Vec::new();
         for record in self.store.list_sweeps().await? {

@@ -52,7 +52,10 @@ impl CampaignRunner {
         let handle = match self.core.start_campaign(request).await {
             Ok(handle) => handle,
             Err(status) => {
-                return Outcome::missed(None, format!("the run could not start: {}", status.message()))
+                return Outcome::missed(
+                    None,
+                    format!("the run could not start: {}", status.message()),
+                )
             }
         };
         let campaign_id = handle.campaign_id.clone();
@@ -75,7 +78,13 @@ impl CampaignRunner {
     }
 
     /// Moves the alerts, queues their events and ends the run.
-    async fn conclude(&self, sweep: &str, run_id: i64, definition: &SweepDefinition, outcome: Outcome) {
+    async fn conclude(
+        &self,
+        sweep: &str,
+        run_id: i64,
+        definition: &SweepDefinition,
+        outcome: Outcome,
+    ) {
         let at_ms = now_ms();
         let stored = match self.core.store.sweep_alerts(sweep).await {
             Ok(alerts) => alerts,
@@ -109,7 +118,8 @@ impl CampaignRunner {
                 });
             }
         }
-        let findings_json = serde_json::to_string(&outcome.findings).unwrap_or_else(|_| "[]".into());
+        let findings_json =
+            serde_json::to_string(&outcome.findings).unwrap_or_else(|_| "[]".into());
         let end = SweepRunEnd {
             finished_at_ms: at_ms,
             status: outcome.status,
@@ -133,11 +143,15 @@ impl CampaignRunner {
             tracing::error!(sweep, error = %e, "cannot store the sweep run's end");
             return;
         }
-        self.core.metrics().sweep_run(sweep, outcome.status.as_str(), at_ms);
+        self.core
+            .metrics()
+            .sweep_run(sweep, outcome.status.as_str(), at_ms);
         self.core.metrics().set_alerts_open(sweep, open as u64);
         if let Some(report) = &outcome.report {
             let (findings, probes) = super::series::of_report(report);
-            self.core.metrics().sweep_last_run(sweep, &findings, &probes);
+            self.core
+                .metrics()
+                .sweep_last_run(sweep, &findings, &probes);
         }
         for (record, event) in &moved.events {
             tracing::info!(sweep, code = %record.code, kind = %record.kind, event = event.as_str(), "alert");
@@ -378,7 +392,10 @@ mod tests {
     use super::*;
     use crate::diagnosis::{FindingCode, FindingKind};
 
-    fn run(status: SweepRunStatus, findings: &[(FindingCode, Option<FindingKind>, &[&str])]) -> Outcome {
+    fn run(
+        status: SweepRunStatus,
+        findings: &[(FindingCode, Option<FindingKind>, &[&str])],
+    ) -> Outcome {
         Outcome {
             status,
             campaign_id: Some("c".into()),
@@ -404,7 +421,12 @@ mod tests {
         for (i, outcome) in outcomes.iter().enumerate() {
             let moved = move_alerts("s", confirm, &stored, outcome, i as i64);
             for (record, event) in &moved.events {
-                events.push(format!("{} {} {}", event.as_str(), record.code, record.regions.join(",")));
+                events.push(format!(
+                    "{} {} {}",
+                    event.as_str(),
+                    record.code,
+                    record.regions.join(",")
+                ));
             }
             for record in moved.records {
                 stored.retain(|a| !(a.code == record.code && a.kind == record.kind));
@@ -415,7 +437,7 @@ mod tests {
     }
 
     const WAF: (FindingCode, Option<FindingKind>, &[&str]) =
-        (FindingCode::OriginWaf, None, &["eu"]);
+        (FindingCode::OriginBlocksCdnHeaders, None, &["eu"]);
 
     #[test]
     fn an_alert_opens_after_confirm_runs_and_resolves_after_as_many_clean_ones() {
@@ -424,7 +446,10 @@ mod tests {
             vec![
                 run(Faulty, &[WAF]),
                 run(Faulty, &[WAF]),
-                run(Faulty, &[(FindingCode::OriginWaf, None, &["eu", "us"])]),
+                run(
+                    Faulty,
+                    &[(FindingCode::OriginBlocksCdnHeaders, None, &["eu", "us"])],
+                ),
                 run(Healthy, &[]),
                 run(Healthy, &[]),
             ],
@@ -432,7 +457,11 @@ mod tests {
         );
         assert_eq!(
             events,
-            ["opened origin_waf eu", "changed origin_waf eu,us", "resolved origin_waf eu,us"]
+            [
+                "opened origin_blocks_cdn_headers eu",
+                "changed origin_blocks_cdn_headers eu,us",
+                "resolved origin_blocks_cdn_headers eu,us"
+            ]
         );
         assert!(!stored[0].open);
         assert_eq!(stored[0].resolved_at_ms, Some(4));
@@ -451,7 +480,7 @@ mod tests {
             ],
             2,
         );
-        assert_eq!(events, ["opened origin_waf eu"]);
+        assert_eq!(events, ["opened origin_blocks_cdn_headers eu"]);
     }
 
     #[test]
@@ -469,6 +498,8 @@ mod tests {
         assert_eq!(events, ["opened origin_down eu"]);
         assert_eq!(stored.len(), 2);
         assert!(stored.iter().any(|a| a.kind == "connect_refused" && a.open));
-        assert!(stored.iter().any(|a| a.kind == "connect_timeout" && !a.open && a.streak == 1));
+        assert!(stored
+            .iter()
+            .any(|a| a.kind == "connect_timeout" && !a.open && a.streak == 1));
     }
 }

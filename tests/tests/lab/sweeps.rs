@@ -36,10 +36,15 @@ async fn coordinator(data: &std::path::Path) -> CoordinatorProcess {
     .unwrap()
 }
 
-async fn agent(coordinator: &CoordinatorProcess, region: &str, name: &str) -> (ChildProcess, tempfile::TempDir) {
+async fn agent(
+    coordinator: &CoordinatorProcess,
+    region: &str,
+    name: &str,
+) -> (ChildProcess, tempfile::TempDir) {
     let token = coordinator.create_token(region).await.unwrap();
     let state = tempfile::tempdir().unwrap();
-    let mut agent = spawn_agent_process(state.path(), &["--token", &token, "--name", name]).unwrap();
+    let mut agent =
+        spawn_agent_process(state.path(), &["--token", &token, "--name", name]).unwrap();
     wait_agent_connected(&mut agent).await.unwrap();
     (agent, state)
 }
@@ -56,7 +61,11 @@ async fn cli_ok(coordinator: &CoordinatorProcess, args: &[&str]) -> String {
 }
 
 async fn history(coordinator: &CoordinatorProcess, name: &str) -> Vec<serde_json::Value> {
-    let out = cli_ok(coordinator, &["sweep", "history", name, "--json", "--limit", "500"]).await;
+    let out = cli_ok(
+        coordinator,
+        &["sweep", "history", name, "--json", "--limit", "500"],
+    )
+    .await;
     serde_json::from_str::<Vec<serde_json::Value>>(&out).unwrap()
 }
 
@@ -74,7 +83,10 @@ async fn wait_history(
     .await;
     match result {
         Ok(runs) => runs,
-        Err(_) => panic!("sweep history never got there: {:#?}", history(coordinator, name).await),
+        Err(_) => panic!(
+            "sweep history never got there: {:#?}",
+            history(coordinator, name).await
+        ),
     }
 }
 
@@ -116,7 +128,9 @@ async fn a_sweep_confirms_an_outage_alerts_through_a_flaky_webhook_and_resolves(
     let origin_addr = origin.addr();
     // The first POST fails, the second hangs past the sender's timeout,
     // every later one is accepted.
-    let hook = WebhookReceiver::spawn(&[Reply::Fail, Reply::Hang], Reply::Accept).await.unwrap();
+    let hook = WebhookReceiver::spawn(&[Reply::Fail, Reply::Hang], Reply::Accept)
+        .await
+        .unwrap();
     let data = tempfile::tempdir().unwrap();
     let coordinator = coordinator(data.path()).await;
     let (_eu, _eu_state) = agent(&coordinator, "eu", "fra-1").await;
@@ -124,16 +138,27 @@ async fn a_sweep_confirms_an_outage_alerts_through_a_flaky_webhook_and_resolves(
     let created = cli_ok(
         &coordinator,
         &[
-            "sweep", "create", "shop-eu", &url,
-            "--origin", &origin_addr.to_string(),
-            "--regions", "eu",
-            "--every", "2s",
-            "--edge-timeout", "2s",
-            "--webhook", &hook.url(),
+            "sweep",
+            "create",
+            "shop-eu",
+            &url,
+            "--origin",
+            &origin_addr.to_string(),
+            "--regions",
+            "eu",
+            "--every",
+            "2s",
+            "--edge-timeout",
+            "2s",
+            "--webhook",
+            &hook.url(),
         ],
     )
     .await;
-    assert!(created.contains("sweep shop-eu created: every 2s"), "{created}");
+    assert!(
+        created.contains("sweep shop-eu created: every 2s"),
+        "{created}"
+    );
 
     // Healthy first.
     wait_history(&coordinator, "shop-eu", Duration::from_secs(60), |runs| {
@@ -144,12 +169,21 @@ async fn a_sweep_confirms_an_outage_alerts_through_a_flaky_webhook_and_resolves(
     drop(origin);
     let received = hook
         .wait_until(Duration::from_secs(90), |r| {
-            accepted_events(r).iter().any(|(event, _)| event == "opened")
+            accepted_events(r)
+                .iter()
+                .any(|(event, _)| event == "opened")
         })
         .await
         .unwrap();
-    let opened: Vec<&Received> = received.iter().filter(|r| r.body["event"] == "opened").collect();
-    assert!(opened.len() >= 3, "failed, hung, then accepted: {}", opened.len());
+    let opened: Vec<&Received> = received
+        .iter()
+        .filter(|r| r.body["event"] == "opened")
+        .collect();
+    assert!(
+        opened.len() >= 3,
+        "failed, hung, then accepted: {}",
+        opened.len()
+    );
     assert_eq!(opened[0].reply, Reply::Fail);
     assert_eq!(opened[1].reply, Reply::Hang);
     let body = &opened.last().unwrap().body;
@@ -160,7 +194,10 @@ async fn a_sweep_confirms_an_outage_alerts_through_a_flaky_webhook_and_resolves(
     assert_eq!(body["report"]["schema"], "vantage.report.v1");
     assert_eq!(body["report"]["campaign"], body["campaign"]);
     let text = body["text"].as_str().unwrap();
-    assert!(text.contains("shop-eu") && text.contains("origin_down") && !text.contains('\n'), "{text}");
+    assert!(
+        text.contains("shop-eu") && text.contains("origin_down") && !text.contains('\n'),
+        "{text}"
+    );
 
     let alerts: Vec<serde_json::Value> =
         serde_json::from_str(&cli_ok(&coordinator, &["alerts", "--json"]).await).unwrap();
@@ -171,25 +208,39 @@ async fn a_sweep_confirms_an_outage_alerts_through_a_flaky_webhook_and_resolves(
         .iter()
         .filter(|r| r["status"] == "faulty")
         .count();
-    assert!(faulty_before_open >= 2, "opened only after --confirm 2 faulty runs");
+    assert!(
+        faulty_before_open >= 2,
+        "opened only after --confirm 2 faulty runs"
+    );
 
     // The origin comes back on the same address: resolved after two clean runs.
     let _back = Origin::builder().listen(origin_addr).spawn().await.unwrap();
     let received = hook
         .wait_until(Duration::from_secs(90), |r| {
-            accepted_events(r).iter().any(|(event, _)| event == "resolved")
+            accepted_events(r)
+                .iter()
+                .any(|(event, _)| event == "resolved")
         })
         .await
         .unwrap();
     assert_same_body_per_id_and_accepted_once(&received);
-    let events: Vec<String> = accepted_events(&received).into_iter().map(|(e, _)| e).collect();
+    let events: Vec<String> = accepted_events(&received)
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
     assert_eq!(events.first().map(String::as_str), Some("opened"));
     assert_eq!(events.last().map(String::as_str), Some("resolved"));
 
     // History: the contract fields, newest first, verdicts with findings.
     let runs = history(&coordinator, "shop-eu").await;
     for run in &runs {
-        for key in ["started_at", "finished_at", "status", "campaign", "findings"] {
+        for key in [
+            "started_at",
+            "finished_at",
+            "status",
+            "campaign",
+            "findings",
+        ] {
             assert!(run.get(key).is_some(), "{key} missing in {run}");
         }
     }
@@ -219,25 +270,37 @@ async fn kill_9_with_an_event_undelivered_neither_loses_nor_repeats_it() {
     cli_ok(
         &coordinator,
         &[
-            "sweep", "create", "down", &url,
-            "--origin", &dead_addr.to_string(),
-            "--every", "1s",
-            "--confirm", "1",
-            "--edge-timeout", "1s",
-            "--webhook", &hook.url(),
+            "sweep",
+            "create",
+            "down",
+            &url,
+            "--origin",
+            &dead_addr.to_string(),
+            "--every",
+            "1s",
+            "--confirm",
+            "1",
+            "--edge-timeout",
+            "1s",
+            "--webhook",
+            &hook.url(),
         ],
     )
     .await;
     // The event is queued and its delivery has failed at least once.
-    hook.wait_until(Duration::from_secs(60), |r| r.iter().any(|r| r.body["event"] == "opened"))
-        .await
-        .unwrap();
+    hook.wait_until(Duration::from_secs(60), |r| {
+        r.iter().any(|r| r.body["event"] == "opened")
+    })
+    .await
+    .unwrap();
     coordinator.kill9().await.unwrap();
     hook.answer_all(Reply::Accept);
     let restarted = coordinator.restart_with(SERVE).await.unwrap();
     let received = hook
         .wait_until(Duration::from_secs(60), |r| {
-            accepted_events(r).iter().any(|(event, _)| event == "opened")
+            accepted_events(r)
+                .iter()
+                .any(|(event, _)| event == "opened")
         })
         .await
         .unwrap();
@@ -254,12 +317,20 @@ async fn kill_9_with_an_event_undelivered_neither_loses_nor_repeats_it() {
         .filter(|r| r.body["event"] == "opened")
         .map(|r| r.body["id"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(opened_ids.len(), 1, "one opened event, whatever the restarts");
-    assert!(received.iter().any(|r| r.reply == Reply::Fail), "it failed before the kill");
+    assert_eq!(
+        opened_ids.len(),
+        1,
+        "one opened event, whatever the restarts"
+    );
+    assert!(
+        received.iter().any(|r| r.reply == Reply::Fail),
+        "it failed before the kill"
+    );
     // The restarted coordinator kept the history and the schedule.
     let runs = history(&restarted, "down").await;
-    assert!(runs.iter().any(|r| r["status"] == "missed"
-        || r["status"] == "faulty"));
+    assert!(runs
+        .iter()
+        .any(|r| r["status"] == "missed" || r["status"] == "faulty"));
     drop(restarted);
 }
 
@@ -269,7 +340,14 @@ async fn bad_sweep_input_is_one_line_and_exit_2_before_anything_changes() {
     let coordinator = coordinator(data.path()).await;
     let (_eu, _eu_state) = agent(&coordinator, "eu", "fra-1").await;
     let create = |extra: &[&str]| {
-        let mut args = vec!["sweep", "create", "s1", "http://shop.example/", "--origin", "192.0.2.10"];
+        let mut args = vec![
+            "sweep",
+            "create",
+            "s1",
+            "http://shop.example/",
+            "--origin",
+            "192.0.2.10",
+        ];
         args.extend_from_slice(extra);
         args.into_iter().map(String::from).collect::<Vec<_>>()
     };
@@ -286,12 +364,30 @@ async fn bad_sweep_input_is_one_line_and_exit_2_before_anything_changes() {
     };
     refused(create(&["--regions", "mars"]), "unknown region \"mars\"").await;
     refused(create(&["--every", "500ms"]), "between 1s and 7days").await;
-    refused(create(&["--webhook", "ftp://hooks.example/x"]), "http:// or https://").await;
+    refused(
+        create(&["--webhook", "ftp://hooks.example/x"]),
+        "http:// or https://",
+    )
+    .await;
     refused(create(&["--confirm", "0"]), "--confirm 0").await;
     // Nothing was created by any of those.
     let list = cli_ok(&coordinator, &["sweep", "list", "--json"]).await;
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&list).unwrap(), serde_json::json!([]));
-    cli_ok(&coordinator, &["sweep", "create", "s1", "http://shop.example/", "--origin", "192.0.2.10"]).await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&list).unwrap(),
+        serde_json::json!([])
+    );
+    cli_ok(
+        &coordinator,
+        &[
+            "sweep",
+            "create",
+            "s1",
+            "http://shop.example/",
+            "--origin",
+            "192.0.2.10",
+        ],
+    )
+    .await;
     refused(create(&[]), "already exists").await;
 
     // apply: a dry run prints the plan and changes nothing; a real one
@@ -305,7 +401,10 @@ async fn bad_sweep_input_is_one_line_and_exit_2_before_anything_changes() {
     .unwrap();
     let file_arg = file.display().to_string();
     let plan = cli_ok(&coordinator, &["sweep", "apply", &file_arg, "--dry-run"]).await;
-    assert!(plan.contains("+ s2") && plan.contains("- s1") && plan.contains("dry run"), "{plan}");
+    assert!(
+        plan.contains("+ s2") && plan.contains("- s1") && plan.contains("dry run"),
+        "{plan}"
+    );
     let names = |list: String| -> Vec<String> {
         serde_json::from_str::<Vec<serde_json::Value>>(&list)
             .unwrap()
@@ -313,23 +412,52 @@ async fn bad_sweep_input_is_one_line_and_exit_2_before_anything_changes() {
             .map(|s| s["name"].as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(names(cli_ok(&coordinator, &["sweep", "list", "--json"]).await), ["s1"]);
+    assert_eq!(
+        names(cli_ok(&coordinator, &["sweep", "list", "--json"]).await),
+        ["s1"]
+    );
     let applied = cli_ok(&coordinator, &["sweep", "apply", &file_arg]).await;
-    assert!(applied.contains("1 to create, 0 to update, 1 to delete"), "{applied}");
-    assert_eq!(names(cli_ok(&coordinator, &["sweep", "list", "--json"]).await), ["s2"]);
+    assert!(
+        applied.contains("1 to create, 0 to update, 1 to delete"),
+        "{applied}"
+    );
+    assert_eq!(
+        names(cli_ok(&coordinator, &["sweep", "list", "--json"]).await),
+        ["s2"]
+    );
     std::fs::write(&file, "[[sweep]]\nname = \"s3\"\nurl = \"http://api.example/\"\norigin = [\"192.0.2.11\"]\nregions = [\"mars\"]\n").unwrap();
-    refused(vec!["sweep".into(), "apply".into(), file_arg.clone()], "unknown region").await;
-    refused(vec!["sweep".into(), "apply".into(), "/nonexistent/sweeps.toml".into()], "cannot read").await;
-    assert_eq!(names(cli_ok(&coordinator, &["sweep", "list", "--json"]).await), ["s2"]);
+    refused(
+        vec!["sweep".into(), "apply".into(), file_arg.clone()],
+        "unknown region",
+    )
+    .await;
+    refused(
+        vec![
+            "sweep".into(),
+            "apply".into(),
+            "/nonexistent/sweeps.toml".into(),
+        ],
+        "cannot read",
+    )
+    .await;
+    assert_eq!(
+        names(cli_ok(&coordinator, &["sweep", "list", "--json"]).await),
+        ["s2"]
+    );
 
     // pause, resume, delete, and the unknown name.
     cli_ok(&coordinator, &["sweep", "pause", "s2"]).await;
     let shown: serde_json::Value =
-        serde_json::from_str(&cli_ok(&coordinator, &["sweep", "show", "s2", "--json"]).await).unwrap();
+        serde_json::from_str(&cli_ok(&coordinator, &["sweep", "show", "s2", "--json"]).await)
+            .unwrap();
     assert_eq!(shown["paused"], true);
     assert_eq!(shown["next_run_at"], serde_json::Value::Null);
     let resumed = cli_ok(&coordinator, &["sweep", "resume", "s2"]).await;
     assert!(resumed.contains("next run 20"), "{resumed}");
     cli_ok(&coordinator, &["sweep", "delete", "s2"]).await;
-    refused(vec!["sweep".into(), "show".into(), "s2".into()], "no sweep named \"s2\"").await;
+    refused(
+        vec!["sweep".into(), "show".into(), "s2".into()],
+        "no sweep named \"s2\"",
+    )
+    .await;
 }

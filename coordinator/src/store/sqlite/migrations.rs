@@ -257,7 +257,7 @@ mod tests {
 
     #[test]
     fn schema_version_matches_migrations() {
-        assert_eq!(SCHEMA_VERSION, 3);
+        assert_eq!(SCHEMA_VERSION, 4);
         assert_eq!(SCHEMA_VERSION as usize, MIGRATIONS.len());
     }
 
@@ -271,11 +271,16 @@ mod tests {
             table_names(&conn),
             [
                 "agents",
+                "alerts",
                 "campaigns",
+                "deliveries",
                 "observations",
                 "plan_agents",
                 "plans",
                 "results",
+                "sqlite_sequence",
+                "sweep_runs",
+                "sweeps",
                 "tokens"
             ]
         );
