@@ -83,10 +83,34 @@ async fn wait_history(
     .await;
     match result {
         Ok(runs) => runs,
-        Err(_) => panic!(
-            "sweep history never got there: {:#?}",
-            history(coordinator, name).await
-        ),
+        Err(_) => {
+            let runs = history(coordinator, name).await;
+            let report = match runs.first().and_then(|r| r["campaign"].as_str()) {
+                Some(id) => {
+                    let out = coordinator
+                        .cli(&["campaign", "show", id, "--json"])
+                        .await
+                        .unwrap();
+                    let report: serde_json::Value =
+                        serde_json::from_slice(&out.stdout).unwrap_or_default();
+                    format!(
+                        "summary {} missing {} regions {:?}",
+                        report["summary"],
+                        report["missing"],
+                        report["regions"].as_array().map(|r| r
+                            .iter()
+                            .map(|r| (
+                                r["region"].clone(),
+                                r["lost"].clone(),
+                                r["probes"].as_array().map(|p| p.len())
+                            ))
+                            .collect::<Vec<_>>())
+                    )
+                }
+                None => String::new(),
+            };
+            panic!("sweep history never got there ({report}): {runs:#?}")
+        }
     }
 }
 
@@ -133,7 +157,9 @@ async fn a_sweep_confirms_an_outage_alerts_through_a_flaky_webhook_and_resolves(
         .unwrap();
     let data = tempfile::tempdir().unwrap();
     let coordinator = coordinator(data.path()).await;
+    // Two regions: one healthy region alone is only "inconclusive".
     let (_eu, _eu_state) = agent(&coordinator, "eu", "fra-1").await;
+    let (_us, _us_state) = agent(&coordinator, "us", "iad-1").await;
     let url = origin.url("/health");
     let created = cli_ok(
         &coordinator,
@@ -145,7 +171,7 @@ async fn a_sweep_confirms_an_outage_alerts_through_a_flaky_webhook_and_resolves(
             "--origin",
             &origin_addr.to_string(),
             "--regions",
-            "eu",
+            "eu,us",
             "--every",
             "2s",
             "--edge-timeout",
@@ -166,7 +192,7 @@ async fn a_sweep_confirms_an_outage_alerts_through_a_flaky_webhook_and_resolves(
     })
     .await;
     // The origin goes down: two faulty runs in a row open origin_down.
-    drop(origin);
+    origin.stop().await;
     let received = hook
         .wait_until(Duration::from_secs(90), |r| {
             accepted_events(r)
@@ -190,7 +216,7 @@ async fn a_sweep_confirms_an_outage_alerts_through_a_flaky_webhook_and_resolves(
     assert_eq!(body["schema"], "vantage.alert.v1");
     assert_eq!(body["sweep"], "shop-eu");
     assert_eq!(body["code"], "origin_down");
-    assert_eq!(body["regions"], serde_json::json!(["eu"]));
+    assert_eq!(body["regions"], serde_json::json!(["eu", "us"]));
     assert_eq!(body["report"]["schema"], "vantage.report.v1");
     assert_eq!(body["report"]["campaign"], body["campaign"]);
     let text = body["text"].as_str().unwrap();
@@ -246,7 +272,10 @@ async fn a_sweep_confirms_an_outage_alerts_through_a_flaky_webhook_and_resolves(
     }
     let faulty = runs.iter().find(|r| r["status"] == "faulty").unwrap();
     assert_eq!(faulty["findings"][0]["code"], "origin_down");
-    assert_eq!(faulty["findings"][0]["regions"], serde_json::json!(["eu"]));
+    assert_eq!(
+        faulty["findings"][0]["regions"],
+        serde_json::json!(["eu", "us"])
+    );
     let slots: Vec<&str> = runs.iter().map(|r| r["slot"].as_str().unwrap()).collect();
     let mut sorted = slots.clone();
     sorted.sort_by(|a, b| b.cmp(a));
