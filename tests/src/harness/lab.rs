@@ -409,6 +409,8 @@ pub struct CoordinatorProcess {
     pub process: ChildProcess,
     /// Its bound gRPC address.
     pub grpc_addr: SocketAddr,
+    /// Its bound HTTP address (/healthz, /metrics).
+    pub http_addr: Option<SocketAddr>,
     data_dir: PathBuf,
     heartbeat: Duration,
 }
@@ -458,9 +460,14 @@ impl CoordinatorProcess {
             .find_map(|field| field.strip_prefix("grpc="))
             .context("readiness line without grpc=")?
             .parse()?;
+        let http_addr = ready
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("http="))
+            .and_then(|a| a.parse().ok());
         Ok(CoordinatorProcess {
             process,
             grpc_addr,
+            http_addr,
             data_dir: data_dir.to_path_buf(),
             heartbeat,
         })

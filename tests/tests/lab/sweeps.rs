@@ -490,3 +490,163 @@ async fn bad_sweep_input_is_one_line_and_exit_2_before_anything_changes() {
     )
     .await;
 }
+
+/// A free loopback port for a server that cannot report the port it bound
+/// (Prometheus logs the address it was given, not the one it got).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Asks Prometheus' HTTP API; the `data.result` array.
+fn prometheus_query(port: u16, query: &str) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-G"])
+        .arg(format!("http://127.0.0.1:{port}/api/v1/query"))
+        .arg("--data-urlencode")
+        .arg(format!("query={query}"))
+        .output()
+        .expect("curl runs");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    answer["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_sweep_series_and_answers_queries() {
+    if std::process::Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("prometheus is required under CI=true (apt-get install prometheus)");
+        }
+        eprintln!("SKIPPED a_real_prometheus_scrapes_the_sweep_series: prometheus is missing");
+        return;
+    }
+    let origin = Origin::builder().spawn().await.unwrap();
+    let origin_addr = origin.addr();
+    let data = tempfile::tempdir().unwrap();
+    let coordinator = coordinator(data.path()).await;
+    let (_eu, _eu_state) = agent(&coordinator, "eu", "fra-1").await;
+    let (_us, _us_state) = agent(&coordinator, "us", "iad-1").await;
+    let url = origin.url("/health");
+    cli_ok(
+        &coordinator,
+        &[
+            "sweep",
+            "create",
+            "prom",
+            &url,
+            "--origin",
+            &origin_addr.to_string(),
+            "--regions",
+            "eu,us",
+            "--every",
+            "1s",
+            "--edge-timeout",
+            "2s",
+        ],
+    )
+    .await;
+    wait_history(&coordinator, "prom", Duration::from_secs(60), |runs| {
+        runs.iter().any(|r| r["status"] == "healthy")
+    })
+    .await;
+
+    let http = coordinator
+        .http_addr
+        .expect("the lab coordinator serves HTTP");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: vantage\n    static_configs:\n      - targets: ['{http}']\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut prometheus = ChildProcess::spawn(
+        "prometheus",
+        &std::path::PathBuf::from("prometheus"),
+        &[
+            format!("--config.file={}", config.display()),
+            format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+        ],
+    )
+    .unwrap();
+    prometheus
+        .wait_for_line(Duration::from_secs(60), |_, line| {
+            line.contains("Server is ready to receive web requests")
+        })
+        .await
+        .unwrap();
+    // Healthy: probe_success is 1 for both regions and both routes.
+    let healthy = poll_until(
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            let result = prometheus_query(port, "probe_success{sweep=\"prom\"}");
+            (result.len() >= 4 && result.iter().all(|r| r["value"][1] == "1")).then_some(result)
+        },
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no probe_success: {:?}",
+            prometheus_query(port, "probe_success")
+        )
+    });
+    let routes: std::collections::BTreeSet<String> = healthy
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["metric"]["region"].as_str().unwrap(),
+                r["metric"]["route"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        routes.into_iter().collect::<Vec<_>>(),
+        ["eu/direct", "eu/edge", "us/direct", "us/edge"]
+    );
+    // Down: vantage_finding{code="origin_down"} is 1 in both regions.
+    origin.stop().await;
+    let finding = poll_until(
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            let result = prometheus_query(
+                port,
+                "vantage_finding{sweep=\"prom\",code=\"origin_down\"} == 1",
+            );
+            (result.len() == 2).then_some(result)
+        },
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no vantage_finding: {:?}",
+            prometheus_query(port, "vantage_finding")
+        )
+    });
+    let regions: Vec<&str> = finding
+        .iter()
+        .map(|r| r["metric"]["region"].as_str().unwrap())
+        .collect();
+    assert!(
+        regions.contains(&"eu") && regions.contains(&"us"),
+        "{finding:?}"
+    );
+    let failing = prometheus_query(port, "probe_success{sweep=\"prom\",route=\"direct\"} == 0");
+    assert_eq!(failing.len(), 2, "{failing:?}");
+    let runs = prometheus_query(port, "vantage_sweep_runs_total{sweep=\"prom\"}");
+    assert!(!runs.is_empty());
+    prometheus.terminate(Duration::from_secs(10)).await.unwrap();
+}
