@@ -120,6 +120,27 @@ enum Command {
         #[arg(long, default_value_t = 12)]
         cli_runs: usize,
     },
+    /// The sweep scheduler at fleet scale: N sweeps at one interval over R
+    /// simulated regions on one SQLite file, in real time: start lateness
+    /// against the slot (target p99 <= 1 s), overlapping runs (target 0),
+    /// CPU (target < 1 core) and peak RSS.
+    BenchSweeps {
+        /// Sweeps.
+        #[arg(long, default_value_t = 1000)]
+        sweeps: usize,
+        /// Their interval.
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        every: Duration,
+        /// Regions each run covers.
+        #[arg(long, default_value_t = 10)]
+        regions: usize,
+        /// How long each simulated run takes.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        run_time: Duration,
+        /// How long to measure.
+        #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
+        window: Duration,
+    },
     /// Measure the agent's idle RSS after enrollment and the binary sizes.
     BenchFootprint {
         /// How long to idle before reading RSS.
@@ -175,6 +196,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if report.stored != total {
                 anyhow::bail!("stored {} of {total} results", report.stored);
             }
+            Ok(())
+        }
+        Command::BenchSweeps {
+            sweeps,
+            every,
+            regions,
+            run_time,
+            window,
+        } => {
+            let r =
+                vantage_lab::bench::sweeps::sweeps(vantage_lab::bench::sweeps::SweepBenchParams {
+                    sweeps,
+                    every,
+                    regions,
+                    run_time,
+                    window,
+                })
+                .await?;
+            println!(
+                "sweeps: {sweeps} every {} over {regions} regions, runs of {}, window {}",
+                humantime::format_duration(every),
+                humantime::format_duration(run_time),
+                humantime::format_duration(window)
+            );
+            println!("  runs started        : {:>10}", r.runs);
+            println!("  slots missed        : {:>10}", r.missed);
+            println!("  overlapping runs    : {:>10}", r.overlaps);
+            println!(
+                "  lateness p50/p99/max: {:>6.0} / {:.0} / {:.0} ms",
+                r.lateness_ms.0, r.lateness_ms.1, r.lateness_ms.2
+            );
+            println!("  p99 / 1 s target    : {:>10.3}", r.lateness_ms.1 / 1000.0);
+            println!(
+                "  CPU (cores)         : {:>10.3}  (target < 1)",
+                r.cpu_cores
+            );
+            println!(
+                "  peak RSS            : {:>10.1} MiB",
+                r.peak_rss_kib as f64 / 1024.0
+            );
             Ok(())
         }
         Command::Origin { delay, listen } => {

@@ -97,7 +97,7 @@ pub struct ServeArgs {
     /// gRPC listen address (TLS; agents and the CLI connect here).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7443")]
     pub listen: SocketAddr,
-    /// Plain-HTTP listen address for /healthz.
+    /// Plain-HTTP listen address for /healthz and /metrics (Prometheus).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7480")]
     pub http_listen: SocketAddr,
     /// A name or address agents use to reach this coordinator, put in tokens

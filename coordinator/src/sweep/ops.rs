@@ -192,7 +192,6 @@ impl Coordinator {
             return Err(Status::not_found(format!("no sweep named {name:?}")));
         }
         self.sweep_shared.changed.notify_one();
-        self.metrics().set_alerts_open(name, 0);
         self.sweep_view(name).await
     }
 

@@ -350,6 +350,9 @@ pub async fn run_outbox(
         .timeout(config.timeout)
         .connect_timeout(config.timeout)
         .redirect(reqwest::redirect::Policy::none())
+        // An HTTP_PROXY in the environment must not route around the
+        // address check.
+        .no_proxy()
         .user_agent(concat!("vantage/", env!("CARGO_PKG_VERSION")))
         .dns_resolver(Arc::new(GuardedResolver(config.policy)))
         .build()
