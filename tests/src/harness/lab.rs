@@ -519,6 +519,21 @@ impl CoordinatorProcess {
         Ok(String::from_utf8(out.stdout)?.trim().to_string())
     }
 
+    /// Enrolls a `vantage-agent run` process named `name` in `region` with
+    /// a fresh token and waits until its session is up; the state dir
+    /// lives as long as the returned guard.
+    pub async fn connected_agent(
+        &self,
+        region: &str,
+        name: &str,
+    ) -> anyhow::Result<(ChildProcess, tempfile::TempDir)> {
+        let token = self.create_token(region).await?;
+        let state = tempfile::tempdir()?;
+        let mut agent = spawn_agent_process(state.path(), &["--token", &token, "--name", name])?;
+        wait_agent_connected(&mut agent).await?;
+        Ok((agent, state))
+    }
+
     /// Runs the `vantage` CLI against this coordinator.
     pub async fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
         let mut argv = vec![

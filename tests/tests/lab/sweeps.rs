@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use vantage_lab::lab::{spawn_agent_process, wait_agent_connected, CoordinatorProcess};
+use vantage_lab::lab::CoordinatorProcess;
 use vantage_lab::origin::Origin;
 use vantage_lab::process::{poll_until, ChildProcess};
 use vantage_lab::webhook::{Received, Reply, WebhookReceiver};
@@ -41,12 +41,7 @@ async fn agent(
     region: &str,
     name: &str,
 ) -> (ChildProcess, tempfile::TempDir) {
-    let token = coordinator.create_token(region).await.unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let mut agent =
-        spawn_agent_process(state.path(), &["--token", &token, "--name", name]).unwrap();
-    wait_agent_connected(&mut agent).await.unwrap();
-    (agent, state)
+    coordinator.connected_agent(region, name).await.unwrap()
 }
 
 async fn cli_ok(coordinator: &CoordinatorProcess, args: &[&str]) -> String {
