@@ -742,6 +742,7 @@ fn observations_of(
             nonce: r.nonce.clone(),
             tls_sha256: tls.as_ref().map(|t| t.sha256.clone()).unwrap_or_default(),
             tls_verified: tls.as_ref().map(|t| t.verified),
+            tls_not_after_unix: tls.as_ref().map(|t| t.not_after_unix).filter(|&s| s > 0),
             dns_answers: r.dns_answers.clone(),
             sent_headers: Vec::new(),
             error: r.error.clone(),

@@ -178,6 +178,9 @@ pub struct Observation {
     pub tls_sha256: String,
     /// Whether the peer certificate verified (`None` for http).
     pub tls_verified: Option<bool>,
+    /// When the peer certificate expires, Unix seconds (`None` for http or
+    /// when the agent could not read it).
+    pub tls_not_after_unix: Option<i64>,
     /// What the region's resolver returned for the host.
     pub dns_answers: Vec<String>,
     /// Extra request headers sent (the CDN pull headers for `cdn_headers`).

@@ -55,6 +55,7 @@ fn ok(route: Route, variant: Variant, address: &str) -> Observation {
         nonce: String::new(),
         tls_sha256: String::new(),
         tls_verified: None,
+        tls_not_after_unix: None,
         dns_answers: Vec::new(),
         sent_headers: if variant == Variant::CdnHeaders {
             CdnProfile::EdgeOne.pull_headers("192.0.2.9", "http", "id-1")

@@ -208,6 +208,10 @@ pub struct ReportProbe {
     pub nonce: String,
     /// The engine's error text, if any.
     pub error: String,
+    /// When the peer certificate expires, Unix seconds (blackbox's
+    /// `probe_ssl_earliest_cert_expiry`); absent for plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_not_after_unix: Option<i64>,
 }
 
 /// The witness's part of the report.
@@ -251,6 +255,7 @@ impl From<&Observation> for ReportProbe {
             edge_request_id: o.edge_request_id.clone(),
             nonce: o.nonce.clone(),
             error: o.error.clone(),
+            tls_not_after_unix: o.tls_not_after_unix,
         }
     }
 }
@@ -394,6 +399,7 @@ mod tests {
             nonce: nonce.to_string(),
             tls_sha256: String::new(),
             tls_verified: None,
+            tls_not_after_unix: None,
             dns_answers: Vec::new(),
             sent_headers: Vec::new(),
             error: String::new(),

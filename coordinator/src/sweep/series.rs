@@ -35,6 +35,15 @@ pub fn of_report(report: &Report) -> (Vec<FindingSeries>, Vec<ProbeSeries>) {
                 continue;
             };
             let t = &probe.timings_ms;
+            // The leaf is the one certificate an agent reports; in a sane
+            // chain it is also the one that expires first.
+            let ssl_earliest_cert_expiry = region
+                .probes
+                .iter()
+                .filter(|p| p.route == route)
+                .filter_map(|p| p.tls_not_after_unix)
+                .min()
+                .map(|s| s as f64);
             probes.push(ProbeSeries {
                 region: region.region.clone(),
                 route: route.as_str().to_string(),
@@ -43,7 +52,7 @@ pub fn of_report(report: &Report) -> (Vec<FindingSeries>, Vec<ProbeSeries>) {
                 duration_seconds: t.total / 1000.0,
                 phases: PhaseSeconds::from_cumulative_ms(t.dns, t.connect, t.tls, t.ttfb, t.total),
                 status_code: probe.status.unwrap_or(0),
-                ssl_earliest_cert_expiry: None,
+                ssl_earliest_cert_expiry,
             });
         }
     }

@@ -99,3 +99,63 @@ async fn metrics_are_served_and_pass_promtool() {
     }
     lab.stop().await.unwrap();
 }
+
+/// The expiry of the lab's expired origin certificate (2021-01-01T00:00:00Z).
+const EXPIRED_NOT_AFTER: i64 = 1_609_459_200;
+
+/// An `https://` target: the report's probes carry the origin
+/// certificate's expiry from the agents' handshakes, and a sweep over it
+/// exports blackbox's `probe_ssl_earliest_cert_expiry` with that value. An
+/// expired certificate is the case an operator alerts on, and its date is
+/// fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_sweep_exports_the_certificates_expiry() {
+    use vantage_lab::fixture::{Fault, TlsMode};
+    use vantage_lab::scenario::ScenarioBuilder;
+
+    let lab = ScenarioBuilder::new(Fault::Healthy, TlsMode::Expired)
+        .trust_origin_ca()
+        .regions(1)
+        .start()
+        .await
+        .unwrap();
+    let (_, report) = lab.diagnose(&[]).await.unwrap();
+    let probes: Vec<&serde_json::Value> = report["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["probes"].as_array().unwrap())
+        .filter(|p| p["route"] == "direct")
+        .collect();
+    assert!(!probes.is_empty(), "{report:#}");
+    for probe in &probes {
+        assert_eq!(probe["tls_not_after_unix"], EXPIRED_NOT_AFTER, "{probe:#}");
+    }
+
+    let url = lab.url("/lab");
+    let origin = lab.origin.addr().to_string();
+    let out = lab
+        .coordinator
+        .cli(&[
+            "sweep", "create", "tls", &url, "--origin", &origin, "--every", "1s",
+        ])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let addr = lab.coordinator.http_addr.expect("serve listens for HTTP");
+    let want = format!(
+        r#"probe_ssl_earliest_cert_expiry{{sweep="tls",region="eu",route="direct"}} {EXPIRED_NOT_AFTER}"#
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, text) = get(addr, "/metrics").await;
+        if text.contains(&want) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {want} in\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
