@@ -156,6 +156,7 @@ pub fn sweep_definition_pb(name: &str, definition: &SweepDefinition) -> pb::Swee
         every_ms: definition.every_ms,
         confirm: definition.confirm,
         webhooks: definition.webhooks.clone(),
+        quorum: definition.quorum,
     }
 }
 
@@ -175,6 +176,9 @@ pub fn sweep_definition_of(
     }
     if definition.confirm > 0 {
         out.confirm = definition.confirm;
+    }
+    if definition.quorum > 0 {
+        out.quorum = definition.quorum;
     }
     out.webhooks = definition.webhooks;
     Ok((definition.name, out))
@@ -264,5 +268,32 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(event_of(&newer), None);
+    }
+
+    #[test]
+    fn a_sweep_definition_survives_the_wire_and_zeroes_read_as_defaults() {
+        let mut definition = SweepDefinition::new(crate::campaign::plan::TargetRequest::new(
+            "https://shop.example/cart",
+            &["203.0.113.10"],
+        ));
+        definition.regions = vec!["eu".into(), "us".into()];
+        definition.every_ms = 60_000;
+        definition.confirm = 3;
+        definition.quorum = 2;
+        definition.webhooks = vec!["https://hooks.example/x".into()];
+        let (name, back) = sweep_definition_of(sweep_definition_pb("shop", &definition)).unwrap();
+        assert_eq!(name, "shop");
+        assert_eq!(back, definition);
+
+        let mut old_client = sweep_definition_pb("shop", &definition);
+        old_client.confirm = 0;
+        old_client.quorum = 0;
+        old_client.every_ms = 0;
+        let (_, back) = sweep_definition_of(old_client).unwrap();
+        let fresh = SweepDefinition::new(definition.target.clone());
+        assert_eq!(
+            (back.confirm, back.quorum, back.every_ms),
+            (fresh.confirm, fresh.quorum, fresh.every_ms)
+        );
     }
 }

@@ -23,6 +23,7 @@ use super::rpc_error;
 use crate::campaign::plan::{PullProtocol, TargetRequest, DEFAULT_ATTEMPTS, DEFAULT_BURST};
 use crate::sweep::alert::DEFAULT_CONFIRM;
 use crate::sweep::model::SweepDefinition;
+use crate::sweep::model::DEFAULT_QUORUM;
 use crate::wire;
 
 /// `vantage sweep …`
@@ -107,6 +108,12 @@ pub struct SweepCreateArgs {
     /// (and lack it before it resolves).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CONFIRM)]
     pub confirm: u32,
+    /// Regions an `origin_*` finding must hold in before a run counts
+    /// toward its alert (e.g. 2: one region's bad path never pages anyone
+    /// about the origin). Carrier and edge findings are regional by nature
+    /// and count from one region.
+    #[arg(long, value_name = "K", default_value_t = DEFAULT_QUORUM)]
+    pub quorum: u32,
     /// POST each alert event (`vantage.alert.v1` JSON, with a Slack- and
     /// Mattermost-ready `text`) to this URL (repeatable).
     #[arg(long = "webhook", value_name = "URL")]
@@ -126,6 +133,7 @@ struct FileSweep {
     regions: Vec<String>,
     every: Option<String>,
     confirm: Option<u32>,
+    quorum: Option<u32>,
     #[serde(default)]
     webhooks: Vec<String>,
     cdn: Option<String>,
@@ -189,6 +197,7 @@ impl FileSweep {
             definition.every_ms = millis(duration("every", &name, every)?);
         }
         definition.confirm = self.confirm.unwrap_or(DEFAULT_CONFIRM);
+        definition.quorum = self.quorum.unwrap_or(DEFAULT_QUORUM);
         definition.webhooks = self.webhooks;
         definition
             .check(&name)
@@ -298,6 +307,8 @@ pub struct SweepJson {
     pub offset_ms: u64,
     /// Its `--confirm`.
     pub confirm: u32,
+    /// Its `--quorum`.
+    pub quorum: u32,
     /// How many webhooks it posts to (their URLs may hold secrets).
     pub webhooks: usize,
     /// Whether it is paused.
@@ -326,6 +337,7 @@ impl From<pb::SweepInfo> for SweepJson {
                 .to_string(),
             offset_ms: info.offset_ms,
             confirm: definition.confirm,
+            quorum: definition.quorum.max(1),
             webhooks: definition.webhooks.len(),
             paused: info.paused,
             created_at: info.created_at,
@@ -513,6 +525,13 @@ fn show_text(s: &SweepJson) -> String {
         format!("{} (at +{} ms in each interval)", s.every, s.offset_ms),
     );
     line("confirm", format!("{} runs", s.confirm));
+    line(
+        "quorum",
+        match s.quorum {
+            1 => "origin findings count from 1 region".to_string(),
+            k => format!("origin findings count from {k} regions"),
+        },
+    );
     line("webhooks", s.webhooks.to_string());
     line(
         "state",
@@ -544,6 +563,7 @@ fn create_definition(args: &SweepCreateArgs) -> anyhow::Result<SweepDefinition> 
     definition.regions = args.target.regions.clone();
     definition.every_ms = millis(args.every);
     definition.confirm = args.confirm;
+    definition.quorum = args.quorum;
     definition.webhooks = args.webhooks.clone();
     definition.check(&args.name)?;
     Ok(definition)
@@ -760,6 +780,7 @@ name = "api"
 url = "http://api.example/health"
 origin = ["203.0.113.11:8080"]
 confirm = 3
+quorum = 2
 cdn = "cloudflare"
 "#,
         )
@@ -769,11 +790,13 @@ cdn = "cloudflare"
         assert_eq!(name, "checkout-eu");
         assert_eq!(eu.every_ms, 60_000);
         assert_eq!(eu.confirm, 2);
+        assert_eq!(eu.quorum, 1);
         assert_eq!(eu.regions, ["eu"]);
         assert_eq!(eu.target.burst, DEFAULT_BURST);
         let (_, api) = &sweeps[1];
         assert_eq!(api.every_ms, 300_000);
         assert_eq!(api.confirm, 3);
+        assert_eq!(api.quorum, 2);
         assert_eq!(api.target.cdn, CdnProfile::Cloudflare);
     }
 

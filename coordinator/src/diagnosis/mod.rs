@@ -308,6 +308,20 @@ impl FindingCode {
         FindingCode::CarrierInterference,
     ];
 
+    /// Whether it blames the origin (an `origin_*` code), as opposed to
+    /// the edge or a region's carrier.
+    pub fn is_origin(self) -> bool {
+        matches!(
+            self,
+            FindingCode::OriginDown
+                | FindingCode::OriginSlow
+                | FindingCode::OriginRateLimited
+                | FindingCode::OriginBlocksCdnHeaders
+                | FindingCode::OriginBlocksEdge
+                | FindingCode::OriginTlsError
+        )
+    }
+
     /// The contract name, e.g. `origin_down`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -21,6 +21,10 @@ use crate::diagnosis::{FindingCode, FindingKind};
 pub const MAX_WEBHOOKS: usize = 16;
 /// Longest webhook URL accepted.
 pub const MAX_WEBHOOK_URL: usize = 2048;
+/// Default `--quorum`: an origin finding from one region is evidence.
+pub const DEFAULT_QUORUM: u32 = 1;
+/// Largest `--quorum`.
+pub const MAX_QUORUM: u32 = 256;
 
 /// A sweep's definition, as stored and as `sweep apply` compares it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +39,16 @@ pub struct SweepDefinition {
     pub confirm: u32,
     /// Where alert events are POSTed.
     pub webhooks: Vec<String>,
+    /// Regions an `origin_*` finding must hold in before a run counts as
+    /// evidence for its alert (carrier and edge findings are regional by
+    /// nature and count from one region). Definitions stored before the
+    /// option existed read as the default.
+    #[serde(default = "default_quorum")]
+    pub quorum: u32,
+}
+
+fn default_quorum() -> u32 {
+    DEFAULT_QUORUM
 }
 
 /// A definition that cannot be a sweep's.
@@ -55,6 +69,14 @@ pub enum SweepError {
     /// `--confirm` is out of range.
     #[error("--confirm {0}: must be between 1 and {MAX_CONFIRM}")]
     Confirm(u32),
+    /// `--quorum` is out of range, or more than the regions listed.
+    #[error("--quorum {quorum}: {reason}")]
+    Quorum {
+        /// The quorum asked for.
+        quorum: u32,
+        /// Why it cannot be.
+        reason: String,
+    },
     /// The target does not check out (`diagnose` would refuse it too).
     #[error("{0}")]
     Target(String),
@@ -81,6 +103,7 @@ impl SweepDefinition {
             every_ms: u64::try_from(DEFAULT_EVERY.as_millis()).unwrap_or(300_000),
             confirm: DEFAULT_CONFIRM,
             webhooks: Vec::new(),
+            quorum: DEFAULT_QUORUM,
         }
     }
 
@@ -98,6 +121,23 @@ impl SweepDefinition {
         let schedule = Schedule::new(name, self.every())?;
         if !(1..=MAX_CONFIRM).contains(&self.confirm) {
             return Err(SweepError::Confirm(self.confirm));
+        }
+        if !(1..=MAX_QUORUM).contains(&self.quorum) {
+            return Err(SweepError::Quorum {
+                quorum: self.quorum,
+                reason: format!("must be between 1 and {MAX_QUORUM}"),
+            });
+        }
+        let listed: BTreeSet<&str> = self.regions.iter().map(String::as_str).collect();
+        if !listed.is_empty() && !listed.contains("all") && self.quorum as usize > listed.len() {
+            return Err(SweepError::Quorum {
+                quorum: self.quorum,
+                reason: format!(
+                    "the sweep lists only {} region{}, so no origin finding could ever alert",
+                    listed.len(),
+                    if listed.len() == 1 { "" } else { "s" }
+                ),
+            });
         }
         CampaignTarget::new(&self.target).map_err(|e| SweepError::Target(e.to_string()))?;
         for region in &self.regions {
@@ -162,6 +202,14 @@ impl RunFinding {
             self.kind.map_or("", FindingKind::as_str),
         )
     }
+
+    /// Whether the finding is evidence for its alert under `quorum`: an
+    /// origin finding seen from fewer regions may be one vantage point's
+    /// bad path rather than the origin, so it counts only from `quorum`
+    /// regions up.
+    pub fn meets(&self, quorum: u32) -> bool {
+        !self.code.is_origin() || self.regions.len() >= quorum as usize
+    }
 }
 
 #[cfg(test)]
@@ -222,5 +270,54 @@ mod tests {
         d.target.edge_timeout = Some(Duration::from_secs(3));
         let json = serde_json::to_string(&d).unwrap();
         assert_eq!(serde_json::from_str::<SweepDefinition>(&json).unwrap(), d);
+    }
+
+    #[test]
+    fn quorum_is_checked_against_its_range_and_the_listed_regions() {
+        let mut d = good();
+        d.quorum = 0;
+        assert!(matches!(
+            d.check("s"),
+            Err(SweepError::Quorum { quorum: 0, .. })
+        ));
+        d.quorum = 3;
+        assert!(
+            d.check("s").is_ok(),
+            "all regions: any quorum up to the bound"
+        );
+        d.regions = vec!["eu".into(), "us".into()];
+        let err = d.check("s").unwrap_err().to_string();
+        assert!(
+            err.starts_with("--quorum 3: the sweep lists only 2 regions"),
+            "{err}"
+        );
+        d.quorum = 2;
+        assert!(d.check("s").is_ok());
+        d.quorum = MAX_QUORUM + 1;
+        d.regions.clear();
+        assert!(d.check("s").is_err());
+    }
+
+    #[test]
+    fn only_origin_findings_wait_for_the_quorum() {
+        let finding = |code, regions: &[&str]| RunFinding {
+            code,
+            kind: None,
+            regions: regions.iter().map(|r| r.to_string()).collect(),
+            summary: String::new(),
+        };
+        assert!(finding(FindingCode::OriginDown, &["eu"]).meets(1));
+        assert!(!finding(FindingCode::OriginDown, &["eu"]).meets(2));
+        assert!(finding(FindingCode::OriginDown, &["eu", "us"]).meets(2));
+        assert!(finding(FindingCode::CarrierInterference, &["eu"]).meets(2));
+        assert!(finding(FindingCode::EdgeFault, &["eu"]).meets(3));
+    }
+
+    #[test]
+    fn a_definition_stored_before_the_quorum_reads_as_the_default() {
+        let mut value = serde_json::to_value(good()).unwrap();
+        value.as_object_mut().unwrap().remove("quorum");
+        let d: SweepDefinition = serde_json::from_value(value).unwrap();
+        assert_eq!(d.quorum, DEFAULT_QUORUM);
     }
 }

@@ -93,7 +93,7 @@ impl CampaignRunner {
                 Vec::new()
             }
         };
-        let moved = move_alerts(sweep, definition.confirm, &stored, &outcome, at_ms);
+        let moved = move_alerts(sweep, definition, &stored, &outcome, at_ms);
         let mut deliveries = Vec::new();
         for (record, event) in &moved.events {
             let notice = AlertNotice {
@@ -298,10 +298,11 @@ fn state_of(record: &AlertRecord) -> AlertState {
 }
 
 /// Feeds one run to every alert it touches: the ones stored and the ones
-/// its findings start. A missed or inconclusive run is no evidence.
+/// its findings start. A missed or inconclusive run is no evidence; an
+/// origin finding short of the sweep's quorum counts as absent.
 fn move_alerts(
     sweep: &str,
-    confirm: u32,
+    definition: &SweepDefinition,
     stored: &[AlertRecord],
     outcome: &Outcome,
     at_ms: i64,
@@ -312,7 +313,11 @@ fn move_alerts(
     );
     let mut present: BTreeMap<(String, String), &RunFinding> = BTreeMap::new();
     if evidence {
-        for finding in &outcome.findings {
+        for finding in outcome
+            .findings
+            .iter()
+            .filter(|f| f.meets(definition.quorum))
+        {
             let (code, kind) = finding.key();
             present.insert((code.to_string(), kind.to_string()), finding);
         }
@@ -346,7 +351,7 @@ fn move_alerts(
             None => RunSays::Absent,
         };
         let old = state_of(&before);
-        let (new, event) = old.clone().step(says, confirm);
+        let (new, event) = old.clone().step(says, definition.confirm);
         if new == old && event.is_none() {
             continue;
         }
@@ -416,10 +421,24 @@ mod tests {
     /// Feeds runs through `move_alerts` the way the store would keep
     /// their results; returns the event names in order.
     fn feed(outcomes: Vec<Outcome>, confirm: u32) -> (Vec<String>, Vec<AlertRecord>) {
+        feed_with_quorum(outcomes, confirm, 1)
+    }
+
+    fn feed_with_quorum(
+        outcomes: Vec<Outcome>,
+        confirm: u32,
+        quorum: u32,
+    ) -> (Vec<String>, Vec<AlertRecord>) {
+        let mut definition = SweepDefinition::new(crate::campaign::plan::TargetRequest::new(
+            "http://shop.example/",
+            &["203.0.113.10"],
+        ));
+        definition.confirm = confirm;
+        definition.quorum = quorum;
         let mut stored: Vec<AlertRecord> = Vec::new();
         let mut events = Vec::new();
         for (i, outcome) in outcomes.iter().enumerate() {
-            let moved = move_alerts("s", confirm, &stored, outcome, i as i64);
+            let moved = move_alerts("s", &definition, &stored, outcome, i as i64);
             for (record, event) in &moved.events {
                 events.push(format!(
                     "{} {} {}",
@@ -501,5 +520,36 @@ mod tests {
         assert!(stored
             .iter()
             .any(|a| a.kind == "connect_timeout" && !a.open && a.streak == 1));
+    }
+
+    #[test]
+    fn an_origin_finding_short_of_the_quorum_neither_opens_nor_holds_an_alert() {
+        use SweepRunStatus::Faulty;
+        let down = |regions| (FindingCode::OriginDown, None, regions);
+        let carrier = (FindingCode::CarrierInterference, None, &["ap"][..]);
+        let (events, _) = feed_with_quorum(
+            vec![
+                // One region's bad path: no origin alert, but the carrier
+                // finding (regional by nature) still opens one.
+                run(Faulty, &[down(&["eu"][..]), carrier]),
+                run(Faulty, &[down(&["eu"][..]), carrier]),
+                run(Faulty, &[down(&["eu", "us"][..])]),
+                run(Faulty, &[down(&["eu", "us"][..])]),
+                // Back to one region: as good as absent, so it resolves.
+                run(Faulty, &[down(&["eu"][..])]),
+                run(Faulty, &[down(&["eu"][..])]),
+            ],
+            2,
+            2,
+        );
+        assert_eq!(
+            events,
+            [
+                "opened carrier_interference ap",
+                "resolved carrier_interference ap",
+                "opened origin_down eu,us",
+                "resolved origin_down eu,us",
+            ]
+        );
     }
 }

@@ -394,6 +394,11 @@ async fn bad_sweep_input_is_one_line_and_exit_2_before_anything_changes() {
     )
     .await;
     refused(create(&["--confirm", "0"]), "--confirm 0").await;
+    refused(
+        create(&["--regions", "eu", "--quorum", "2"]),
+        "--quorum 2: the sweep lists only 1 region,",
+    )
+    .await;
     // Nothing was created by any of those.
     let list = cli_ok(&coordinator, &["sweep", "list", "--json"]).await;
     assert_eq!(
