@@ -444,6 +444,9 @@ async fn deliver(
 }
 
 #[cfg(test)]
+mod worker_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
