@@ -141,6 +141,28 @@ enum Command {
         #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
         window: Duration,
     },
+    /// Sweeps as real campaigns through the shipped binaries: `vantage
+    /// serve`, one `vantage-agent run` per region, N sweeps by `sweep
+    /// apply`; the origin stops after `--healthy-for`, every sweep opens an
+    /// alert, and its webhook's latency from run end to a loopback receiver
+    /// is measured against curl POSTing the same body.
+    BenchSweepsLive {
+        /// Sweeps.
+        #[arg(long, default_value_t = 1000)]
+        sweeps: usize,
+        /// Their interval.
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        every: Duration,
+        /// Regions, one agent process each.
+        #[arg(long, default_value_t = 10)]
+        regions: usize,
+        /// How long the origin stays healthy.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        healthy_for: Duration,
+        /// How long it then stays down (longer than --every).
+        #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+        down_for: Duration,
+    },
     /// Measure the agent's idle RSS after enrollment and the binary sizes.
     BenchFootprint {
         /// How long to idle before reading RSS.
@@ -196,6 +218,65 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if report.stored != total {
                 anyhow::bail!("stored {} of {total} results", report.stored);
             }
+            Ok(())
+        }
+        Command::BenchSweepsLive {
+            sweeps,
+            every,
+            regions,
+            healthy_for,
+            down_for,
+        } => {
+            use vantage_lab::bench::sweeps_live::{sweeps_live, LiveSweepParams};
+            let r = sweeps_live(LiveSweepParams {
+                sweeps,
+                every,
+                regions,
+                healthy_for,
+                down_for,
+            })
+            .await?;
+            println!(
+                "live sweeps: {sweeps} every {} over {regions} regions (one agent process each); origin healthy {}, then down {}",
+                humantime::format_duration(every),
+                humantime::format_duration(healthy_for),
+                humantime::format_duration(down_for)
+            );
+            println!("  runs by status      : {:?}", r.by_status);
+            if !r.missed_reasons.is_empty() {
+                println!("  missed, why         : {:?}", r.missed_reasons);
+            }
+            println!("  overlapping runs    : {:>10}", r.overlaps);
+            println!(
+                "  lateness p50/p99/max: {:>6.0} / {:.0} / {:.0} ms   (p99 / 1 s target: {:.3})",
+                r.lateness_ms.0,
+                r.lateness_ms.1,
+                r.lateness_ms.2,
+                r.lateness_ms.1 / 1000.0
+            );
+            println!(
+                "  run time p50/p99    : {:>6.0} / {:.0} ms",
+                r.run_ms.0, r.run_ms.1
+            );
+            println!(
+                "  coordinator CPU     : {:>10.3} cores (target < 1), peak RSS {:.1} MiB",
+                r.coordinator_cores,
+                r.coordinator_peak_kib as f64 / 1024.0
+            );
+            println!("  agents' CPU (all)   : {:>10.3} cores", r.agents_cores);
+            println!(
+                "  webhooks            : {} opened events of {sweeps} sweeps, {} repeated",
+                r.opened, r.repeated
+            );
+            println!(
+                "  delivery p50/p99/max: {:>6.0} / {:.0} / {:.0} ms from run end to receiver",
+                r.delivery_ms.0, r.delivery_ms.1, r.delivery_ms.2
+            );
+            println!(
+                "  floor (curl POST)   : {:>10.2} ms; p50 / floor = {:.1}",
+                r.curl_post_ms,
+                r.delivery_ms.0 / r.curl_post_ms.max(0.001)
+            );
             Ok(())
         }
         Command::BenchSweeps {

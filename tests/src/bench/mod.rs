@@ -2,16 +2,18 @@
 //! than `cargo bench`, each measured beside its peer or floor in the same
 //! run — whole-system runs through the real binaries (`system`: ingest,
 //! footprint, diagnose, time budget), the probe engine against ab and curl
-//! ([`probe_bench`]), the coordinator under a flood ([`flood`]), and the sweep scheduler
-//! at fleet scale ([`sweeps`]).
+//! ([`probe_bench`]), the coordinator under a flood ([`flood`]), and sweeps at fleet scale, simulated runs on the
+//! scheduler ([`sweeps`]) and real campaigns through the shipped binaries
+//! ([`sweeps_live`]).
 //! Tests never import this room.
 
 pub mod flood;
 pub mod probe_bench;
 pub mod sweeps;
+pub mod sweeps_live;
 mod system;
 
 pub use system::{
-    budget, diagnose, footprint, ingest, proc_kib, synthetic_result, BudgetFigure, DiagnoseReport,
-    FootprintReport, IngestParams, IngestReport,
+    budget, cpu_seconds_of, diagnose, footprint, ingest, percentile, proc_kib, synthetic_result,
+    BudgetFigure, DiagnoseReport, FootprintReport, IngestParams, IngestReport,
 };

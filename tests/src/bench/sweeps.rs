@@ -104,28 +104,6 @@ impl RunSlot for SimulatedRun {
     }
 }
 
-fn cpu_seconds() -> f64 {
-    // utime + stime of this process, in clock ticks (100 Hz on Linux).
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn percentile(sorted: &[i64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)] as f64
-}
-
 /// Runs the benchmark.
 pub async fn sweeps(params: SweepBenchParams) -> anyhow::Result<SweepBenchReport> {
     let dir = tempfile::tempdir()?;
@@ -167,12 +145,12 @@ pub async fn sweeps(params: SweepBenchParams) -> anyhow::Result<SweepBenchReport
         Arc::new(tokio::sync::Notify::new()),
         Clock::starting_at(vantage_support::time::now_ms()),
     );
-    let cpu_before = cpu_seconds();
+    let cpu_before = super::cpu_seconds_of("self");
     let started = Instant::now();
     let task = tokio::spawn(scheduler.run(rx));
     tokio::time::sleep(params.window).await;
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu_before;
+    let cpu = super::cpu_seconds_of("self") - cpu_before;
     let _ = shutdown.send(true);
     let _ = task.await;
     let mut lateness = runner
@@ -186,8 +164,8 @@ pub async fn sweeps(params: SweepBenchParams) -> anyhow::Result<SweepBenchReport
         missed: runner.missed.load(Ordering::Relaxed),
         overlaps: runner.overlaps.load(Ordering::Relaxed),
         lateness_ms: (
-            percentile(&lateness, 0.50),
-            percentile(&lateness, 0.99),
+            super::percentile(&lateness, 0.50),
+            super::percentile(&lateness, 0.99),
             lateness.last().copied().unwrap_or(0) as f64,
         ),
         cpu_cores: cpu / elapsed,

@@ -77,7 +77,7 @@ fn promtool_accepts_the_alert_rules() {
     };
     assert_success("promtool check rules", &output);
     let said = String::from_utf8_lossy(&output.stdout);
-    assert!(said.contains("5 rules found"), "{said}");
+    assert!(said.contains("6 rules found"), "{said}");
 }
 
 #[test]
