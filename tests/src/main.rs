@@ -156,6 +156,10 @@ enum Command {
         /// Regions, one agent process each.
         #[arg(long, default_value_t = 10)]
         regions: usize,
+        /// Origins the sweeps spread over (an agent limits its rate per
+        /// target, so one origin for all would measure that limit).
+        #[arg(long, default_value_t = 50)]
+        origins: usize,
         /// How long the origin stays healthy.
         #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
         healthy_for: Duration,
@@ -224,6 +228,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             sweeps,
             every,
             regions,
+            origins,
             healthy_for,
             down_for,
         } => {
@@ -232,12 +237,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 sweeps,
                 every,
                 regions,
+                origins,
                 healthy_for,
                 down_for,
             })
             .await?;
             println!(
-                "live sweeps: {sweeps} every {} over {regions} regions (one agent process each); origin healthy {}, then down {}",
+                "live sweeps: {sweeps} every {} over {regions} regions (one agent process each) and {origins} origins; healthy {}, then down {}",
                 humantime::format_duration(every),
                 humantime::format_duration(healthy_for),
                 humantime::format_duration(down_for)
@@ -263,7 +269,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 r.coordinator_cores,
                 r.coordinator_peak_kib as f64 / 1024.0
             );
-            println!("  agents' CPU (all)   : {:>10.3} cores", r.agents_cores);
+            println!(
+                "  agents' CPU (all)   : {:>10.3} cores; the lab process (origins, receiver): {:.3}",
+                r.agents_cores, r.lab_cores
+            );
+            println!("  results stored      : {:>10}", r.results);
             println!(
                 "  webhooks            : {} opened events of {sweeps} sweeps, {} repeated",
                 r.opened, r.repeated

@@ -1,8 +1,8 @@
 //! Sweeps through the shipped binaries (issue #11 item 7, beside the
 //! simulated [`super::sweeps`]): a `vantage serve` process, one real
 //! `vantage-agent run` process per region (each from its own loopback
-//! source address), one origin, and N sweeps made by `vantage sweep apply`,
-//! every run a real campaign. After a healthy stretch the origin stops;
+//! source address), M origins, and N sweeps made by `vantage sweep apply`,
+//! every run a real campaign. After a healthy stretch the origins stop;
 //! each sweep's next run finds `origin_down` in every region and, with
 //! `confirm = 1`, opens an alert whose webhook reaches a loopback receiver.
 //!
@@ -36,6 +36,10 @@ pub struct LiveSweepParams {
     pub every: Duration,
     /// Regions, one agent process each.
     pub regions: usize,
+    /// Origins (`127.1.0.N`), the sweeps spread over them: an agent limits
+    /// its rate per target (`--max-rate`, 200/s by default), so 1,000
+    /// sweeps of one origin would measure that limit, not the sweeps.
+    pub origins: usize,
     /// How long the origin stays healthy.
     pub healthy_for: Duration,
     /// How long it then stays down (at least one interval, so every sweep
@@ -56,6 +60,11 @@ pub struct LiveSweepReport {
     pub lateness_ms: (f64, f64, f64),
     /// Run duration (start to end), p50 / p99 (ms).
     pub run_ms: (f64, f64),
+    /// Probe results stored.
+    pub results: u64,
+    /// This process's CPU (the origins, the receiver, the pumps of the
+    /// children's output), in cores: the rest of the machine's load.
+    pub lab_cores: f64,
     /// The coordinator's CPU over the window, in cores.
     pub coordinator_cores: f64,
     /// All agent processes' CPU over the window, in cores.
@@ -81,7 +90,12 @@ fn cpu_of(processes: &[&ChildProcess]) -> f64 {
 }
 
 /// The apply file: `sweeps` sweeps over every region, `confirm = 1`.
-fn apply_file(params: &LiveSweepParams, origin: &Origin, regions: &[String], hook: &str) -> String {
+fn apply_file(
+    params: &LiveSweepParams,
+    origins: &[Origin],
+    regions: &[String],
+    hook: &str,
+) -> String {
     let every = humantime::format_duration(params.every).to_string();
     let regions = regions
         .iter()
@@ -90,6 +104,7 @@ fn apply_file(params: &LiveSweepParams, origin: &Origin, regions: &[String], hoo
         .join(", ");
     let mut file = String::new();
     for i in 0..params.sweeps {
+        let origin = &origins[i % origins.len()];
         file.push_str(&format!(
             "[[sweep]]\nname = \"live-{i:04}\"\nurl = {url:?}\norigin = [{origin:?}]\n\
              regions = [{regions}]\nevery = {every:?}\nconfirm = 1\nwebhooks = [{hook:?}]\n\n",
@@ -146,7 +161,15 @@ pub async fn sweeps_live(params: LiveSweepParams) -> anyhow::Result<LiveSweepRep
         params.down_for > params.every,
         "--down-for must be longer than --every, so every sweep has a faulty run"
     );
-    let origin = Origin::builder().spawn().await?;
+    anyhow::ensure!(
+        (1..=250).contains(&params.origins),
+        "--origins: 1 to 250 (127.1.0.1 to 127.1.0.250)"
+    );
+    let mut origins = Vec::with_capacity(params.origins);
+    for i in 0..params.origins {
+        let addr = std::net::SocketAddr::from(([127, 1, 0, u8::try_from(i + 1)?], 0));
+        origins.push(Origin::builder().listen(addr).spawn().await?);
+    }
     let hook = WebhookReceiver::spawn(&[], Reply::Accept).await?;
     let data = tempfile::tempdir()?;
     let coordinator = CoordinatorProcess::start_with(
@@ -183,7 +206,7 @@ pub async fn sweeps_live(params: LiveSweepParams) -> anyhow::Result<LiveSweepRep
         regions.push(region);
     }
     let file = data.path().join("sweeps.toml");
-    std::fs::write(&file, apply_file(&params, &origin, &regions, &hook.url()))?;
+    std::fs::write(&file, apply_file(&params, &origins, &regions, &hook.url()))?;
     let applied = coordinator
         .cli(&["sweep", "apply", &file.display().to_string()])
         .await?;
@@ -195,15 +218,19 @@ pub async fn sweeps_live(params: LiveSweepParams) -> anyhow::Result<LiveSweepRep
 
     let coordinator_pid = coordinator.process.pid().context("coordinator pid")?;
     let agent_refs: Vec<&ChildProcess> = agents.iter().collect();
-    let (coordinator_cpu, agents_cpu) = (
+    let (coordinator_cpu, agents_cpu, lab_cpu) = (
         cpu_seconds_of(&coordinator_pid.to_string()),
         cpu_of(&agent_refs),
+        cpu_seconds_of("self"),
     );
     let began = Instant::now();
     tokio::time::sleep(params.healthy_for).await;
-    origin.stop().await;
+    for origin in origins {
+        origin.stop().await;
+    }
     tokio::time::sleep(params.down_for).await;
     let elapsed = began.elapsed().as_secs_f64();
+    let lab_cores = (cpu_seconds_of("self") - lab_cpu) / elapsed;
     let coordinator_cores =
         (cpu_seconds_of(&coordinator_pid.to_string()) - coordinator_cpu) / elapsed;
     let agents_cores = (cpu_of(&agent_refs) - agents_cpu) / elapsed;
@@ -230,6 +257,7 @@ pub async fn sweeps_live(params: LiveSweepParams) -> anyhow::Result<LiveSweepRep
         coordinator_cores,
         agents_cores,
         coordinator_peak_kib,
+        lab_cores,
         ..LiveSweepReport::default()
     };
     let mut first_arrival: HashMap<String, i64> = HashMap::new();
@@ -297,6 +325,7 @@ pub async fn sweeps_live(params: LiveSweepParams) -> anyhow::Result<LiveSweepRep
         lateness.last().copied().unwrap_or(0) as f64,
     );
     report.run_ms = (percentile(&run_ms, 0.5), percentile(&run_ms, 0.99));
+    report.results = store.count_all_results().await?;
     drop(states);
     Ok(report)
 }
