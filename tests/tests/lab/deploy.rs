@@ -2,11 +2,12 @@
 //! pass `systemd-analyze verify` against the built binaries and score "OK"
 //! in `systemd-analyze security`; each unit's command line parses; the
 //! install script, in its dry mode against a temporary root, writes the
-//! files with their modes, enables the unit, changes nothing when run again
-//! and refuses bad usage with exit 2; shellcheck finds nothing in it; and
+//! files with their modes, enables the unit (its own, or a package's when
+//! installing a .deb), changes nothing when run again and refuses bad usage
+//! with exit 2; shellcheck finds nothing in it; and
 //! both binaries print completion scripts and write their man pages.
 //!
-//! systemd-analyze (Debian's `systemd`) and shellcheck are system tools:
+//! systemd-analyze (Debian's `systemd`), shellcheck and dpkg-deb are system tools:
 //! without one, its tests print `SKIPPED …`, except under `CI=true`, where
 //! a missing tool fails them (`.ci/run` installs both).
 
@@ -660,4 +661,87 @@ fn shellcheck_finds_nothing_in_the_install_script() {
     }
     let output = run("shellcheck", &["--shell=sh", "deploy/install-agent.sh"]);
     assert!(output.status.success(), "{}", said(&output));
+}
+
+#[test]
+fn install_script_dry_run_from_a_deb_enables_the_packaged_unit() {
+    let test = "install_script_dry_run_from_a_deb_enables_the_packaged_unit";
+    if !have_tool(test, "dpkg-deb", "dpkg") {
+        return;
+    }
+    // A stand-in for the vantage-agent package: the binary (a stub: the
+    // script does not run a packaged one) and the unit where debhelper
+    // puts it.
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("pkg");
+    for dir in ["DEBIAN", "usr/bin", "lib/systemd/system"] {
+        std::fs::create_dir_all(tree.join(dir)).unwrap();
+    }
+    std::fs::write(
+        tree.join("DEBIAN/control"),
+        "Package: vantage-agent\nVersion: 0.1.0\nArchitecture: all\n\
+         Maintainer: lab <lab@example.com>\nDescription: stand-in for the lab\n",
+    )
+    .unwrap();
+    let stub = tree.join("usr/bin/vantage-agent");
+    std::fs::write(&stub, "#!/bin/sh\necho vantage-agent 0.1.0\n").unwrap();
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::copy(
+        unit_path("vantage-agent.service"),
+        tree.join("lib/systemd/system/vantage-agent.service"),
+    )
+    .unwrap();
+    let deb = work.path().join("vantage-agent_0.1.0_all.deb");
+    let built = run(
+        "dpkg-deb",
+        &[
+            "--root-owner-group",
+            "-Znone",
+            "--build",
+            tree.to_str().unwrap(),
+            deb.to_str().unwrap(),
+        ],
+    );
+    assert!(built.status.success(), "{}", said(&built));
+
+    let root = work.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let args = [
+        "--deb",
+        deb.to_str().unwrap(),
+        "--token",
+        &fake_token(),
+        "--root",
+        root.to_str().unwrap(),
+    ];
+    let first = install(&args);
+    assert!(first.status.success(), "{}", said(&first));
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(stdout.contains("would run: apt-get install -y"), "{stdout}");
+    assert_eq!(mode(&root.join("usr/bin/vantage-agent")), 0o755);
+    assert_eq!(mode(&root.join("etc/vantage/agent.token")), 0o600);
+    // The package's unit is the one enabled; none is added in /etc.
+    assert!(!root
+        .join("etc/systemd/system/vantage-agent.service")
+        .exists());
+    let link = root.join("etc/systemd/system/multi-user.target.wants/vantage-agent.service");
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        Path::new("/lib/systemd/system/vantage-agent.service")
+    );
+    let before = snapshot(&root);
+    let second = install(&args);
+    assert!(second.status.success(), "{}", said(&second));
+    // dpkg-deb unpacks again (fresh mtimes on the package's files): compare
+    // what the files hold and their modes.
+    let strip = |tree: Tree| -> BTreeMap<PathBuf, (u32, u64, Vec<u8>)> {
+        tree.into_iter()
+            .map(|(path, (mode, _, _, len, content))| (path, (mode, len, content)))
+            .collect()
+    };
+    assert_eq!(
+        strip(snapshot(&root)),
+        strip(before),
+        "the second run changed the tree"
+    );
 }
