@@ -11,6 +11,7 @@
 //! - [`netrange`]: the special-purpose address ranges every egress guard
 //!   checks (the agent's targets, the coordinator's webhooks);
 //! - [`backoff`]: the validated, jittered retry schedule;
+//! - [`clidoc`]: shell completions and man pages from a binary's parser;
 //! - [`time`]: wall-clock unix milliseconds.
 //!
 //! It owns no domain and no service: it must never import a tonic service,
@@ -20,6 +21,7 @@
 
 pub mod addr;
 pub mod backoff;
+pub mod clidoc;
 pub mod env;
 pub mod fs;
 pub mod netrange;

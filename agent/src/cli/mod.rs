@@ -4,7 +4,8 @@
 //! One file per command, each owning its flags (with their defaults in
 //! code), their validation and its wiring: `run` (enrollment and the
 //! serving agent), `probe` (one curl-like probe and its table), and
-//! `witness` (the origin-log follower). This module holds only the
+//! `witness` (the origin-log follower); `completions` and the hidden `man`
+//! come from `vantage_support::clidoc`. This module holds only the
 //! top-level parser and the dispatch; it never reaches into the session,
 //! spool or probe internals beyond their public constructors.
 
@@ -16,8 +17,9 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
+use vantage_support::clidoc::{CompletionsArgs, ManArgs};
 use vantage_support::env::Env;
 use vantage_support::runtime::{run_main_with_code, LogDefault};
 
@@ -80,6 +82,19 @@ pub enum Command {
     /// the CDN's pull IPs (what an origin allowlist must contain). Enroll it
     /// with its own token, e.g. `vantage token create --region origin`.
     Witness(WitnessArgs),
+    /// Print a shell completion script for vantage-agent on stdout.
+    ///
+    /// Install it where your shell looks, e.g.
+    /// `vantage-agent completions bash > /etc/bash_completion.d/vantage-agent`,
+    /// `vantage-agent completions zsh > ~/.zfunc/_vantage-agent` (a directory
+    /// in $fpath), or
+    /// `vantage-agent completions fish > ~/.config/fish/completions/vantage-agent.fish`.
+    Completions(CompletionsArgs),
+    /// Write the man pages of vantage-agent and each of its subcommands
+    /// (vantage-agent.1, vantage-agent-run.1, …) into DIR and print their
+    /// paths; for package builds (`man -l DIR/vantage-agent.1` reads one).
+    #[command(hide = true)]
+    Man(ManArgs),
 }
 
 /// The highest `--max-rate` an operator can set (run and probe alike).
@@ -110,6 +125,12 @@ pub fn main(
             Command::Witness(args) => witness::witness(args, env)
                 .await
                 .map(|()| ExitCode::SUCCESS),
+            Command::Completions(args) => {
+                vantage_support::clidoc::print_completions(Cli::command(), "vantage-agent", &args)
+                    .map(|()| ExitCode::SUCCESS)
+            }
+            Command::Man(args) => vantage_support::clidoc::print_man_pages(Cli::command(), &args)
+                .map(|()| ExitCode::SUCCESS),
         }
     })
 }
@@ -118,7 +139,7 @@ impl LogDefault for Cli {
     fn default_log(&self) -> &'static str {
         match self.command {
             Command::Run(_) | Command::Witness(_) => "info",
-            Command::Probe(_) => "warn",
+            Command::Probe(_) | Command::Completions(_) | Command::Man(_) => "warn",
         }
     }
 }

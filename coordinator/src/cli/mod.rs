@@ -5,7 +5,8 @@
 //! The room: this module (the parser, `serve`, tokens, agents and their
 //! table), [`diagnose`] (`vantage diagnose` and `vantage campaign`, local or
 //! remote, with progress and every report format) and [`client`] (finding
-//! and calling a coordinator). It talks to a coordinator only through the
+//! and calling a coordinator); `completions` and the hidden `man` come
+//! from `vantage_support::clidoc`. It talks to a coordinator only through the
 //! ControlService client, or starts one through [`crate::server`]; it never
 //! imports the API services or the store.
 
@@ -16,9 +17,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use serde::Serialize;
 use vantage_proto::pb;
+use vantage_support::clidoc::{CompletionsArgs, ManArgs};
 use vantage_support::env::Env;
 
 pub mod client;
@@ -89,6 +91,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script for vantage on stdout.
+    ///
+    /// Install it where your shell looks, e.g.
+    /// `vantage completions bash > /etc/bash_completion.d/vantage`,
+    /// `vantage completions zsh > ~/.zfunc/_vantage` (a directory in
+    /// $fpath), or
+    /// `vantage completions fish > ~/.config/fish/completions/vantage.fish`.
+    Completions(CompletionsArgs),
+    /// Write the man pages of vantage and each of its subcommands
+    /// (vantage.1, vantage-serve.1, vantage-token-create.1, …) into DIR and
+    /// print their paths; for package builds (`man -l DIR/vantage.1` reads
+    /// one).
+    #[command(hide = true)]
+    Man(ManArgs),
 }
 
 /// Flags of `vantage serve`.
@@ -422,6 +438,18 @@ async fn agents(args: AgentsArgs, target: Target) -> anyhow::Result<()> {
 }
 
 async fn dispatch(cli: Cli, env: &dyn Env) -> anyhow::Result<ExitCode> {
+    // Neither needs a data dir or a coordinator.
+    match &cli.command {
+        Command::Completions(args) => {
+            return vantage_support::clidoc::print_completions(Cli::command(), "vantage", args)
+                .map(|()| ExitCode::SUCCESS);
+        }
+        Command::Man(args) => {
+            return vantage_support::clidoc::print_man_pages(Cli::command(), args)
+                .map(|()| ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let data_dir = client::data_dir(cli.data_dir.clone(), env);
     match cli.command {
         Command::Diagnose(args) if args.local => diagnose::diagnose_local(args, env).await,
@@ -477,7 +505,9 @@ async fn dispatch_admin(
         Command::Diagnose(_)
         | Command::Campaign(_)
         | Command::Sweep(_)
-        | Command::Alerts { .. } => {
+        | Command::Alerts { .. }
+        | Command::Completions(_)
+        | Command::Man(_) => {
             bail!("not an administrative command")
         }
     }

@@ -18,6 +18,7 @@ mod campaign_lifecycle;
 mod conformance;
 mod crash_recovery;
 mod demo;
+mod deploy;
 mod edge_sim;
 mod engine;
 mod enrollment;
