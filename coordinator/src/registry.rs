@@ -9,11 +9,27 @@ use std::sync::Mutex;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::Status;
-use vantage_proto::domain::AgentHealth;
+use vantage_proto::domain::{AgentHealth, Outcome};
 use vantage_proto::pb;
 
 /// What flows to one agent: messages, or a final status that ends the stream.
 pub type Outbound = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, Status>>;
+
+/// The results of one plan in one stored transaction, by outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanTally {
+    /// The plan.
+    pub plan_id: String,
+    /// Results per outcome, each outcome once.
+    pub outcomes: Vec<(Outcome, u64)>,
+}
+
+impl PlanTally {
+    /// Every result counted.
+    pub fn total(&self) -> u64 {
+        self.outcomes.iter().map(|(_, n)| n).sum()
+    }
+}
 
 /// Something that happened to an agent or a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +66,9 @@ pub enum AgentEvent {
         /// The agents whose results were in it: an agent still sending is
         /// never declared lost.
         agents: Vec<String>,
+        /// Per plan, the results it held by outcome (what a campaign's
+        /// progress shows).
+        tallies: Vec<PlanTally>,
     },
     /// An agent reported (durably) that it ran every probe of a plan.
     PlanFinished {

@@ -88,6 +88,7 @@ pub fn target_of(req: pb::StartCampaignRequest) -> Result<CampaignRequest, Statu
 
 /// The wire name of each event kind (`CampaignEvent.kind`).
 const PLAN_SENT: &str = "plan_sent";
+const PROGRESS: &str = "progress";
 const REGION_DONE: &str = "region_done";
 const REGION_LOST: &str = "region_lost";
 const REPORT_READY: &str = "report_ready";
@@ -99,11 +100,30 @@ pub fn event_pb(event: CampaignEvent) -> pb::CampaignEvent {
             region,
             agent,
             expected,
+            deadline,
         } => pb::CampaignEvent {
             kind: PLAN_SENT.into(),
             region,
             agent,
             expected,
+            deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+            ..Default::default()
+        },
+        CampaignEvent::Progress {
+            region,
+            done,
+            outcomes,
+        } => pb::CampaignEvent {
+            kind: PROGRESS.into(),
+            region,
+            done,
+            outcomes: outcomes
+                .into_iter()
+                .map(|(outcome, count)| pb::OutcomeCount {
+                    outcome: pb::Outcome::from(outcome) as i32,
+                    count,
+                })
+                .collect(),
             ..Default::default()
         },
         CampaignEvent::RegionDone { region } => pb::CampaignEvent {
@@ -133,6 +153,22 @@ pub fn event_of(event: &pb::CampaignEvent) -> Option<CampaignEvent> {
             region: event.region.clone(),
             agent: event.agent.clone(),
             expected: event.expected,
+            deadline: std::time::Duration::from_millis(event.deadline_ms),
+        },
+        PROGRESS => CampaignEvent::Progress {
+            region: event.region.clone(),
+            done: event.done,
+            // An outcome a newer agent knows and this version does not is
+            // left out of the counts (the total still has it).
+            outcomes: event
+                .outcomes
+                .iter()
+                .filter_map(|c| {
+                    vantage_proto::domain::Outcome::try_from(c.outcome)
+                        .ok()
+                        .map(|o| (o, c.count))
+                })
+                .collect(),
         },
         REGION_DONE => CampaignEvent::RegionDone {
             region: event.region.clone(),
@@ -248,6 +284,15 @@ mod tests {
                 region: "eu".into(),
                 agent: "eu-1".into(),
                 expected: 42,
+                deadline: std::time::Duration::from_millis(15_300),
+            },
+            CampaignEvent::Progress {
+                region: "eu".into(),
+                done: 12,
+                outcomes: vec![
+                    (vantage_proto::domain::Outcome::Ok, 10),
+                    (vantage_proto::domain::Outcome::ConnectRefused, 2),
+                ],
             },
             CampaignEvent::RegionDone {
                 region: "us".into(),

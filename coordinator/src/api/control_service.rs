@@ -132,10 +132,17 @@ impl pb::control_service_server::ControlService for ControlService {
         let Some(live) = live else {
             return Err(Status::internal("campaign feed vanished"));
         };
-        // The feed closes when the campaign's task ends, right after report_ready.
-        let stream = tokio_stream::StreamExt::filter_map(
+        let (said, live) = live;
+        // What was said before this watcher came (the plans sent, each
+        // region's progress), then the live feed, which closes when the
+        // campaign's task ends, right after report_ready.
+        let live = tokio_stream::StreamExt::filter_map(
             tokio_stream::wrappers::BroadcastStream::new(live),
             |event| event.ok().map(|e| Ok(event_pb(e))),
+        );
+        let stream = tokio_stream::StreamExt::chain(
+            futures::stream::iter(said.into_iter().map(|e| Ok(event_pb(e)))),
+            live,
         );
         Ok(Response::new(Box::pin(stream)))
     }

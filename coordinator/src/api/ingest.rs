@@ -19,7 +19,7 @@ use vantage_proto::domain::Outcome;
 use vantage_proto::pb;
 
 use crate::metrics::Metrics;
-use crate::registry::{AgentEvent, Outbound, Registry};
+use crate::registry::{AgentEvent, Outbound, PlanTally, Registry};
 use crate::store::{PlanState, ResultRecord, Store, StoreError};
 use crate::time::now_ms;
 
@@ -125,13 +125,40 @@ async fn store_jobs(store: &dyn Store, jobs: &[IngestJob]) -> Result<u64, StoreE
     Ok(new)
 }
 
+/// The transaction's results per plan and outcome. A replayed result is
+/// counted again; progress caps its count at the plan's expected total.
+fn tally(jobs: &[IngestJob]) -> Vec<PlanTally> {
+    let mut tallies: Vec<PlanTally> = Vec::new();
+    for result in jobs.iter().flat_map(|job| &job.batch.results) {
+        let outcome = Outcome::try_from(result.outcome).unwrap_or(Outcome::MalformedResponse);
+        let index = match tallies.iter().position(|t| t.plan_id == result.plan_id) {
+            Some(index) => index,
+            None => {
+                tallies.push(PlanTally {
+                    plan_id: result.plan_id.clone(),
+                    outcomes: Vec::new(),
+                });
+                tallies.len() - 1
+            }
+        };
+        let outcomes = &mut tallies[index].outcomes;
+        match outcomes.iter_mut().find(|(o, _)| *o == outcome) {
+            Some((_, n)) => *n += 1,
+            None => outcomes.push((outcome, 1)),
+        }
+    }
+    tallies
+}
+
 async fn commit(store: &dyn Store, registry: &Registry, metrics: &Metrics, jobs: Vec<IngestJob>) {
     let stored = store_jobs(store, &jobs).await;
     let results: usize = jobs.iter().map(|job| job.batch.results.len()).sum();
     match stored {
         Ok(new) => {
             metrics.results_ingested(new);
+            let tallies = tally(&jobs);
             let mut agents: Vec<String> = Vec::new();
+            let mut finished: Vec<AgentEvent> = Vec::new();
             for job in jobs {
                 if !job.batch.results.is_empty() && !agents.contains(&job.agent_name) {
                     agents.push(job.agent_name.clone());
@@ -143,17 +170,23 @@ async fn commit(store: &dyn Store, registry: &Registry, metrics: &Metrics, jobs:
                 };
                 let _ = job.reply.send(Ok(ack));
                 if !job.batch.finished_plan_id.is_empty() {
-                    registry.emit(AgentEvent::PlanFinished {
+                    finished.push(AgentEvent::PlanFinished {
                         plan_id: job.batch.finished_plan_id.clone(),
                         agent: job.agent_name.clone(),
                     });
                 }
             }
+            // The results first, then the plans they finished: a campaign
+            // counts a plan's last results before it calls the region done.
             registry.emit(AgentEvent::ResultsStored {
                 received: results as u64,
                 new,
                 agents,
+                tallies,
             });
+            for event in finished {
+                registry.emit(event);
+            }
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot store results; sessions will replay");

@@ -25,6 +25,7 @@ use tonic::Status;
 use vantage_proto::domain::{Outcome, Route};
 use vantage_proto::pb;
 
+mod feed;
 pub mod followup;
 pub mod plan;
 
@@ -60,7 +61,7 @@ const CANCEL_WAIT: Duration = Duration::from_secs(60);
 /// A campaign running now: its progress feed and the switch that cancels it.
 #[derive(Debug)]
 pub(crate) struct RunningCampaign {
-    events: broadcast::Sender<CampaignEvent>,
+    events: Arc<feed::CampaignFeed>,
     cancel: Arc<tokio::sync::Notify>,
 }
 
@@ -84,6 +85,18 @@ pub enum CampaignEvent {
         agent: String,
         /// Requests expected.
         expected: u64,
+        /// When the region's plan should be done, from now: its time
+        /// budget (past it, a quiet region is named missing).
+        deadline: Duration,
+    },
+    /// More of a region's results are stored: the counts so far.
+    Progress {
+        /// Region.
+        region: String,
+        /// Results stored so far (at most the plan's expected requests).
+        done: u64,
+        /// Of those, per outcome, most frequent first.
+        outcomes: Vec<(Outcome, u64)>,
     },
     /// A region's agent finished its plan.
     RegionDone {
@@ -115,6 +128,30 @@ pub struct CampaignHandle {
     pub events: broadcast::Receiver<CampaignEvent>,
     /// Ends with the report JSON.
     pub done: tokio::task::JoinHandle<Result<String, Status>>,
+}
+
+/// A region's results so far, for its progress events.
+#[derive(Debug, Default)]
+struct Progress {
+    done: u64,
+    outcomes: HashMap<Outcome, u64>,
+}
+
+impl Progress {
+    fn add(&mut self, tally: &crate::registry::PlanTally) {
+        self.done += tally.total();
+        for (outcome, n) in &tally.outcomes {
+            *self.outcomes.entry(*outcome).or_default() += n;
+        }
+    }
+
+    /// The outcome counts, most frequent first (ties by name, so the
+    /// order is stable).
+    fn by_frequency(&self) -> Vec<(Outcome, u64)> {
+        let mut counts: Vec<(Outcome, u64)> = self.outcomes.iter().map(|(o, n)| (*o, *n)).collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.as_str().cmp(b.0.as_str())));
+        counts
+    }
 }
 
 struct RegionRun {
@@ -173,11 +210,17 @@ async fn choose_agents(
 
 impl Coordinator {
     /// Progress of a running campaign; `None` once it has ended (or never ran).
-    pub fn watch_campaign(&self, campaign_id: &str) -> Option<broadcast::Receiver<CampaignEvent>> {
+    /// What a running campaign said so far (its plans, each region's
+    /// latest progress, …) and a receiver for what it says next; `None`
+    /// when it is not running here.
+    pub fn watch_campaign(
+        &self,
+        campaign_id: &str,
+    ) -> Option<(Vec<CampaignEvent>, broadcast::Receiver<CampaignEvent>)> {
         self.campaigns
             .lock()
             .ok()
-            .and_then(|running| running.get(campaign_id).map(|r| r.events.subscribe()))
+            .and_then(|running| running.get(campaign_id).map(|r| r.events.watch()))
     }
 
     /// Cancels a running campaign: the regions still running are stopped
@@ -191,7 +234,7 @@ impl Coordinator {
         let running = self.campaigns.lock().ok().and_then(|running| {
             running
                 .get(campaign_id)
-                .map(|r| (r.events.subscribe(), r.cancel.clone()))
+                .map(|r| (r.events.watch().1, r.cancel.clone()))
         });
         let Some((mut events, cancel)) = running else {
             let row = self
@@ -339,7 +382,8 @@ impl Coordinator {
             .insert_campaign(&campaign_id, now_ms(), &target_json, &regions)
             .await?;
 
-        let (events_tx, events) = broadcast::channel(1024);
+        let (events_tx, events) = feed::CampaignFeed::new();
+        let events_tx = Arc::new(events_tx);
         let cancel = Arc::new(tokio::sync::Notify::new());
         if let Ok(mut running) = self.campaigns.lock() {
             running.insert(
@@ -358,7 +402,8 @@ impl Coordinator {
         for (region, agent) in &chosen {
             let mut plan = build_probes(&target, &campaign_id, region);
             let probes = std::mem::take(&mut plan.probes);
-            phases = phases.max(probes.iter().map(|p| p.phase + 1).max().unwrap_or(1));
+            let plan_phases = probes.iter().map(|p| p.phase + 1).max().unwrap_or(1);
+            phases = phases.max(plan_phases);
             let caps = vantage_proto::limits::PlanCaps::default();
             let expected = probes.iter().map(|p| caps.requests(p)).sum();
             let plan_id = self
@@ -369,10 +414,11 @@ impl Coordinator {
                     Some(budget),
                 )
                 .await?;
-            let _ = events_tx.send(CampaignEvent::PlanSent {
+            events_tx.send(CampaignEvent::PlanSent {
                 region: region.clone(),
                 agent: agent.clone(),
                 expected,
+                deadline: budget * plan_phases + SETTLE,
             });
             runs.push(RegionRun {
                 region: region.clone(),
@@ -398,7 +444,7 @@ impl Coordinator {
                 running.remove(&id);
             }
             let (status, json, followup) = report?;
-            let _ = events_tx.send(CampaignEvent::ReportReady { status });
+            events_tx.send(CampaignEvent::ReportReady { status });
             // A cancelled campaign measures nothing more.
             if let Some(report) = followup.filter(|_| stopped.is_empty()) {
                 let finished: Vec<(String, String)> = runs
@@ -558,14 +604,14 @@ struct Deadlines {
 async fn follow(
     runs: &mut [RegionRun],
     agent_events: &mut broadcast::Receiver<AgentEvent>,
-    events: &broadcast::Sender<CampaignEvent>,
+    events: &feed::CampaignFeed,
     deadlines: Deadlines,
     cancel: &tokio::sync::Notify,
 ) -> Vec<String> {
     let settle = |runs: &mut [RegionRun], index: usize, state: RegionState| {
         if runs[index].state == RegionState::Running {
             let region = runs[index].region.clone();
-            let _ = events.send(match &state {
+            events.send(match &state {
                 RegionState::Lost(reason) => CampaignEvent::RegionLost {
                     region,
                     reason: reason.clone(),
@@ -576,6 +622,7 @@ async fn follow(
         }
     };
     let mut last_stored: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let mut progress: HashMap<usize, Progress> = HashMap::new();
     let mut check_at = deadlines.soft;
     while runs.iter().any(|r| r.state == RegionState::Running) {
         let event = tokio::select! {
@@ -626,10 +673,27 @@ async fn follow(
         };
         let find = |runs: &[RegionRun], f: &dyn Fn(&RegionRun) -> bool| runs.iter().position(f);
         match event {
-            AgentEvent::ResultsStored { agents, .. } => {
+            AgentEvent::ResultsStored {
+                agents, tallies, ..
+            } => {
                 let now = tokio::time::Instant::now();
                 for agent in agents {
                     last_stored.insert(agent, now);
+                }
+                for tally in tallies {
+                    let Some(i) = find(runs, &|r| r.plan_id == tally.plan_id) else {
+                        continue;
+                    };
+                    if runs[i].state != RegionState::Running {
+                        continue;
+                    }
+                    let seen = progress.entry(i).or_default();
+                    seen.add(&tally);
+                    events.send(CampaignEvent::Progress {
+                        region: runs[i].region.clone(),
+                        done: seen.done,
+                        outcomes: seen.by_frequency(),
+                    });
                 }
             }
             AgentEvent::PlanFinished { plan_id, .. } => {

@@ -17,6 +17,7 @@ use vantage_proto::pb;
 use vantage_support::env::Env;
 
 use super::client::{self, Target};
+use super::progress::CampaignProgress;
 use crate::campaign::plan::{CampaignTarget, PullProtocol, TargetRequest};
 use crate::campaign::{CampaignEvent, CampaignRequest};
 use crate::report::{render_markdown, render_terminal, Report};
@@ -200,27 +201,9 @@ pub fn print_report(json: &str, output: &OutputArgs) -> anyhow::Result<ExitCode>
     Ok(exit_code(status))
 }
 
-fn progress(line: &str) {
-    // Progress is for people: only when stderr is a terminal.
-    if std::io::stderr().is_terminal() {
-        eprintln!("{line}");
-    }
-}
-
-fn describe(event: &pb::CampaignEvent) -> String {
-    match wire::event_of(event) {
-        Some(CampaignEvent::PlanSent {
-            region,
-            agent,
-            expected,
-        }) => format!("  {region:<14} plan sent to {agent} ({expected} requests)"),
-        Some(CampaignEvent::RegionDone { region }) => format!("  {region:<14} done"),
-        Some(CampaignEvent::RegionLost { region, reason }) => {
-            format!("  {region:<14} LOST: {reason}")
-        }
-        Some(CampaignEvent::ReportReady { status }) => format!("  report ready: {status}"),
-        None => format!("  {}", event.kind),
-    }
+/// Progress on stderr: bars on a terminal, plain lines elsewhere.
+fn campaign_progress() -> CampaignProgress {
+    CampaignProgress::new(std::io::stderr().is_terminal())
 }
 
 fn parse_cdn(text: &str) -> anyhow::Result<CdnProfile> {
@@ -263,14 +246,15 @@ pub async fn diagnose_remote(args: DiagnoseArgs, target: Target) -> anyhow::Resu
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();
-    progress(&format!(
+    let mut progress = campaign_progress();
+    progress.note(&format!(
         "campaign {} in {} region(s)",
         started.campaign_id,
         started.regions.len()
     ));
-    watch(&mut control, &started.campaign_id).await?;
+    watch(&mut control, &started.campaign_id, &mut progress).await?;
     if args.wait_ttfb {
-        await_followup(|| {
+        await_followup(&progress, || {
             let (mut control, id) = (control.clone(), started.campaign_id.clone());
             async move {
                 Ok(control
@@ -299,7 +283,7 @@ fn followup_pending(json: &str) -> Option<Duration> {
 /// Polls the stored report (`fetch` reads it) until its TTFB follow-up is
 /// done, bounded by the follow-up's own wait plus a margin; returns the
 /// report as last read.
-async fn await_followup<F, Fut>(mut fetch: F) -> anyhow::Result<String>
+async fn await_followup<F, Fut>(progress: &CampaignProgress, mut fetch: F) -> anyhow::Result<String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<String>>,
@@ -311,7 +295,7 @@ where
             return Ok(json);
         };
         let give_up = *give_up.get_or_insert_with(|| {
-            progress(&format!(
+            progress.note(&format!(
                 "measuring the origin's real time to first byte (up to {} s)",
                 wait.as_secs()
             ));
@@ -328,7 +312,11 @@ where
 const FOLLOWUP_MARGIN: Duration = Duration::from_secs(30);
 
 /// Follows a campaign's progress until its report is ready.
-async fn watch(control: &mut client::ControlClient, id: &str) -> anyhow::Result<()> {
+async fn watch(
+    control: &mut client::ControlClient,
+    id: &str,
+    progress: &mut CampaignProgress,
+) -> anyhow::Result<()> {
     let mut stream = control
         .watch_campaign(pb::WatchCampaignRequest {
             campaign_id: id.to_string(),
@@ -341,14 +329,16 @@ async fn watch(control: &mut client::ControlClient, id: &str) -> anyhow::Result<
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
     {
-        progress(&describe(&event));
-        if matches!(
-            wire::event_of(&event),
-            Some(CampaignEvent::ReportReady { .. })
-        ) {
+        let Some(event) = wire::event_of(&event) else {
+            // A kind a newer coordinator sends: nothing to draw.
+            continue;
+        };
+        progress.event(&event);
+        if matches!(event, CampaignEvent::ReportReady { .. }) {
             break;
         }
     }
+    progress.finish();
     Ok(())
 }
 
@@ -357,7 +347,7 @@ async fn watch_and_print(
     id: &str,
     output: &OutputArgs,
 ) -> anyhow::Result<ExitCode> {
-    watch(control, id).await?;
+    watch(control, id, &mut campaign_progress()).await?;
     show(control, id, output).await
 }
 
@@ -493,17 +483,19 @@ pub async fn diagnose_local(args: DiagnoseArgs, env: &dyn Env) -> anyhow::Result
         })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    let mut progress = campaign_progress();
     let follow = async {
         while let Ok(event) = handle.events.recv().await {
-            progress(&describe(&wire::event_pb(event)));
+            progress.event(&event);
         }
+        progress.finish();
     };
     let (report, ()) = tokio::join!(&mut handle.done, follow);
     let mut json = report
         .context("campaign task")?
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     if args.wait_ttfb {
-        json = await_followup(|| {
+        json = await_followup(&progress, || {
             let (core, id, first) = (core.clone(), handle.campaign_id.clone(), json.clone());
             async move {
                 let row = core.store().campaign(&id).await?;

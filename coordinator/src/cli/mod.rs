@@ -25,6 +25,7 @@ use vantage_support::env::Env;
 
 pub mod client;
 pub mod diagnose;
+pub mod progress;
 pub mod sweep;
 
 use crate::server::{self, ServeConfig};

@@ -534,6 +534,11 @@ impl CoordinatorProcess {
         Ok((agent, state))
     }
 
+    /// Its data dir (where the CLI finds the admin credential).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// Runs the `vantage` CLI against this coordinator.
     pub async fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
         let mut argv = vec![

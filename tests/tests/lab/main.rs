@@ -30,6 +30,7 @@ mod load_faults;
 mod metrics_endpoint;
 mod netns_interference;
 mod plans;
+mod progress;
 mod prometheus_deploy;
 mod protocol_abuse;
 mod revocation;
