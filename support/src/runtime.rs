@@ -90,3 +90,21 @@ pub fn init_tracing(env: &dyn Env, default: &str) {
         .with_target(false)
         .try_init();
 }
+
+/// Resolves when the process is asked to stop: SIGINT (Ctrl-C) or SIGTERM
+/// (what systemd, docker and Kubernetes send). Every long-running command
+/// of both binaries stops on it.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

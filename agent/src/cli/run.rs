@@ -372,10 +372,9 @@ pub async fn build_agent(config: &RunConfig) -> anyhow::Result<Agent> {
 pub(super) async fn run(args: RunArgs, env: &dyn Env) -> anyhow::Result<()> {
     let config = args.validate(env)?;
     let agent = build_agent(&config).await?;
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    agent.run(shutdown).await?;
+    agent
+        .run(vantage_support::runtime::shutdown_signal())
+        .await?;
     Ok(())
 }
 

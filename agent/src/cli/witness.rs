@@ -123,9 +123,7 @@ pub(super) async fn witness(args: WitnessArgs, env: &dyn Env) -> anyhow::Result<
     crate::witness::spawn_forwarding(witness, poll, observations);
     tracing::info!(log = %args.access_log.display(), "witness following the access log");
     agent
-        .run(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .run(vantage_support::runtime::shutdown_signal())
         .await?;
     Ok(())
 }

@@ -331,25 +331,10 @@ async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         running.http_addr.map(|a| a.to_string()).unwrap_or_default(),
         data_dir.display()
     );
-    shutdown_signal().await;
+    vantage_support::runtime::shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await.context("server error")?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn token_create(args: TokenCreateArgs, target: Target) -> anyhow::Result<()> {

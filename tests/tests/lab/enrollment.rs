@@ -92,8 +92,13 @@ async fn enrolled_agent_is_listed_connected_and_reuses_its_certificate() {
         twin.output()
     );
 
-    // Second start: no token, same state dir, same certificate.
-    agent.terminate(Duration::from_secs(10)).await.unwrap();
+    // SIGTERM (systemd's, docker's) is a clean stop: exit 0, not death by
+    // the signal. Second start: no token, same state dir, same certificate.
+    let stopped = agent.terminate(Duration::from_secs(10)).await.unwrap();
+    assert!(
+        stopped.success(),
+        "SIGTERM stops the agent cleanly: {stopped:?}"
+    );
     let mut again = spawn_agent_process(state.path(), &[]).unwrap();
     wait_agent_connected(&mut again).await.unwrap();
     assert_eq!(std::fs::read(state.path().join("agent.crt")).unwrap(), cert);

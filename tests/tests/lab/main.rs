@@ -23,6 +23,7 @@ mod edge_sim;
 mod engine;
 mod enrollment;
 mod fixture_curl;
+mod grafana_dashboard;
 mod hardening_agent;
 mod hardening_transport;
 mod hostile_origin;

@@ -498,8 +498,8 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-/// Asks Prometheus' HTTP API; the `data.result` array.
-fn prometheus_query(port: u16, query: &str) -> Vec<serde_json::Value> {
+/// Asks Prometheus' HTTP API; its whole answer.
+fn prometheus_answer(port: u16, query: &str) -> serde_json::Value {
     let out = std::process::Command::new("curl")
         .args(["-sS", "--max-time", "5", "-G"])
         .arg(format!("http://127.0.0.1:{port}/api/v1/query"))
@@ -507,7 +507,12 @@ fn prometheus_query(port: u16, query: &str) -> Vec<serde_json::Value> {
         .arg(format!("query={query}"))
         .output()
         .expect("curl runs");
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// Asks Prometheus' HTTP API; the `data.result` array.
+fn prometheus_query(port: u16, query: &str) -> Vec<serde_json::Value> {
+    let answer = prometheus_answer(port, query);
     answer["data"]["result"]
         .as_array()
         .cloned()
@@ -648,5 +653,11 @@ async fn a_real_prometheus_scrapes_the_sweep_series_and_answers_queries() {
     assert_eq!(failing.len(), 2, "{failing:?}");
     let runs = prometheus_query(port, "vantage_sweep_runs_total{sweep=\"prom\"}");
     assert!(!runs.is_empty());
+    // Every query of deploy/grafana/vantage.json is PromQL this
+    // Prometheus accepts.
+    for query in crate::grafana_dashboard::dashboard_queries() {
+        let answer = prometheus_answer(port, &query);
+        assert_eq!(answer["status"], "success", "{query}: {answer}");
+    }
     prometheus.terminate(Duration::from_secs(10)).await.unwrap();
 }
