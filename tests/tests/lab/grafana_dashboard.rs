@@ -25,7 +25,7 @@ fn dashboard() -> serde_json::Value {
 /// Every PromQL expression of the dashboard (panel targets and template
 /// variables), with Grafana's variables as a query would see them when
 /// every sweep and region is selected.
-pub fn dashboard_queries() -> Vec<String> {
+pub(crate) fn dashboard_queries() -> Vec<String> {
     let dashboard = dashboard();
     let mut queries = Vec::new();
     for panel in dashboard["panels"].as_array().expect("panels") {
