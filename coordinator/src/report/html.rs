@@ -482,29 +482,63 @@ fn matrix(out: &mut String, report: &Report) {
 }
 
 /// The waterfall's phases: name, fill, and where each starts and ends.
-const PHASES: [(&str, &str); 5] = [
+const PHASES: [(&str, &str); 6] = [
     ("dns", "#8250df"),
     ("connect", "#d4a72c"),
     ("tls", "#218bff"),
     ("first byte", "#2da44e"),
     ("transfer", "#8c959f"),
+    ("no response", "#ff8182"),
 ];
 
-/// The segments of one request: (phase index, start, end) in ms.
+/// The segments of one request: (phase index into [`PHASES`], start, end)
+/// in ms. Without a first byte, the time from the last mark to the end is
+/// "no response" (waiting, then the failure), not a transfer.
 fn segments(p: &ReportProbe) -> Vec<(usize, f64, f64)> {
     let t = &p.timings_ms;
     let mut out = Vec::new();
     let mut at = 0.0_f64;
-    for (i, mark) in [t.dns, t.connect, t.tls, t.ttfb, t.total]
-        .into_iter()
-        .enumerate()
-    {
+    let last = if t.ttfb > 0.0 { 4 } else { 5 };
+    for (i, mark) in [
+        (0, t.dns),
+        (1, t.connect),
+        (2, t.tls),
+        (3, t.ttfb),
+        (last, t.total),
+    ] {
         if mark.is_finite() && mark > at {
             out.push((i, at, mark));
             at = mark;
         }
     }
     out
+}
+
+/// `200 · dns 1.0 · conn 2.0 · ttfb 40 · total 50 ms`: the marks that
+/// were reached.
+fn marks_text(what: &str, p: &ReportProbe) -> String {
+    let t = &p.timings_ms;
+    let mut parts = vec![what.to_string()];
+    for (name, v) in [
+        ("dns", t.dns),
+        ("conn", t.connect),
+        ("tls", t.tls),
+        ("ttfb", t.ttfb),
+    ] {
+        if v > 0.0 {
+            parts.push(format!("{name} {}", num(v)));
+        }
+    }
+    parts.push(format!("total {}", ms(t.total)));
+    parts.join(" · ")
+}
+
+fn num(v: f64) -> String {
+    if v < 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
 }
 
 /// A round step (1, 2 or 5 × 10^k) that gives at most about 6 ticks up to `max`.
@@ -546,7 +580,7 @@ fn waterfalls(out: &mut String, report: &Report) {
     let _ = writeln!(out, "</ul>");
     const LABEL_W: f64 = 210.0;
     const BAR_W: f64 = 520.0;
-    const TEXT_W: f64 = 370.0;
+    const TEXT_W: f64 = 330.0;
     const ROW_H: f64 = 22.0;
     const TOP: f64 = 24.0;
     for r in &report.regions {
@@ -607,7 +641,6 @@ fn waterfalls(out: &mut String, report: &Report) {
                     ms(end)
                 );
             }
-            let t = &p.timings_ms;
             let what = match p.status {
                 Some(s) if p.outcome == Outcome::Ok => s.to_string(),
                 _ => p.outcome.as_str().to_string(),
@@ -619,15 +652,10 @@ fn waterfalls(out: &mut String, report: &Report) {
             };
             let _ = writeln!(
                 out,
-                "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#1b1f24\">{} · dns {} · conn {} · tls {} · ttfb {} · total {}{}</text></g>",
+                "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#1b1f24\">{}{}</text></g>",
                 LABEL_W + BAR_W + 8.0,
                 y + 14.0,
-                escape(&what),
-                ms(t.dns),
-                ms(t.connect),
-                ms(t.tls),
-                ms(t.ttfb),
-                ms(t.total),
+                escape(&marks_text(&what, p)),
                 escape(&of)
             );
         }
@@ -1021,7 +1049,7 @@ mod tests {
         // phase drawn and titled.
         assert!(html.contains(">50 ms</text>"), "{html}");
         assert!(html.contains(">0.0 ms</text>"));
-        for phase in ["dns", "connect", "tls"] {
+        for phase in ["dns", "connect", "tls", "no response"] {
             assert!(html.contains(&format!("<title>{phase}: ")), "{phase}");
         }
         assert!(html.contains("total 50 ms"));
@@ -1033,7 +1061,16 @@ mod tests {
         let mut p = report().regions[0].probes[0].clone();
         p.timings_ms = crate::diagnosis::Timings::cumulative(1.0, 3.0, 0.0, 0.0, 9.0);
         let s = segments(&p);
-        assert_eq!(s, vec![(0, 0.0, 1.0), (1, 1.0, 3.0), (4, 3.0, 9.0)]);
+        assert_eq!(s, vec![(0, 0.0, 1.0), (1, 1.0, 3.0), (5, 3.0, 9.0)]);
+        p.timings_ms = crate::diagnosis::Timings::cumulative(1.0, 3.0, 0.0, 8.0, 9.0);
+        assert_eq!(
+            segments(&p),
+            vec![(0, 0.0, 1.0), (1, 1.0, 3.0), (3, 3.0, 8.0), (4, 8.0, 9.0)]
+        );
+        assert_eq!(
+            marks_text("200", &p),
+            "200 · dns 1.0 · conn 3.0 · ttfb 8.0 · total 9.0 ms"
+        );
         assert_eq!(tick_step(50.0), 10.0);
         assert_eq!(tick_step(7000.0), 2000.0);
         assert_eq!(tick_step(1.0), 0.2);

@@ -26,6 +26,7 @@ mod fixture_curl;
 mod hardening_agent;
 mod hardening_transport;
 mod hostile_origin;
+mod html_report;
 mod load_faults;
 mod metrics_endpoint;
 mod netns_interference;
