@@ -566,7 +566,7 @@ fn waterfalls(out: &mut String, report: &Report) {
     let _ = writeln!(
         out,
         "<section id=\"timings\">\n<h2>Timings</h2>\n<p class=\"muted\">Per region and route, the request \
-         with the median total time of each step; phases are cumulative as curl's <code>-w</code> \
+         with the median total time of each step (n: how many the step ran); phases are cumulative as curl's <code>-w</code> \
          times (dns, connect, tls, first byte, total). One scale for every region: 0–{}.</p>",
         ms(scale_max)
     );
@@ -580,7 +580,7 @@ fn waterfalls(out: &mut String, report: &Report) {
     let _ = writeln!(out, "</ul>");
     const LABEL_W: f64 = 210.0;
     const BAR_W: f64 = 520.0;
-    const TEXT_W: f64 = 330.0;
+    const TEXT_W: f64 = 350.0;
     const ROW_H: f64 = 22.0;
     const TOP: f64 = 24.0;
     for r in &report.regions {
@@ -646,7 +646,7 @@ fn waterfalls(out: &mut String, report: &Report) {
                 _ => p.outcome.as_str().to_string(),
             };
             let of = if *n > 1 {
-                format!(" (median of {n})")
+                format!(" · n={n}")
             } else {
                 String::new()
             };
