@@ -1080,7 +1080,7 @@ mod tests {
     fn network_text_is_escaped_everywhere() {
         let mut r = report();
         let evil = "<script>alert(1)</script>\"'&";
-        r.target.url = format!("http://x.test/\"><script>alert(2)</script>");
+        r.target.url = "http://x.test/\"><script>alert(2)</script>".to_string();
         r.regions[0].probes[0].error = format!("tls: {evil}");
         r.regions[0].probes[0].edge_request_id = evil.to_string();
         r.regions[0].region = format!("eu{evil}");
