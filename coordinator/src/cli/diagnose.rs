@@ -20,7 +20,7 @@ use super::client::{self, Target};
 use super::progress::CampaignProgress;
 use crate::campaign::plan::{CampaignTarget, PullProtocol, TargetRequest};
 use crate::campaign::{CampaignEvent, CampaignRequest};
-use crate::report::{render_markdown, render_terminal, Report};
+use crate::report::{render_html, render_markdown, render_terminal, HtmlMeta, Report};
 use crate::wire;
 
 /// How the report is printed.
@@ -34,8 +34,10 @@ pub struct OutputArgs {
     /// the edge request ids such as EO-LOG-UUID).
     #[arg(long)]
     pub markdown: bool,
-    /// Write the report as a standalone HTML page to FILE (the text report
-    /// is still printed).
+    /// Write the report as one self-contained HTML page to FILE: findings
+    /// with copyable reproduce commands, a region × probe matrix and timing
+    /// waterfalls; it loads nothing from the network (the text report is
+    /// still printed).
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
 }
@@ -168,19 +170,18 @@ pub fn exit_code(status: &str) -> ExitCode {
     }
 }
 
-fn html_page(report: &Report) -> String {
-    let text = render_terminal(report, false)
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;");
-    format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>vantage report {}</title></head>\n<body><pre>{text}</pre></body></html>\n",
-        report.campaign
-    )
+/// When a campaign ran, as far as the caller knows (shown by `--html`).
+#[derive(Debug, Clone, Default)]
+pub struct RunTimes {
+    /// Its start, RFC 3339.
+    pub started_at: Option<String>,
+    /// Its end, RFC 3339.
+    pub finished_at: Option<String>,
 }
 
-/// Prints a report in the chosen format and returns the exit code.
-pub fn print_report(json: &str, output: &OutputArgs) -> anyhow::Result<ExitCode> {
+/// Prints a report in the chosen format (and writes the `--html` page,
+/// with `times`) and returns the exit code.
+pub fn print_report(json: &str, output: &OutputArgs, times: RunTimes) -> anyhow::Result<ExitCode> {
     let report: Report =
         serde_json::from_str(json).context("the coordinator sent a damaged report")?;
     let status = report.status.as_str();
@@ -195,7 +196,14 @@ pub fn print_report(json: &str, output: &OutputArgs) -> anyhow::Result<ExitCode>
         );
     }
     if let Some(path) = &output.html {
-        std::fs::write(path, html_page(&report))
+        let meta = HtmlMeta {
+            started_at: times.started_at,
+            finished_at: times.finished_at,
+            rendered_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                .to_string(),
+            raw_json: Some(json.to_string()),
+        };
+        std::fs::write(path, render_html(&report, &meta))
             .with_context(|| format!("--html {}", path.display()))?;
     }
     Ok(exit_code(status))
@@ -369,7 +377,24 @@ async fn show(
             report.status
         );
     }
-    print_report(&report.report_json, output)
+    let mut times = RunTimes::default();
+    if output.html.is_some() {
+        // Best effort: the start time is in the campaign list (the report
+        // itself carries no time); a campaign too old for the list shows
+        // "unknown".
+        if let Ok(list) = control
+            .list_campaigns(pb::ListCampaignsRequest { limit: 1000 })
+            .await
+        {
+            times.started_at = list
+                .into_inner()
+                .campaigns
+                .into_iter()
+                .find(|c| c.campaign_id == id)
+                .map(|c| c.created_at);
+        }
+    }
+    print_report(&report.report_json, output, times)
 }
 
 /// `vantage campaign …`.
@@ -504,8 +529,15 @@ pub async fn diagnose_local(args: DiagnoseArgs, env: &dyn Env) -> anyhow::Result
         })
         .await?;
     }
+    let times = match core.store().campaign(&handle.campaign_id).await {
+        Ok(Some(row)) => RunTimes {
+            started_at: Some(crate::time::rfc3339(row.created_at_ms)),
+            finished_at: row.finished_at_ms.map(crate::time::rfc3339),
+        },
+        _ => RunTimes::default(),
+    };
     let _ = stop.send(());
     let _ = agent_task.await;
     let _ = running.shutdown().await;
-    print_report(&json, &args.output)
+    print_report(&json, &args.output, times)
 }

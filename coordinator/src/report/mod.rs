@@ -1,14 +1,16 @@
 //! The campaign report (DESIGN §6, schema `vantage.report.v1`, a public
 //! contract): its typed JSON schema, built once from the evidence and the
-//! diagnosis, and (`render`) its two human renderings, the terminal view
-//! and Markdown for a support ticket. Renderers take the typed report only;
-//! nothing here reads the store, the wire or the campaign.
+//! diagnosis, and its human renderings: (`render`) the terminal view and
+//! Markdown for a support ticket, and (`html`) a self-contained page with
+//! a region × probe matrix and timing waterfalls. Renderers take the typed
+//! report only; nothing here reads the store, the wire or the campaign.
 //!
 //! The report is built from the same [`Evidence`] the diagnosis read plus the
 //! [`Diagnosis`] itself, so what it shows is exactly what the verdict rests on.
 //! Fields beyond the contract (`missing`, region `lost`, probe `address`,
 //! `edge_request_id`, `error`, `nonce`) are additions the contract allows.
 
+mod html;
 mod render;
 
 use std::collections::BTreeSet;
@@ -18,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::campaign::plan::PullProtocol;
 pub use crate::diagnosis::Timings;
 use crate::diagnosis::{Diagnosis, Evidence, Finding, Observation, Status, Variant};
+pub use html::{escape as escape_html, render_html, HtmlMeta, CSP};
 pub(crate) use render::columns;
 pub use render::{render_markdown, render_terminal};
 use vantage_proto::domain::{Outcome, Route};
@@ -460,7 +463,7 @@ mod tests {
         }
     }
 
-    fn report() -> Report {
+    pub(super) fn report() -> Report {
         let ev = evidence();
         build("c-123", &ev, &diagnose(&ev))
     }

@@ -27,6 +27,7 @@ mod grafana_dashboard;
 mod hardening_agent;
 mod hardening_transport;
 mod hostile_origin;
+mod html_report;
 mod load_faults;
 mod metrics_endpoint;
 mod netns_interference;
