@@ -29,6 +29,7 @@ mod hostile_origin;
 mod load_faults;
 mod metrics_endpoint;
 mod netns_interference;
+mod packages;
 mod plans;
 mod prometheus_deploy;
 mod protocol_abuse;
