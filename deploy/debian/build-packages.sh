@@ -58,7 +58,9 @@ done
 
 for package in vantage vantage-agent; do
 	echo "== cargo deb -p $package" >&2
-	# cargo-deb prints the path of the .deb it wrote as its last line.
+	# cargo-deb prints the path of the .deb it wrote as its last line. It
+	# also warns, once per generated asset, that a '../target/…' path "will
+	# not be built": true and intended (this script made those files).
 	deb=$(cargo deb -p "$package" --no-build --locked --output "$out" | tail -n 1)
 	[ -f "$deb" ] || {
 		echo "build-packages.sh: cargo deb -p $package wrote no .deb (it said: $deb)" >&2

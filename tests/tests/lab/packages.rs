@@ -72,7 +72,11 @@ fn deb(dir: &Path, package: &str) -> PathBuf {
 
 fn dpkg_deb(args: &[&str]) -> String {
     let output = run("dpkg-deb", args);
-    assert!(output.status.success(), "dpkg-deb {args:?}: {}", said(&output));
+    assert!(
+        output.status.success(),
+        "dpkg-deb {args:?}: {}",
+        said(&output)
+    );
     String::from_utf8(output.stdout).unwrap()
 }
 
@@ -96,7 +100,11 @@ fn documented_pages(unit: &str) -> Vec<String> {
         .unwrap()
         .lines()
         .filter_map(|line| line.strip_prefix("Documentation="))
-        .flat_map(|docs| docs.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .flat_map(|docs| {
+            docs.split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .filter_map(|page| {
             page.strip_prefix("man:")
                 .and_then(|p| p.strip_suffix("(1)"))
@@ -178,7 +186,11 @@ fn each_package_carries_its_binary_units_man_pages_and_completions() {
                 "{package}: {script} kept #DEBHELPER#"
             );
             let parsed = run("sh", &["-n", path.to_str().unwrap()]);
-            assert!(parsed.status.success(), "{package}: {script}: {}", said(&parsed));
+            assert!(
+                parsed.status.success(),
+                "{package}: {script}: {}",
+                said(&parsed)
+            );
             for unit in *units {
                 assert!(
                     text.contains(unit),
