@@ -26,14 +26,14 @@ const UNITS: [&str; 3] = [
 ];
 
 /// The repository root (the lab crate is `tests/`).
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the lab crate sits in the repository")
         .to_path_buf()
 }
 
-fn unit_path(unit: &str) -> PathBuf {
+pub(crate) fn unit_path(unit: &str) -> PathBuf {
     repo_root().join("deploy/systemd").join(unit)
 }
 
@@ -43,7 +43,7 @@ fn script_path() -> PathBuf {
 
 /// Whether `program` can be run; outside CI a missing one prints SKIPPED,
 /// under `CI=true` it fails the test.
-fn have_tool(test: &str, program: &str, package: &str) -> bool {
+pub(crate) fn have_tool(test: &str, program: &str, package: &str) -> bool {
     match Command::new(program).arg("--version").output() {
         Ok(_) => true,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -57,7 +57,7 @@ fn have_tool(test: &str, program: &str, package: &str) -> bool {
     }
 }
 
-fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {
+pub(crate) fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {
     let program = program.as_ref();
     Command::new(program)
         .args(args)
@@ -67,7 +67,7 @@ fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {program:?}: {e}"))
 }
 
-fn said(output: &Output) -> String {
+pub(crate) fn said(output: &Output) -> String {
     format!(
         "{}\n--- stdout:\n{}--- stderr:\n{}",
         output.status,
@@ -348,7 +348,7 @@ fn man_pages_are_roff_for_every_subcommand() {
 
 /// A syntactically valid token naming `coord.example.com:7443` (it cannot
 /// enroll anywhere: nothing here starts the agent).
-fn fake_token() -> String {
+pub(crate) fn fake_token() -> String {
     vantage_proto::token::EnrollmentToken {
         addrs: vec!["coord.example.com:7443".into()],
         ca_sha256: "ab".repeat(32),
@@ -357,7 +357,7 @@ fn fake_token() -> String {
     .encode()
 }
 
-fn install(args: &[&str]) -> Output {
+pub(crate) fn install(args: &[&str]) -> Output {
     let mut full = vec![script_path().to_str().unwrap().to_string()];
     full.extend(args.iter().map(|a| a.to_string()));
     let full: Vec<&str> = full.iter().map(String::as_str).collect();
@@ -403,7 +403,7 @@ fn snapshot(root: &Path) -> Tree {
     tree
 }
 
-fn mode(path: &Path) -> u32 {
+pub(crate) fn mode(path: &Path) -> u32 {
     std::fs::symlink_metadata(path)
         .unwrap()
         .permissions()

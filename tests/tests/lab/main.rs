@@ -31,6 +31,7 @@ mod html_report;
 mod load_faults;
 mod metrics_endpoint;
 mod netns_interference;
+mod packages;
 mod plans;
 mod progress;
 mod prometheus_deploy;
