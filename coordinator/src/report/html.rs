@@ -19,6 +19,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use super::render::counted;
 use super::{FollowupState, Report, ReportProbe};
 use crate::diagnosis::Variant;
 use vantage_proto::domain::{Outcome, Route};
@@ -166,24 +167,6 @@ fn state_of(probes: &[&ReportProbe]) -> State {
     } else {
         State::Good
     }
-}
-
-/// `a` or `a ×2, b ×1`, in first-seen order.
-fn counted(items: impl Iterator<Item = String>) -> String {
-    let mut seen: Vec<(String, usize)> = Vec::new();
-    for i in items {
-        match seen.iter_mut().find(|(s, _)| *s == i) {
-            Some((_, n)) => *n += 1,
-            None => seen.push((i, 1)),
-        }
-    }
-    if seen.len() == 1 {
-        return seen.remove(0).0;
-    }
-    seen.iter()
-        .map(|(s, n)| format!("{s} ×{n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// The request whose total time is the median of `probes`.

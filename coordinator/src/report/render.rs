@@ -75,8 +75,9 @@ fn rows(report: &Report) -> Vec<Row> {
     out
 }
 
-/// `ok` or `ok ×2, reset ×1`.
-fn counted(items: impl Iterator<Item = String>) -> String {
+/// `ok` or `ok ×2, reset ×1`: each item with its count, in first-seen
+/// order (the terminal table and the HTML matrix both use it).
+pub(super) fn counted(items: impl Iterator<Item = String>) -> String {
     let mut seen: Vec<(String, usize)> = Vec::new();
     for i in items {
         match seen.iter_mut().find(|(s, _)| *s == i) {
