@@ -146,16 +146,15 @@ async fn an_https_sweep_exports_the_certificates_expiry() {
     let want = format!(
         r#"probe_ssl_earliest_cert_expiry{{sweep="tls",region="eu",route="direct"}} {EXPIRED_NOT_AFTER}"#
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, _, text) = get(addr, "/metrics").await;
-        if text.contains(&want) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {want} in\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // /metrics is pulled: there is no readiness signal to wait on, so the
+    // lab's one bounded poll asks until a run's series is there.
+    let seen = vantage_lab::process::poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async { get(addr, "/metrics").await.2.contains(&want).then_some(()) },
+    )
+    .await;
+    if seen.is_err() {
+        panic!("no {want} in\n{}", get(addr, "/metrics").await.2);
     }
 }
