@@ -21,7 +21,7 @@ use crate::api::enroll_limit::EnrollRate;
 use crate::api::transport::{self, GrpcShared, SharedTls, TransportLimits};
 use crate::coordinator::{Coordinator, CoordinatorSettings};
 use crate::pki::{Pki, SERVER_CERT_LIFETIME};
-use crate::store::SqliteStore;
+use crate::store::{Database, PgStore, SqliteStore};
 
 /// File names inside the data dir.
 pub const DB_FILE: &str = "vantage.db";
@@ -41,6 +41,9 @@ pub const DEFAULT_AGENT_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 
 pub struct ServeConfig {
     /// Data directory.
     pub data_dir: PathBuf,
+    /// Where state is kept; `None` is SQLite in the data dir
+    /// ([`DB_FILE`]).
+    pub database: Option<crate::store::Database>,
     /// gRPC (TLS) listen address; port 0 picks a free port.
     pub listen: SocketAddr,
     /// Plain HTTP listen address for /healthz.
@@ -67,6 +70,7 @@ impl ServeConfig {
     pub fn new(data_dir: PathBuf, listen: SocketAddr, http_listen: Option<SocketAddr>) -> Self {
         ServeConfig {
             data_dir,
+            database: None,
             listen,
             http_listen,
             advertise: Vec::new(),
@@ -98,10 +102,10 @@ pub enum ServeError {
         reason: String,
     },
     /// The store could not be opened.
-    #[error("database {path}: {source}")]
+    #[error("database {target}: {source}")]
     Store {
-        /// The file.
-        path: PathBuf,
+        /// The file or server (never with its password).
+        target: String,
         /// The cause.
         source: crate::store::StoreError,
     },
@@ -240,6 +244,36 @@ fn names_and_addrs(bound: SocketAddr, advertise: &[String]) -> (Vec<String>, Vec
     (names, addrs, join_host_port(&local.to_string(), port))
 }
 
+/// Opens (creating and migrating) the store `database` names, or the SQLite
+/// file in the data dir.
+async fn open_store(
+    database: Option<&Database>,
+    dir: &Path,
+) -> Result<Arc<dyn crate::store::Store>, ServeError> {
+    let store_error = |target: String| move |source| ServeError::Store { target, source };
+    match database {
+        Some(Database::Postgres(config)) => {
+            let store = PgStore::connect(config)
+                .await
+                .map_err(store_error(config.to_string()))?;
+            tracing::info!(database = %config, "store: PostgreSQL");
+            Ok(Arc::new(store))
+        }
+        sqlite => {
+            let db_path = match sqlite {
+                Some(Database::Sqlite(path)) => path.clone(),
+                _ => dir.join(DB_FILE),
+            };
+            let parent = db_path.parent().filter(|p| !p.as_os_str().is_empty());
+            private_db_files(&db_path)
+                .map_err(|e| data_dir_error(parent.unwrap_or(dir), e.to_string()))?;
+            let store = SqliteStore::open(&db_path)
+                .map_err(store_error(format!("sqlite://{}", db_path.display())))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
 /// Prepares the data dir and starts serving.
 pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError> {
     vantage_support::tls::crypto_provider();
@@ -267,12 +301,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
         return Err(data_dir_error(dir, "exists and is not a directory"));
     }
     create_private_dir(dir).map_err(|e| data_dir_error(dir, e.to_string()))?;
-    let db_path = dir.join(DB_FILE);
-    private_db_files(&db_path).map_err(|e| data_dir_error(dir, e.to_string()))?;
-    let store = SqliteStore::open(&db_path).map_err(|source| ServeError::Store {
-        path: db_path.clone(),
-        source,
-    })?;
+    let store = open_store(config.database.as_ref(), dir).await?;
     let pki = Pki::load_or_create(dir)?;
     let admin_token = load_or_create_admin_token(dir)?;
 
@@ -304,7 +333,6 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
         &server_cert.key_pem,
         pki.ca_pem(),
     )?));
-    let store: Arc<dyn crate::store::Store> = Arc::new(store);
     let settings = CoordinatorSettings {
         admin_hash: hash_secret(&admin_token),
         token_addrs,

@@ -41,3 +41,19 @@ impl Env for MapEnv {
         self.0.get(key).cloned()
     }
 }
+
+/// The rule every test tier that needs something from the machine follows
+/// (root, a system package, a PostgreSQL server): when `unavailable` gives a
+/// reason the tier cannot run, print `SKIPPED <test>: <reason>` and return
+/// true, or panic when `CI` is `true` (read through `env`), where a skipped
+/// tier would hide a regression. `tier` names it in the panic.
+pub fn skip_tier(test: &str, tier: &str, env: &dyn Env, unavailable: Option<String>) -> bool {
+    let Some(reason) = unavailable else {
+        return false;
+    };
+    if env.var("CI").as_deref() == Some("true") {
+        panic!("{test}: the {tier} tier cannot run under CI=true: {reason}");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+    true
+}

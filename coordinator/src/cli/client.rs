@@ -37,6 +37,25 @@ pub fn data_dir(flag: Option<PathBuf>, env: &dyn Env) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
 }
 
+/// The `--database` of `serve`, from the flag or `VANTAGE_DATABASE`, parsed
+/// (so a bad URL fails before anything is opened or bound); `None` is the
+/// default, SQLite in the data dir.
+pub fn database(
+    flag: Option<String>,
+    env: &dyn Env,
+) -> anyhow::Result<Option<crate::store::Database>> {
+    let (text, source) = match flag {
+        Some(text) => (text, "--database"),
+        None => match env.var("VANTAGE_DATABASE") {
+            Some(text) => (text, "VANTAGE_DATABASE"),
+            None => return Ok(None),
+        },
+    };
+    crate::store::Database::parse(&text)
+        .map(Some)
+        .with_context(|| format!("{source}: cannot use {text:?}"))
+}
+
 fn read(path: &Path, what: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| {
         format!(

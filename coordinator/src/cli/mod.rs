@@ -111,6 +111,12 @@ pub enum Command {
 /// Flags of `vantage serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Where state is kept: sqlite://PATH (one coordinator) or
+    /// postgres://USER@HOST/DB (several coordinators, one installation;
+    /// a password goes in ~/.pgpass or the URL's `password=`). Env:
+    /// VANTAGE_DATABASE; default sqlite://<data-dir>/vantage.db.
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
     /// gRPC listen address (TLS; agents and the CLI connect here).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7443")]
     pub listen: SocketAddr,
@@ -296,9 +302,14 @@ fn rpc_error(target: &Target, status: tonic::Status) -> anyhow::Error {
     }
 }
 
-async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()> {
+async fn serve(
+    args: ServeArgs,
+    data_dir: PathBuf,
+    database: Option<crate::store::Database>,
+) -> anyhow::Result<()> {
     let running = server::start(ServeConfig {
         data_dir: data_dir.clone(),
+        database,
         listen: args.listen,
         http_listen: Some(args.http_listen),
         advertise: args.advertise,
@@ -476,7 +487,8 @@ async fn dispatch_admin(
             if cli_coordinator.is_some() {
                 bail!("--coordinator is for client commands; `serve` runs the coordinator itself");
             }
-            serve(args, data_dir).await
+            let database = client::database(args.database.clone(), env)?;
+            serve(args, data_dir, database).await
         }
         Command::Token(TokenCommand::Create(args)) => {
             vantage_proto::domain::check_name("region", &args.region).context("--region")?;

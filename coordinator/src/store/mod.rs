@@ -15,16 +15,20 @@
 //!   and evidence code.
 //! - The trait is async; a backend does its blocking work inside (the SQLite
 //!   backend on tokio's blocking pool), so callers never block the runtime.
-//! - [`sqlite`] is the only place `rusqlite` appears; its `migrations`
-//!   module holds the schema. A second backend (PostgreSQL, issue #13) is a sibling
-//!   module that implements [`Store`] and runs the `conformance` suite (compiled for tests).
+//! - [`sqlite`] is the only place `rusqlite` appears, [`postgres`] the only
+//!   place `tokio_postgres` does; each holds its own migrations (the same
+//!   steps, so one [`SCHEMA_VERSION`]) and runs the `conformance` suite
+//!   (compiled for tests). [`Database`] is the parsed `--database` flag that
+//!   picks one.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 
 pub use vantage_proto::domain::{AgentRole, CampaignStatus, Outcome, PlanState};
 
 #[cfg(test)]
 pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
 pub mod sweeps;
 
@@ -33,8 +37,51 @@ pub use sweeps::{
     SweepRunStatus,
 };
 
+pub use postgres::{PgConfig, PgStore};
 pub use sqlite::migrations::SCHEMA_VERSION;
 pub use sqlite::SqliteStore;
+
+/// Where the coordinator keeps its state (`vantage serve --database`, env
+/// `VANTAGE_DATABASE`; DESIGN §7), parsed before anything is opened.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// `sqlite://PATH`: one file, one coordinator (the default,
+    /// `sqlite://<data-dir>/vantage.db`). `sqlite:///abs/path` is absolute,
+    /// `sqlite://rel/path` relative to the working directory.
+    Sqlite(PathBuf),
+    /// `postgres://USER@HOST/DB` (or `postgresql://`): one database shared
+    /// by every coordinator of an installation.
+    Postgres(Box<PgConfig>),
+}
+
+impl Database {
+    /// Parses a `--database` value.
+    pub fn parse(text: &str) -> Result<Database, StoreError> {
+        if let Some(path) = text.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(StoreError::Invalid(
+                    "sqlite:// names no file (sqlite:///var/lib/vantage/vantage.db)".into(),
+                ));
+            }
+            return Ok(Database::Sqlite(PathBuf::from(path)));
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(Database::Postgres(Box::new(PgConfig::parse(text)?)));
+        }
+        Err(StoreError::Invalid(
+            "expected sqlite://PATH or postgres://USER@HOST/DB".into(),
+        ))
+    }
+}
+
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            Database::Postgres(config) => config.fmt(f),
+        }
+    }
+}
 
 /// A campaign as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -186,14 +186,7 @@ where
 /// Whether to skip, given why the tier cannot run (if it cannot): prints
 /// the reason, or panics under `CI=true`.
 fn skip(test: &str, env: &dyn Env, unavailable: Option<String>) -> bool {
-    let Some(reason) = unavailable else {
-        return false;
-    };
-    if env.var("CI").as_deref() == Some("true") {
-        panic!("{test}: the network-namespace tier cannot run under CI=true: {reason}");
-    }
-    eprintln!("SKIPPED {test}: {reason}");
-    true
+    vantage_support::env::skip_tier(test, "network-namespace", env, unavailable)
 }
 
 /// For tests that set up their own namespace (the `mixed` demo): true when

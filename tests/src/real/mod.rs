@@ -130,14 +130,7 @@ pub fn unavailable() -> Option<String> {
 /// (read through `env`), where a skipped tier would hide a regression —
 /// the same rule as [`crate::netns::run`].
 pub fn skipped_with_env(test: &str, env: &dyn Env, unavailable: Option<String>) -> bool {
-    let Some(reason) = unavailable else {
-        return false;
-    };
-    if env.var("CI").as_deref() == Some("true") {
-        panic!("{test}: the real-server tier cannot run under CI=true: {reason}");
-    }
-    eprintln!("SKIPPED {test}: {reason}");
-    true
+    vantage_support::env::skip_tier(test, "real-server", env, unavailable)
 }
 
 /// [`skipped_with_env`] with the process environment and [`unavailable`].

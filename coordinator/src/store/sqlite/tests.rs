@@ -7,7 +7,9 @@ use std::sync::Arc;
 use super::*;
 use crate::store::conformance;
 
-crate::conformance_tests!(|| Arc::new(SqliteStore::open_in_memory().unwrap()));
+crate::conformance_tests!(|_test| async {
+    Some(Arc::new(SqliteStore::open_in_memory().unwrap()) as conformance::Backend)
+});
 
 #[tokio::test]
 async fn conformance_on_a_file() {

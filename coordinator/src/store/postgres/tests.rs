@@ -1,0 +1,260 @@
+//! The PostgreSQL backend: the whole conformance suite, plus what only a
+//! shared server can show (two coordinators racing on one token, one sweep
+//! slot, one result batch; concurrent migrations; byte-order sorting).
+//!
+//! The server comes from `VANTAGE_TEST_POSTGRES`, a `postgres://` URL of a
+//! throwaway database (`.ci/run` starts one). Every case gets a schema of
+//! its own, `vantage_test_<uuid>`, so cases run in parallel without seeing
+//! each other. Without the variable the cases print `SKIPPED` and pass,
+//! except under `CI=true`, where they fail.
+
+use std::sync::Arc;
+
+use tokio_postgres::NoTls;
+use vantage_support::env::{Env, ProcessEnv};
+
+use super::*;
+use crate::store::conformance::{self, Backend};
+use crate::store::SCHEMA_VERSION;
+
+/// The variable naming the test server.
+const TEST_URL: &str = "VANTAGE_TEST_POSTGRES";
+
+/// The test server's URL, or `None` (after `SKIPPED`) when there is none.
+fn server(test: &str, env: &dyn Env) -> Option<String> {
+    let url = env.var(TEST_URL);
+    let unavailable = url
+        .is_none()
+        .then(|| format!("{TEST_URL} is not set (a postgres:// URL of a throwaway database)"));
+    if vantage_support::env::skip_tier(test, "PostgreSQL", env, unavailable) {
+        return None;
+    }
+    url
+}
+
+/// A new, empty schema on the test server, and the configuration whose
+/// connections see only it.
+async fn fresh_schema(test: &str) -> Option<PgConfig> {
+    let url = server(test, &ProcessEnv)?;
+    let config = PgConfig::parse(&url).expect("VANTAGE_TEST_POSTGRES parses");
+    let (client, connection) = config.0.connect(NoTls).await.expect("test server answers");
+    let driver = tokio::spawn(connection);
+    let schema = format!("vantage_test_{}", uuid::Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("create the test schema");
+    drop(client);
+    let _ = driver.await;
+    Some(config.with_search_path(&schema))
+}
+
+async fn pg_store(test: &'static str) -> Option<Backend> {
+    let config = fresh_schema(test).await?;
+    Some(Arc::new(
+        PgStore::connect(&config)
+            .await
+            .expect("connect and migrate"),
+    ) as Backend)
+}
+
+crate::conformance_tests!(pg_store);
+
+#[test]
+fn migrations_mirror_sqlite_step_for_step() {
+    // One version number, one meaning, on both backends.
+    assert_eq!(migrations::MIGRATIONS.len(), SCHEMA_VERSION as usize);
+}
+
+#[test]
+fn urls_are_checked_before_anything_connects() {
+    let config = PgConfig::parse("postgres://vantage:s3cret@db.internal:6543/fleet").unwrap();
+    assert_eq!(config.display_target(), "vantage@db.internal:6543/fleet");
+    assert!(!format!("{config:?} {config}").contains("s3cret"));
+    for (url, says) in [
+        ("postgres:///fleet?user=vantage", "no host"),
+        ("postgres://db.internal/fleet", "no user"),
+        (
+            "postgres://vantage@db.internal/fleet?sslmode=require",
+            "without TLS",
+        ),
+        (
+            "postgres://vantage@db.internal:notaport/fleet",
+            "not a PostgreSQL URL",
+        ),
+    ] {
+        match PgConfig::parse(url) {
+            Err(StoreError::Invalid(message)) => {
+                assert!(message.contains(says), "{url}: {message}")
+            }
+            other => panic!("{url}: expected Invalid, got {other:?}"),
+        }
+    }
+    let scoped = config.with_search_path("vantage_a");
+    assert_eq!(scoped.0.get_options(), Some("-c search_path=vantage_a"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_to_stops_at_a_version_and_refuses_the_future() {
+    let Some(config) = fresh_schema("migrate_to_stops_at_a_version_and_refuses_the_future").await
+    else {
+        return;
+    };
+    let store = PgStore::connect_at(&config, 1).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), 1);
+    store
+        .insert_token(NewToken {
+            hash: "h".into(),
+            region: "eu".into(),
+            created_at_ms: 1,
+            expires_at_ms: 10,
+            uses: 1,
+        })
+        .await
+        .unwrap();
+    // Connecting again at the current version upgrades and keeps the data.
+    let store = PgStore::connect(&config).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    assert!(store.check_token("h", 2).await.unwrap().is_ok());
+    // A schema from a newer coordinator is refused, not used.
+    store
+        .client()
+        .await
+        .unwrap()
+        .execute("UPDATE vantage_schema SET version = 99", &[])
+        .await
+        .unwrap();
+    match PgStore::connect(&config).await {
+        Err(StoreError::TooNew { found, supported }) => {
+            assert_eq!((found, supported), (99, SCHEMA_VERSION));
+        }
+        other => panic!("expected TooNew, got {other:?}"),
+    }
+    assert_eq!(store.schema_version().await.unwrap(), 99);
+}
+
+/// Two coordinators (two pools) on one schema.
+async fn two_coordinators(test: &str) -> Option<(PgStore, PgStore)> {
+    let config = fresh_schema(test).await?;
+    // Both migrate at once: the advisory lock lets one apply each step.
+    let (a, b) = tokio::join!(PgStore::connect(&config), PgStore::connect(&config));
+    Some((a.unwrap(), b.unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_coordinators_spend_a_token_once_and_claim_a_slot_once() {
+    let Some((a, b)) =
+        two_coordinators("two_coordinators_spend_a_token_once_and_claim_a_slot_once").await
+    else {
+        return;
+    };
+    assert_eq!(a.schema_version().await.unwrap(), SCHEMA_VERSION);
+    for round in 0..20 {
+        let hash = format!("token-{round}");
+        a.insert_token(NewToken {
+            hash: hash.clone(),
+            region: "eu".into(),
+            created_at_ms: 1,
+            expires_at_ms: 1_000,
+            uses: 1,
+        })
+        .await
+        .unwrap();
+        let (x, y) = tokio::join!(a.consume_token(&hash, 5), b.consume_token(&hash, 5));
+        let granted = [x.unwrap(), y.unwrap()];
+        assert_eq!(
+            granted.iter().filter(|g| g.is_ok()).count(),
+            1,
+            "{granted:?}"
+        );
+        assert!(
+            granted.contains(&Err(TokenRejection::UsedUp)),
+            "{granted:?}"
+        );
+    }
+
+    a.insert_sweep(SweepRecord {
+        name: "home".into(),
+        definition_json: "{}".into(),
+        paused: false,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+        last_slot_ms: None,
+    })
+    .await
+    .unwrap();
+    for slot in 1..=20i64 {
+        let slot_ms = slot * 60_000;
+        let (x, y) = tokio::join!(
+            a.record_sweep_slots("home", Vec::new(), Some((slot_ms, slot_ms + 1))),
+            b.record_sweep_slots("home", Vec::new(), Some((slot_ms, slot_ms + 2)))
+        );
+        let runs: Vec<i64> = [x.unwrap(), y.unwrap()].into_iter().flatten().collect();
+        assert_eq!(runs.len(), 1, "slot {slot_ms} started {runs:?}");
+    }
+    let runs = b.sweep_runs("home", 100).await.unwrap();
+    assert_eq!(runs.len(), 20);
+    assert_eq!(
+        b.sweep("home").await.unwrap().unwrap().last_slot_ms,
+        Some(20 * 60_000)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_replayed_to_another_coordinator_is_stored_once() {
+    let Some((a, b)) =
+        two_coordinators("a_batch_replayed_to_another_coordinator_is_stored_once").await
+    else {
+        return;
+    };
+    a.insert_plan(NewPlan {
+        plan_id: "p".into(),
+        campaign_id: None,
+        created_at_ms: 1,
+        probes_json: "[]".into(),
+        agents: vec![("a-1".into(), 3_000)],
+    })
+    .await
+    .unwrap();
+    // The agent sent to one coordinator, lost the ack, and replays the
+    // same results (overlapping) to the other at the same time.
+    let first = conformance::results("a-1", "p", 0..2_000);
+    let replay = conformance::results("a-1", "p", 1_000..3_000);
+    let (x, y) = tokio::join!(a.insert_results(first, 10), b.insert_results(replay, 11));
+    assert_eq!(x.unwrap() + y.unwrap(), 3_000);
+    assert_eq!(a.count_results("p").await.unwrap(), 3_000);
+    let stored = b.results_for_plan("p").await.unwrap();
+    let mut ids: Vec<&str> = stored.iter().map(|r| r.result_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_sort_by_byte_whatever_the_cluster_locale() {
+    let Some(store) = pg_store("keys_sort_by_byte_whatever_the_cluster_locale").await else {
+        return;
+    };
+    for name in ["b", "B", "a", "_z", "A"] {
+        store
+            .insert_sweep(SweepRecord {
+                name: name.into(),
+                definition_json: "{}".into(),
+                paused: false,
+                created_at_ms: 1,
+                updated_at_ms: 1,
+                last_slot_ms: None,
+            })
+            .await
+            .unwrap();
+    }
+    let names: Vec<String> = store
+        .list_sweeps()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    // SQLite's BINARY order: upper case, then '_', then lower case.
+    assert_eq!(names, ["A", "B", "_z", "a", "b"]);
+}
