@@ -13,6 +13,7 @@ pub mod bench;
 pub mod fixtures;
 pub mod harness;
 pub mod net;
+pub mod postgres;
 pub mod real;
 pub mod scenarios;
 

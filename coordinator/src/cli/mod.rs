@@ -576,6 +576,47 @@ mod tests {
     }
 
     #[test]
+    fn database_comes_from_flag_then_env_and_is_parsed_up_front() {
+        use crate::store::Database;
+        let env =
+            MapEnv::from_pairs([("VANTAGE_DATABASE", "postgres://vantage@db.internal/fleet")]);
+        assert!(client::database(None, &MapEnv::default())
+            .unwrap()
+            .is_none());
+        match client::database(None, &env).unwrap() {
+            Some(Database::Postgres(config)) => {
+                assert_eq!(
+                    config.to_string(),
+                    "postgres://vantage@db.internal:5432/fleet"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        match client::database(Some("sqlite:///srv/v.db".into()), &env).unwrap() {
+            Some(Database::Sqlite(path)) => assert_eq!(path, PathBuf::from("/srv/v.db")),
+            other => panic!("{other:?}"),
+        }
+        for (flag, says) in [
+            (
+                "mysql://root@db/fleet",
+                "expected sqlite://PATH or postgres://",
+            ),
+            ("sqlite://", "names no file"),
+            ("postgres://db.internal/fleet", "no user"),
+        ] {
+            let message = format!(
+                "{:#}",
+                client::database(Some(flag.into()), &env).unwrap_err()
+            );
+            assert!(message.starts_with("--database: "), "{message}");
+            assert!(message.contains(says), "{flag}: {message}");
+        }
+        let from_env = MapEnv::from_pairs([("VANTAGE_DATABASE", "redis://x")]);
+        let message = format!("{:#}", client::database(None, &from_env).unwrap_err());
+        assert!(message.starts_with("VANTAGE_DATABASE: "), "{message}");
+    }
+
+    #[test]
     fn data_dir_comes_from_flag_then_env_then_default() {
         let env = MapEnv::from_pairs([("VANTAGE_DATA_DIR", "/srv/vantage")]);
         assert_eq!(

@@ -26,16 +26,43 @@ async fn stored(coordinator: &CoordinatorProcess, plan_id: &str) -> Option<u64> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_coordinator_loses_nothing_and_stores_each_result_once() {
+    kill_9_loses_nothing(&[]).await;
+}
+
+/// The same crash with the coordinator on PostgreSQL (`--database`): the
+/// agent's spool and acknowledgement-after-commit work the same way, and
+/// the restarted process finds everything in the database, not the data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_coordinator_on_postgres_loses_nothing_and_stores_each_result_once() {
+    let Some(url) = vantage_lab::postgres::fresh_database(
+        "kill_9_coordinator_on_postgres_loses_nothing_and_stores_each_result_once",
+    )
+    .await
+    .unwrap() else {
+        return;
+    };
+    let data_dir = kill_9_loses_nothing(&["--database", &url]).await;
+    assert!(
+        !data_dir.path().join("vantage.db").exists(),
+        "with --database postgres://… nothing is stored in SQLite"
+    );
+}
+
+/// Kills the coordinator (started with `serve` flags `extra`) mid-plan and
+/// checks every result is stored once after the restart; returns its data
+/// dir.
+async fn kill_9_loses_nothing(extra: &[&str]) -> tempfile::TempDir {
     let origin = Origin::builder()
         .hold_after(FIRST_WAVE)
         .spawn()
         .await
         .unwrap();
     let data = tempfile::tempdir().unwrap();
-    let mut coordinator = CoordinatorProcess::start(
+    let mut coordinator = CoordinatorProcess::start_with(
         data.path(),
         "127.0.0.1:0".parse().unwrap(),
         Duration::from_millis(500),
+        extra,
     )
     .await
     .unwrap();
@@ -100,7 +127,7 @@ async fn kill_9_coordinator_loses_nothing_and_stores_each_result_once() {
         .await
         .unwrap();
 
-    let restarted = coordinator.restart().await.unwrap();
+    let restarted = coordinator.restart_with(extra).await.unwrap();
     let total = poll_until(
         Duration::from_secs(60),
         Duration::from_millis(20),
@@ -144,4 +171,5 @@ async fn kill_9_coordinator_loses_nothing_and_stores_each_result_once() {
     assert_eq!(status.agents[0].state, "finished");
     assert_eq!(status.agents[0].results_stored, PROBES);
     origin.stop().await;
+    data
 }

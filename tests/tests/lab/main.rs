@@ -33,6 +33,7 @@ mod metrics_endpoint;
 mod netns_interference;
 mod packages;
 mod plans;
+mod postgres;
 mod progress;
 mod prometheus_deploy;
 mod protocol_abuse;
