@@ -191,7 +191,7 @@ impl Coordinator {
         let mut secret = [0u8; 24];
         rand::rng().fill_bytes(&mut secret);
         let token = EnrollmentToken {
-            addrs: self.token_addrs.clone(),
+            addrs: crate::cluster::token_addrs(self.store.as_ref(), &self.token_addrs).await,
             ca_sha256: self.pki.ca_fingerprint().to_string(),
             secret: hex::encode(secret),
         };

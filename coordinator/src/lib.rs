@@ -7,6 +7,7 @@
 pub mod api;
 pub mod campaign;
 pub mod cli;
+pub mod cluster;
 pub mod coordinator;
 pub mod diagnosis;
 pub mod metrics;

@@ -20,7 +20,11 @@ use rcgen::{
 use vantage_proto::token::sha256_hex;
 use vantage_support::fs::{write_private, PrivateFileError};
 
-const CA_CERT: &str = "ca.crt";
+/// The admin credential's file in the data dir (0600): the coordinator
+/// accepts its hash, the CLI reads it.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The CA certificate's file in the data dir.
+pub const CA_CERT: &str = "ca.crt";
 /// Validity of a newly created CA.
 pub const CA_LIFETIME: Duration = Duration::from_secs(3650 * 24 * 3600);
 /// Validity of the server certificate.
@@ -28,7 +32,8 @@ pub const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 /// How far back a server certificate's validity starts: agents check it
 /// with their own clock, which may run behind ours.
 const CLOCK_SKEW: Duration = Duration::from_secs(3600);
-const CA_KEY: &str = "ca.key";
+/// The CA key's file in the data dir (0600).
+pub const CA_KEY: &str = "ca.key";
 
 /// Errors of the CA.
 #[derive(Debug, thiserror::Error)]

@@ -26,7 +26,7 @@ use crate::store::{Database, PgStore, SqliteStore};
 /// File names inside the data dir.
 pub const DB_FILE: &str = "vantage.db";
 /// The admin credential (mode 0600).
-pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub use crate::pki::ADMIN_TOKEN_FILE;
 /// Where a running coordinator says how to reach it.
 pub const ENDPOINT_FILE: &str = "coordinator.json";
 /// The CA certificate.
@@ -120,6 +120,13 @@ pub enum ServeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The installation (CA, admin credential) could not be joined or
+    /// created in the shared database.
+    #[error("installation: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
+    /// This coordinator could not list itself among the installation's.
+    #[error("cannot join the installation's coordinators: {0}")]
+    Membership(crate::store::StoreError),
     /// The gRPC server could not be configured.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -154,6 +161,9 @@ pub struct RunningCoordinator {
     sweeps: Vec<tokio::task::JoinHandle<()>>,
     connections: Arc<Semaphore>,
     max_connections: usize,
+    /// This process's row among the installation's coordinators (on a
+    /// shared database).
+    membership: Option<crate::cluster::Membership>,
 }
 
 impl std::fmt::Debug for RunningCoordinator {
@@ -302,8 +312,22 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
     }
     create_private_dir(dir).map_err(|e| data_dir_error(dir, e.to_string()))?;
     let store = open_store(config.database.as_ref(), dir).await?;
+    // On a shared database the CA and the admin credential are the
+    // installation's: joined from the database, or created here and offered.
+    let shared = matches!(config.database, Some(Database::Postgres(_)));
+    let vacant = if shared {
+        match crate::cluster::join_installation(store.as_ref(), dir).await? {
+            crate::cluster::Joined::Existing => None,
+            crate::cluster::Joined::Vacant(key) => Some(key),
+        }
+    } else {
+        None
+    };
     let pki = Pki::load_or_create(dir)?;
     let admin_token = load_or_create_admin_token(dir)?;
+    if let Some(key) = vacant {
+        crate::cluster::offer_installation(store.as_ref(), dir, &key).await?;
+    }
 
     // Nothing above binds a port: a bad data dir fails before any listener exists.
     let listener = TcpListener::bind(config.listen)
@@ -340,6 +364,15 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
         enroll_rate: config.enroll_rate,
         agent_cert_lifetime: config.agent_cert_lifetime,
         webhook_allow_private: config.webhook_allow_private,
+    };
+    let membership = if shared {
+        Some(
+            crate::cluster::Membership::join(store.clone(), settings.token_addrs.clone())
+                .await
+                .map_err(ServeError::Membership)?,
+        )
+    } else {
+        None
     };
     let (core, _ingest_thread) =
         Coordinator::new(store, pki, settings).map_err(ServeError::Thread)?;
@@ -417,6 +450,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
         sweeps,
         connections,
         max_connections: limits.max_connections,
+        membership,
     })
 }
 
@@ -480,6 +514,10 @@ impl RunningCoordinator {
     /// open connections to close.
     pub async fn shutdown(mut self) -> Result<(), tonic::transport::Error> {
         self.renewal.abort();
+        // First: new tokens stop naming a coordinator that is going away.
+        if let Some(membership) = self.membership.take() {
+            membership.leave().await;
+        }
         self.core.registry.kill_all(tonic::Status::unavailable(
             "the coordinator is shutting down",
         ));

@@ -360,6 +360,11 @@ async fn token_create(args: TokenCreateArgs, target: Target) -> anyhow::Result<(
         .map_err(|s| rpc_error(&target, s))?
         .into_inner();
     println!("{}", response.token);
+    // Which coordinators the agent will try, in order: on a shared
+    // database, every live one of the installation.
+    if let Ok(token) = vantage_proto::token::EnrollmentToken::decode(&response.token) {
+        eprintln!("the agent will try: {}", token.addrs.join(", "));
+    }
     Ok(())
 }
 

@@ -47,6 +47,7 @@ macro_rules! conformance_tests {
             sweeps_are_named_once_applied_atomically_and_deleted_with_their_history,
             sweep_slots_run_once_and_history_is_kept_newest_first,
             alerts_upsert_and_the_outbox_retries_until_delivered,
+            installation_secrets_are_set_once_and_dead_coordinators_drop_out,
         );
     };
     (@cases $make:expr; $($case:ident,)+) => {
@@ -1008,4 +1009,59 @@ pub async fn alerts_upsert_and_the_outbox_retries_until_delivered(store: Backend
         .await
         .unwrap();
     assert!(store.due_deliveries(i64::MAX, 10).await.unwrap().is_empty());
+}
+
+/// The installation's secrets are written once (the first writer wins);
+/// coordinators are live while they heartbeat, and forgotten long after.
+pub async fn installation_secrets_are_set_once_and_dead_coordinators_drop_out(store: Backend) {
+    assert_eq!(
+        store.installation_secret("installation").await.unwrap(),
+        None
+    );
+    assert!(store
+        .insert_installation_secret("installation", vec![1, 2, 3], 10)
+        .await
+        .unwrap());
+    assert!(!store
+        .insert_installation_secret("installation", vec![9], 11)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.installation_secret("installation").await.unwrap(),
+        Some(vec![1, 2, 3])
+    );
+
+    let record = |id: &str, started: i64, at: i64| super::CoordinatorRecord {
+        coordinator_id: id.to_owned(),
+        addrs: vec![format!("{id}.example:7443"), "10.0.0.1:7443".to_owned()],
+        started_at_ms: started,
+        heartbeat_at_ms: at,
+    };
+    store
+        .coordinator_heartbeat(record("b", 200, 1_000), 0)
+        .await
+        .unwrap();
+    store
+        .coordinator_heartbeat(record("a", 100, 1_000), 0)
+        .await
+        .unwrap();
+    let live = store.live_coordinators(1_000).await.unwrap();
+    assert_eq!(live, vec![record("a", 100, 1_000), record("b", 200, 1_000)]);
+    // b keeps beating (its start time is kept), a goes quiet.
+    store
+        .coordinator_heartbeat(record("b", 999, 5_000), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.live_coordinators(2_000).await.unwrap(),
+        vec![record("b", 200, 5_000)]
+    );
+    // Long after, a's row is forgotten; a clean stop removes b's.
+    store
+        .coordinator_heartbeat(record("b", 200, 90_000), 50_000)
+        .await
+        .unwrap();
+    assert_eq!(store.live_coordinators(0).await.unwrap().len(), 1);
+    store.remove_coordinator("b").await.unwrap();
+    assert!(store.live_coordinators(0).await.unwrap().is_empty());
 }

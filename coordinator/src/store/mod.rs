@@ -32,6 +32,20 @@ pub mod postgres;
 pub mod sqlite;
 pub mod sweeps;
 
+/// A coordinator of the installation, as the others see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordinatorRecord {
+    /// Its id, new for every process.
+    pub coordinator_id: String,
+    /// The addresses agents reach it at (`host:port`), as its tokens carry
+    /// them.
+    pub addrs: Vec<String>,
+    /// When the process started, unix milliseconds.
+    pub started_at_ms: i64,
+    /// Its last heartbeat, unix milliseconds.
+    pub heartbeat_at_ms: i64,
+}
+
 pub use sweeps::{
     AlertRecord, DeliveryRow, MissedSlot, NewDelivery, SweepRecord, SweepRun, SweepRunEnd,
     SweepRunStatus,
@@ -592,6 +606,35 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// A POST was answered 2xx: never attempted again.
     async fn delivery_done(&self, event_id: &str, url: &str, at_ms: i64) -> Result<(), StoreError>;
+
+    /// The installation secret stored under `name` (sealed by the caller;
+    /// the store never sees it in clear).
+    async fn installation_secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Stores a sealed installation secret unless one named `name` exists;
+    /// true when this call stored it. Of coordinators racing to create the
+    /// installation exactly one wins, and the others read the winner's.
+    async fn insert_installation_secret(
+        &self,
+        name: &str,
+        sealed: Vec<u8>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Records (or refreshes) a live coordinator, and forgets the ones whose
+    /// last heartbeat is older than `forget_before_ms`.
+    async fn coordinator_heartbeat(
+        &self,
+        record: CoordinatorRecord,
+        forget_before_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Forgets a coordinator (it is shutting down).
+    async fn remove_coordinator(&self, coordinator_id: &str) -> Result<(), StoreError>;
+
+    /// The coordinators whose last heartbeat is at or after `since_ms`,
+    /// oldest process first.
+    async fn live_coordinators(&self, since_ms: i64) -> Result<Vec<CoordinatorRecord>, StoreError>;
 
     /// A POST failed: try again at `next_at_ms`; `attempts` is the new count.
     async fn delivery_retry(

@@ -167,3 +167,111 @@ async fn finished_report(coordinator: &CoordinatorProcess, id: &str) -> serde_js
     .await
     .unwrap()
 }
+
+/// Starts `vantage serve` on `dir` with `extra` flags and returns its output
+/// when it exits (for starts that must fail).
+async fn serve_fails(dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut args: Vec<String> = [
+        "--data-dir",
+        &dir.display().to_string(),
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    run_cli(&bin_path("vantage"), &args, Duration::from_secs(60))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_coordinators_share_one_installation_and_an_agent_fails_over_on_kill_9() {
+    let test = "two_coordinators_share_one_installation_and_an_agent_fails_over_on_kill_9";
+    let Some(url) = vantage_lab::postgres::fresh_database(test).await.unwrap() else {
+        return;
+    };
+    let extra = ["--database", url.as_str()];
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let heartbeat = Duration::from_millis(500);
+    let listen = "127.0.0.1:0".parse().unwrap();
+    let mut a = CoordinatorProcess::start_with(a_dir.path(), listen, heartbeat, &extra)
+        .await
+        .unwrap();
+    let seal_key = a_dir.path().join("seal.key");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&seal_key).unwrap().permissions()
+        ) & 0o777,
+        0o600
+    );
+
+    // A second coordinator without the installation's seal key is told
+    // what to copy, and does not start.
+    let refused = serve_fails(b_dir.path(), &extra).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("copy seal.key"), "{stderr}");
+    std::fs::copy(&seal_key, b_dir.path().join("seal.key")).unwrap();
+    let b = CoordinatorProcess::start_with(b_dir.path(), listen, heartbeat, &extra)
+        .await
+        .unwrap();
+    // One CA and one admin credential for the installation.
+    for file in ["ca.crt", "admin.token"] {
+        assert_eq!(
+            std::fs::read(a_dir.path().join(file)).unwrap(),
+            std::fs::read(b_dir.path().join(file)).unwrap(),
+            "{file}"
+        );
+    }
+
+    // A token from either names both, its own first.
+    let from_b = b.cli(&["token", "create", "--region", "eu"]).await.unwrap();
+    assert!(
+        from_b.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_b.stderr)
+    );
+    let token = vantage_proto::token::EnrollmentToken::decode(
+        String::from_utf8_lossy(&from_b.stdout).trim(),
+    )
+    .unwrap();
+    let (a_addr, b_addr) = (a.grpc_addr.to_string(), b.grpc_addr.to_string());
+    assert_eq!(token.addrs.first(), Some(&b_addr), "{:?}", token.addrs);
+    assert!(token.addrs.contains(&a_addr), "{:?}", token.addrs);
+    assert!(
+        String::from_utf8_lossy(&from_b.stderr).contains(&a_addr),
+        "token create names every coordinator: {}",
+        String::from_utf8_lossy(&from_b.stderr)
+    );
+
+    // The agent enrolls through A (its token's first address) ...
+    let token = a.create_token("eu").await.unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut agent = vantage_lab::lab::spawn_agent_process(
+        state.path(),
+        &["--token", &token, "--name", "fra-1"],
+    )
+    .unwrap();
+    vantage_lab::lab::wait_agent_connected(&mut agent)
+        .await
+        .unwrap();
+    // ... and when A dies, moves to B by itself.
+    a.kill9().await.unwrap();
+    poll_until(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async {
+            let out = b.cli(&["agents", "--json"]).await.ok()?;
+            let agents: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (agents[0]["name"] == "fra-1" && agents[0]["connected"] == true).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(agent.output().matches("session established").count() >= 2);
+}

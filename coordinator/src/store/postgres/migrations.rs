@@ -171,6 +171,21 @@ CREATE TABLE deliveries (
 
 CREATE INDEX deliveries_due ON deliveries (next_at) WHERE delivered_at IS NULL;
 "#,
+    // 5: the installation's sealed secrets and its live coordinators.
+    r#"
+CREATE TABLE installation (
+    name       TEXT COLLATE "C" PRIMARY KEY,
+    sealed     BYTEA  NOT NULL,
+    created_at BIGINT NOT NULL
+);
+
+CREATE TABLE coordinators (
+    coordinator_id TEXT COLLATE "C" PRIMARY KEY,
+    addrs_json     TEXT   NOT NULL,
+    started_at     BIGINT NOT NULL,
+    heartbeat_at   BIGINT NOT NULL
+);
+"#,
 ];
 
 /// Serialises migrations of one schema across every coordinator starting at

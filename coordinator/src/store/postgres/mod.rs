@@ -30,9 +30,9 @@ use vantage_proto::pb;
 
 use super::{
     AgentRecord, AgentRole, AlertRecord, CampaignPlanAgent, CampaignRow, CampaignStatus,
-    DeliveryRow, MissedSlot, NewAgent, NewDelivery, NewPlan, NewToken, Outcome, PlanAgentStatus,
-    PlanState, ResultRecord, SeenReport, Sighting, Store, StoreError, SweepRecord, SweepRun,
-    SweepRunEnd, TokenGrant, TokenRejection,
+    CoordinatorRecord, DeliveryRow, MissedSlot, NewAgent, NewDelivery, NewPlan, NewToken, Outcome,
+    PlanAgentStatus, PlanState, ResultRecord, SeenReport, Sighting, Store, StoreError, SweepRecord,
+    SweepRun, SweepRunEnd, TokenGrant, TokenRejection,
 };
 
 /// Connections per coordinator, at most. Ingest is one writer; the rest
@@ -1032,6 +1032,96 @@ impl Store for PgStore {
 
     async fn delivery_done(&self, event_id: &str, url: &str, at_ms: i64) -> Result<(), StoreError> {
         sweeps::delivery_done(&self.client().await?, event_id, url, at_ms).await
+    }
+
+    async fn installation_secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        client
+            .query_opt("SELECT sealed FROM installation WHERE name = $1", &[&name])
+            .await?
+            .map(|row| Ok(row.try_get(0)?))
+            .transpose()
+    }
+
+    async fn insert_installation_secret(
+        &self,
+        name: &str,
+        sealed: Vec<u8>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO installation (name, sealed, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO NOTHING",
+                &[&name, &sealed, &now_ms],
+            )
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    async fn coordinator_heartbeat(
+        &self,
+        record: CoordinatorRecord,
+        forget_before_ms: i64,
+    ) -> Result<(), StoreError> {
+        let addrs_json = serde_json::to_string(&record.addrs)
+            .map_err(|e| StoreError::Invalid(format!("coordinator addresses: {e}")))?;
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO coordinators (coordinator_id, addrs_json, started_at, heartbeat_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (coordinator_id) DO UPDATE SET \
+                 addrs_json = EXCLUDED.addrs_json, heartbeat_at = EXCLUDED.heartbeat_at",
+                &[
+                    &record.coordinator_id,
+                    &addrs_json,
+                    &record.started_at_ms,
+                    &record.heartbeat_at_ms,
+                ],
+            )
+            .await?;
+        client
+            .execute(
+                "DELETE FROM coordinators WHERE heartbeat_at < $1",
+                &[&forget_before_ms],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_coordinator(&self, coordinator_id: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM coordinators WHERE coordinator_id = $1",
+                &[&coordinator_id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn live_coordinators(&self, since_ms: i64) -> Result<Vec<CoordinatorRecord>, StoreError> {
+        let client = self.client().await?;
+        client
+            .query(
+                "SELECT coordinator_id, addrs_json, started_at, heartbeat_at FROM coordinators \
+                 WHERE heartbeat_at >= $1 ORDER BY started_at, coordinator_id",
+                &[&since_ms],
+            )
+            .await?
+            .iter()
+            .map(|row| {
+                let addrs_json: String = row.try_get(1)?;
+                Ok(CoordinatorRecord {
+                    coordinator_id: row.try_get(0)?,
+                    addrs: serde_json::from_str(&addrs_json)
+                        .map_err(|e| StoreError::Corrupt(format!("coordinator addresses: {e}")))?,
+                    started_at_ms: row.try_get(2)?,
+                    heartbeat_at_ms: row.try_get(3)?,
+                })
+            })
+            .collect()
     }
 
     async fn delivery_retry(

@@ -173,6 +173,24 @@ CREATE TABLE deliveries (
 
 CREATE INDEX deliveries_due ON deliveries (next_at) WHERE delivered_at IS NULL;
 "#,
+    // 5: what the coordinators of one installation share (issue #13): its
+    // secrets, sealed by the coordinators (the store never sees them in
+    // clear), and who is alive. A single SQLite coordinator keeps its
+    // secrets in the data dir and only ever lists itself.
+    r#"
+CREATE TABLE installation (
+    name       TEXT    PRIMARY KEY NOT NULL,
+    sealed     BLOB    NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE coordinators (
+    coordinator_id TEXT    PRIMARY KEY NOT NULL,
+    addrs_json     TEXT    NOT NULL,
+    started_at     INTEGER NOT NULL,
+    heartbeat_at   INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The schema version this binary writes and understands: the number of
@@ -257,7 +275,7 @@ mod tests {
 
     #[test]
     fn schema_version_matches_migrations() {
-        assert_eq!(SCHEMA_VERSION, 4);
+        assert_eq!(SCHEMA_VERSION, 5);
         assert_eq!(SCHEMA_VERSION as usize, MIGRATIONS.len());
     }
 
@@ -273,7 +291,9 @@ mod tests {
                 "agents",
                 "alerts",
                 "campaigns",
+                "coordinators",
                 "deliveries",
+                "installation",
                 "observations",
                 "plan_agents",
                 "plans",

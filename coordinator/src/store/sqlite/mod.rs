@@ -25,9 +25,9 @@ use vantage_proto::pb;
 
 use super::{
     AgentRecord, AgentRole, AlertRecord, CampaignPlanAgent, CampaignRow, CampaignStatus,
-    DeliveryRow, MissedSlot, NewAgent, NewDelivery, NewPlan, NewToken, Outcome, PlanAgentStatus,
-    PlanState, ResultRecord, SeenReport, Sighting, Store, StoreError, SweepRecord, SweepRun,
-    SweepRunEnd, TokenGrant, TokenRejection,
+    CoordinatorRecord, DeliveryRow, MissedSlot, NewAgent, NewDelivery, NewPlan, NewToken, Outcome,
+    PlanAgentStatus, PlanState, ResultRecord, SeenReport, Sighting, Store, StoreError, SweepRecord,
+    SweepRun, SweepRunEnd, TokenGrant, TokenRejection,
 };
 
 /// How long a statement waits on a lock held by another connection (another
@@ -1006,6 +1006,104 @@ impl Store for SqliteStore {
         let (event_id, url) = (event_id.to_owned(), url.to_owned());
         self.run(move |conn| sweeps::delivery_done(conn, &event_id, &url, at_ms))
             .await
+    }
+
+    async fn installation_secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let name = name.to_owned();
+        self.run(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT sealed FROM installation WHERE name = ?1")?
+                .query_row([name], |row| row.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn insert_installation_secret(
+        &self,
+        name: &str,
+        sealed: Vec<u8>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.run(move |conn| {
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO installation (name, sealed, created_at) \
+                     VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![name, sealed, now_ms])?;
+            Ok(inserted == 1)
+        })
+        .await
+    }
+
+    async fn coordinator_heartbeat(
+        &self,
+        record: CoordinatorRecord,
+        forget_before_ms: i64,
+    ) -> Result<(), StoreError> {
+        let addrs_json = serde_json::to_string(&record.addrs)
+            .map_err(|e| StoreError::Invalid(format!("coordinator addresses: {e}")))?;
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.prepare_cached(
+                "INSERT INTO coordinators (coordinator_id, addrs_json, started_at, heartbeat_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (coordinator_id) DO UPDATE SET \
+                 addrs_json = excluded.addrs_json, heartbeat_at = excluded.heartbeat_at",
+            )?
+            .execute(params![
+                record.coordinator_id,
+                addrs_json,
+                record.started_at_ms,
+                record.heartbeat_at_ms
+            ])?;
+            tx.prepare_cached("DELETE FROM coordinators WHERE heartbeat_at < ?1")?
+                .execute([forget_before_ms])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_coordinator(&self, coordinator_id: &str) -> Result<(), StoreError> {
+        let coordinator_id = coordinator_id.to_owned();
+        self.run(move |conn| {
+            conn.prepare_cached("DELETE FROM coordinators WHERE coordinator_id = ?1")?
+                .execute([coordinator_id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn live_coordinators(&self, since_ms: i64) -> Result<Vec<CoordinatorRecord>, StoreError> {
+        self.run(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT coordinator_id, addrs_json, started_at, heartbeat_at FROM coordinators \
+                 WHERE heartbeat_at >= ?1 ORDER BY started_at, coordinator_id",
+            )?;
+            let rows = statement.query_map([since_ms], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
+            })?;
+            let mut live = Vec::new();
+            for row in rows {
+                let (coordinator_id, addrs_json, started_at_ms, heartbeat_at_ms) = row?;
+                live.push(CoordinatorRecord {
+                    coordinator_id,
+                    addrs: serde_json::from_str(&addrs_json)
+                        .map_err(|e| StoreError::Corrupt(format!("coordinator addresses: {e}")))?,
+                    started_at_ms,
+                    heartbeat_at_ms,
+                });
+            }
+            Ok(live)
+        })
+        .await
     }
 
     async fn delivery_retry(
