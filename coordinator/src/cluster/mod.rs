@@ -88,7 +88,7 @@ pub enum Joined {
     /// The database holds none: create the CA and credential in the data
     /// dir as a single coordinator does, then [`offer_installation`] them
     /// with this (new or existing) seal key.
-    Vacant(SealKey),
+    Vacant(Box<SealKey>),
 }
 
 fn read(path: &Path) -> Result<String, ClusterError> {
@@ -112,7 +112,7 @@ fn write(path: &Path, contents: &str, mode: u32) -> Result<(), ClusterError> {
 /// `dir`. A data dir with another CA is refused rather than overwritten.
 pub async fn join_installation(store: &dyn Store, dir: &Path) -> Result<Joined, ClusterError> {
     let Some(sealed) = store.installation_secret(INSTALLATION).await? else {
-        return Ok(Joined::Vacant(SealKey::load_or_create(dir)?));
+        return Ok(Joined::Vacant(Box::new(SealKey::load_or_create(dir)?)));
     };
     let key = SealKey::load(dir)?;
     let plain = key.open(INSTALLATION, &sealed)?;
