@@ -40,6 +40,9 @@ pub struct Coordinator {
     pub(crate) registry: Arc<Registry>,
     pub(crate) ingest: mpsc::Sender<IngestJob>,
     pub(crate) admin_hash: String,
+    /// This process's id among the installation's coordinators: the owner
+    /// of the campaigns and sweep runs it starts.
+    pub(crate) coordinator_id: String,
     pub(crate) token_addrs: Vec<String>,
     pub(crate) heartbeat: Duration,
     /// The campaigns running now: their progress feeds and cancel switches.
@@ -68,6 +71,9 @@ impl std::fmt::Debug for Coordinator {
 pub struct CoordinatorSettings {
     /// sha256 hex of the admin credential.
     pub admin_hash: String,
+    /// This process's id among the installation's coordinators (a new
+    /// UUID per process).
+    pub coordinator_id: String,
     /// Addresses written into enrollment tokens.
     pub token_addrs: Vec<String>,
     /// Heartbeat interval asked of agents.
@@ -101,6 +107,7 @@ impl Coordinator {
             registry,
             ingest,
             admin_hash: settings.admin_hash,
+            coordinator_id: settings.coordinator_id,
             token_addrs: settings.token_addrs,
             heartbeat: settings.heartbeat,
             campaigns: std::sync::Mutex::default(),

@@ -314,8 +314,8 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
     let store = open_store(config.database.as_ref(), dir).await?;
     // On a shared database the CA and the admin credential are the
     // installation's: joined from the database, or created here and offered.
-    let shared = matches!(config.database, Some(Database::Postgres(_)));
-    let vacant = if shared {
+    let shared_database = matches!(config.database, Some(Database::Postgres(_)));
+    let vacant = if shared_database {
         match crate::cluster::join_installation(store.as_ref(), dir).await? {
             crate::cluster::Joined::Existing => None,
             crate::cluster::Joined::Vacant(key) => Some(key),
@@ -359,17 +359,22 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
     )?));
     let settings = CoordinatorSettings {
         admin_hash: hash_secret(&admin_token),
+        coordinator_id: uuid::Uuid::new_v4().to_string(),
         token_addrs,
         heartbeat: config.heartbeat,
         enroll_rate: config.enroll_rate,
         agent_cert_lifetime: config.agent_cert_lifetime,
         webhook_allow_private: config.webhook_allow_private,
     };
-    let membership = if shared {
+    let membership = if shared_database {
         Some(
-            crate::cluster::Membership::join(store.clone(), settings.token_addrs.clone())
-                .await
-                .map_err(ServeError::Membership)?,
+            crate::cluster::Membership::join(
+                store.clone(),
+                settings.coordinator_id.clone(),
+                settings.token_addrs.clone(),
+            )
+            .await
+            .map_err(ServeError::Membership)?,
         )
     } else {
         None
@@ -378,11 +383,21 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
         Coordinator::new(store, pki, settings).map_err(ServeError::Thread)?;
     let core = Arc::new(core);
 
-    // Before any agent can connect: campaigns a previous process left
-    // running are finished from what it stored.
-    if let Err(e) = core.recover_campaigns().await {
-        tracing::error!(error = %e.message(), "cannot recover the campaigns left running");
-    }
+    // Before any agent can connect: campaigns that a coordinator process
+    // now gone (a previous one of this data dir, or a peer on a shared
+    // database) left running are finished from what it stored; its sweep
+    // runs are ended once the sweep room starts.
+    let live = if shared_database {
+        crate::cluster::live_coordinator_ids(core.store.as_ref())
+            .await
+            .map_err(ServeError::Membership)?
+    } else {
+        Vec::new()
+    };
+    let orphan_runs = core.adopt_orphans(&live).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e.message(), "cannot adopt what was left running");
+        Vec::new()
+    });
 
     // Session stays large (a result batch with evidence); Enroll, Hello and
     // ControlService requests are bounded far lower, per method, by
@@ -428,7 +443,15 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
         ))
     });
     let renewal = tokio::spawn(renew_server_cert(core.clone(), names, tls));
-    let sweeps = crate::sweep::start(&core, config.scheduler.clone(), shutdown_rx.clone());
+    let sweeps = crate::sweep::start(
+        &core,
+        config.scheduler.clone(),
+        shutdown_rx.clone(),
+        crate::sweep::Orphans {
+            adopted: orphan_runs,
+            keep_adopting: shared_database,
+        },
+    );
 
     let endpoint = Endpoint {
         grpc: local_endpoint,

@@ -481,6 +481,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn crate::store::Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
         let settings = crate::coordinator::CoordinatorSettings {
+            coordinator_id: "test-coordinator".into(),
             admin_hash: hash_secret("the-admin-secret"),
             token_addrs: vec!["127.0.0.1:7443".into()],
             heartbeat: Duration::from_secs(10),

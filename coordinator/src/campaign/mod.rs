@@ -275,26 +275,45 @@ impl Coordinator {
         Ok((status, stopped))
     }
 
-    /// Finishes, from what is stored, every campaign that a previous
-    /// coordinator process left `running` (a crash, a kill, a power cut):
-    /// the regions that had not finished are named in `missing` with the
-    /// reason. Called at start-up, before any agent connects. Returns how
-    /// many campaigns were finished.
-    pub async fn recover_campaigns(&self) -> Result<usize, Status> {
-        let rows = self.store.running_campaigns().await?;
+    /// Adopts what coordinator processes that are not in `live` (dead ones:
+    /// a crash, a kill, a power cut) left running, and finishes their
+    /// campaigns from what is stored: the regions that had not finished are
+    /// named in `missing` with the reason. Returns the adopted sweep runs,
+    /// for the sweep room to end (their campaigns' reports are stored by
+    /// then). Called at start-up, before any agent connects, and on a shared
+    /// database every [`crate::cluster::LEASE`].
+    pub async fn adopt_orphans(
+        &self,
+        live: &[String],
+    ) -> Result<Vec<crate::store::SweepRun>, Status> {
+        let mut live = live.to_vec();
+        if !live.contains(&self.coordinator_id) {
+            live.push(self.coordinator_id.clone());
+        }
+        let (rows, runs) = self
+            .store
+            .adopt_orphans(&self.coordinator_id, &live)
+            .await?;
         let mut finished = 0;
         for row in rows {
             match self.recover_campaign(&row).await {
                 Ok(status) => {
                     finished += 1;
-                    tracing::info!(campaign = %row.campaign_id, %status, "finished a campaign the previous coordinator process left running");
+                    tracing::info!(campaign = %row.campaign_id, %status, "finished a campaign a coordinator that is gone left running");
                 }
                 Err(e) => {
                     tracing::error!(campaign = %row.campaign_id, error = %e.message(), "cannot finish a campaign left running");
                 }
             }
         }
-        Ok(finished)
+        if finished > 0 || !runs.is_empty() {
+            tracing::info!(
+                campaigns = finished,
+                sweep_runs = runs.len(),
+                "adopted what a coordinator that is gone left running"
+            );
+        }
+        Ok(runs)
     }
 
     async fn recover_campaign(
@@ -379,7 +398,13 @@ impl Coordinator {
                 .map_err(|e| Status::internal(e.to_string()))?;
         let regions: Vec<String> = chosen.iter().map(|(r, _)| r.clone()).collect();
         self.store
-            .insert_campaign(&campaign_id, now_ms(), &target_json, &regions)
+            .insert_campaign(
+                &campaign_id,
+                now_ms(),
+                &target_json,
+                &regions,
+                &self.coordinator_id,
+            )
             .await?;
 
         let (events_tx, events) = feed::CampaignFeed::new();

@@ -182,10 +182,14 @@ impl Membership {
     /// Writes this process's row (a new id, `addrs`) and starts its
     /// heartbeat. The first write is awaited, so a coordinator that says it
     /// is ready is already listed.
-    pub async fn join(store: Arc<dyn Store>, addrs: Vec<String>) -> Result<Membership, StoreError> {
+    pub async fn join(
+        store: Arc<dyn Store>,
+        coordinator_id: String,
+        addrs: Vec<String>,
+    ) -> Result<Membership, StoreError> {
         let started_at_ms = now_ms();
         let record = CoordinatorRecord {
-            coordinator_id: uuid::Uuid::new_v4().to_string(),
+            coordinator_id,
             addrs,
             started_at_ms,
             heartbeat_at_ms: started_at_ms,
@@ -234,6 +238,17 @@ async fn heartbeat(store: Arc<dyn Store>, mut record: CoordinatorRecord) {
             tracing::warn!(error = %e, "coordinator heartbeat failed");
         }
     }
+}
+
+/// The ids of the coordinators alive now (heartbeat within [`LEASE`]).
+pub async fn live_coordinator_ids(store: &dyn Store) -> Result<Vec<String>, StoreError> {
+    let since = now_ms().saturating_sub(i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX));
+    Ok(store
+        .live_coordinators(since)
+        .await?
+        .into_iter()
+        .map(|c| c.coordinator_id)
+        .collect())
 }
 
 /// The addresses a new token carries: this coordinator's own first (the
@@ -343,10 +358,13 @@ mod tests {
         assert_eq!(token_addrs(store.as_ref(), &own).await, own);
         let b = Membership::join(
             store.clone(),
+            "b".into(),
             vec!["b.example:7443".into(), "a.example:7443".into()],
         )
         .await
         .unwrap();
+        assert_eq!(b.coordinator_id(), "b");
+        assert_eq!(live_coordinator_ids(store.as_ref()).await.unwrap(), ["b"]);
         store
             .coordinator_heartbeat(
                 CoordinatorRecord {

@@ -48,6 +48,7 @@ macro_rules! conformance_tests {
             sweep_slots_run_once_and_history_is_kept_newest_first,
             alerts_upsert_and_the_outbox_retries_until_delivered,
             installation_secrets_are_set_once_and_dead_coordinators_drop_out,
+            what_a_dead_coordinator_left_running_is_adopted_once,
         );
     };
     (@cases $make:expr; $($case:ident,)+) => {
@@ -586,11 +587,11 @@ pub async fn shared_across_tasks(store: Backend) {
 pub async fn campaigns_round_trip_and_list_newest_first(store: Backend) {
     let regions = vec!["eu".to_string(), "us".to_string()];
     store
-        .insert_campaign("c1", 10, "{\"url\":\"http://a/\"}", &regions)
+        .insert_campaign("c1", 10, "{\"url\":\"http://a/\"}", &regions, "coord-a")
         .await
         .unwrap();
     store
-        .insert_campaign("c2", 20, "{}", &regions[..1])
+        .insert_campaign("c2", 20, "{}", &regions[..1], "coord-a")
         .await
         .unwrap();
     let running = store.campaign("c1").await.unwrap().unwrap();
@@ -775,7 +776,7 @@ pub async fn sweeps_are_named_once_applied_atomically_and_deleted_with_their_his
     assert_eq!(names, ["a", "b"]);
     // Runs and alerts go with their sweep.
     let run = store
-        .record_sweep_slots("b", vec![], Some((60_000, 60_001)))
+        .record_sweep_slots("b", vec![], Some((60_000, 60_001)), "coord-a")
         .await
         .unwrap()
         .unwrap();
@@ -813,6 +814,7 @@ pub async fn sweeps_are_named_once_applied_atomically_and_deleted_with_their_his
                 reason: "x".into(),
             }],
             Some((2, 2)),
+            "coord-a",
         )
         .await
         .unwrap();
@@ -836,13 +838,13 @@ pub async fn sweep_slots_run_once_and_history_is_kept_newest_first(store: Backen
         },
     ];
     let run = store
-        .record_sweep_slots("s", missed.clone(), Some((30_000, 30_005)))
+        .record_sweep_slots("s", missed.clone(), Some((30_000, 30_005)), "coord-a")
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
         store
-            .record_sweep_slots("s", missed, Some((30_000, 30_500)))
+            .record_sweep_slots("s", missed, Some((30_000, 30_500)), "coord-a")
             .await
             .unwrap(),
         None,
@@ -860,6 +862,7 @@ pub async fn sweep_slots_run_once_and_history_is_kept_newest_first(store: Backen
                 reason: "late".into(),
             }],
             None,
+            "coord-a",
         )
         .await
         .unwrap();
@@ -901,7 +904,14 @@ pub async fn sweep_slots_run_once_and_history_is_kept_newest_first(store: Backen
         )
         .await
         .unwrap();
-    assert_eq!(store.due_deliveries(i64::MAX, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .claim_deliveries(i64::MAX, 10, i64::MAX)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     let history = store.sweep_runs("s", 10).await.unwrap();
     let slots: Vec<i64> = history.iter().map(|r| r.slot_ms).collect();
     assert_eq!(slots, [30_000, 20_000, 10_000, 5_000]);
@@ -931,7 +941,7 @@ pub async fn alerts_upsert_and_the_outbox_retries_until_delivered(store: Backend
         reason: None,
     };
     let r1 = store
-        .record_sweep_slots("s", vec![], Some((1_000, 1_000)))
+        .record_sweep_slots("s", vec![], Some((1_000, 1_000)), "coord-a")
         .await
         .unwrap()
         .unwrap();
@@ -962,7 +972,7 @@ pub async fn alerts_upsert_and_the_outbox_retries_until_delivered(store: Backend
         .await
         .unwrap();
     let r2 = store
-        .record_sweep_slots("s", vec![], Some((2_000, 2_000)))
+        .record_sweep_slots("s", vec![], Some((2_000, 2_000)), "coord-a")
         .await
         .unwrap()
         .unwrap();
@@ -980,8 +990,14 @@ pub async fn alerts_upsert_and_the_outbox_retries_until_delivered(store: Backend
     assert_eq!(store.sweep_alerts("s").await.unwrap().len(), 2);
 
     assert_eq!(store.next_delivery_at().await.unwrap(), Some(100));
-    assert!(store.due_deliveries(99, 10).await.unwrap().is_empty());
-    let due = store.due_deliveries(100, 10).await.unwrap();
+    assert!(store.claim_deliveries(99, 10, 99).await.unwrap().is_empty());
+    let due = store.claim_deliveries(100, 10, 1_100).await.unwrap();
+    // Claimed: no other outbox gets them until the claim runs out.
+    assert!(store
+        .claim_deliveries(100, 10, 1_100)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(due.len(), 2);
     assert!(due.iter().all(|d| d.event_id == "e1" && d.attempts == 0));
     store
@@ -993,8 +1009,12 @@ pub async fn alerts_upsert_and_the_outbox_retries_until_delivered(store: Backend
         .await
         .unwrap();
     assert_eq!(store.next_delivery_at().await.unwrap(), Some(5_000));
-    assert!(store.due_deliveries(4_999, 10).await.unwrap().is_empty());
-    let due = store.due_deliveries(5_000, 10).await.unwrap();
+    assert!(store
+        .claim_deliveries(4_999, 10, 4_999)
+        .await
+        .unwrap()
+        .is_empty());
+    let due = store.claim_deliveries(5_000, 10, 5_000).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].attempts, 1);
     assert_eq!(due[0].body, "{\"n\":1}", "every retry sends the same body");
@@ -1008,7 +1028,11 @@ pub async fn alerts_upsert_and_the_outbox_retries_until_delivered(store: Backend
         .delivery_retry("e1", "https://a.example/", 2, 6_000, "late")
         .await
         .unwrap();
-    assert!(store.due_deliveries(i64::MAX, 10).await.unwrap().is_empty());
+    assert!(store
+        .claim_deliveries(i64::MAX, 10, i64::MAX)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// The installation's secrets are written once (the first writer wins);
@@ -1064,4 +1088,50 @@ pub async fn installation_secrets_are_set_once_and_dead_coordinators_drop_out(st
     assert_eq!(store.live_coordinators(0).await.unwrap().len(), 1);
     store.remove_coordinator("b").await.unwrap();
     assert!(store.live_coordinators(0).await.unwrap().is_empty());
+}
+
+/// Running campaigns and sweep runs belong to the coordinator that started
+/// them; once it is no longer live, one other adopts them, once.
+pub async fn what_a_dead_coordinator_left_running_is_adopted_once(store: Backend) {
+    let regions = vec!["eu".to_owned()];
+    for (id, at, owner) in [("c-a", 10, "a"), ("c-b", 20, "b"), ("c-a2", 5, "a")] {
+        store
+            .insert_campaign(id, at, "{}", &regions, owner)
+            .await
+            .unwrap();
+    }
+    store
+        .finish_campaign("c-a2", 30, CampaignStatus::Healthy, "{}")
+        .await
+        .unwrap();
+    store.insert_sweep(sweep_record("s", 1)).await.unwrap();
+    let run_a = store
+        .record_sweep_slots("s", vec![], Some((60_000, 60_001)), "a")
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .record_sweep_slots("s", vec![], Some((120_000, 120_001)), "b")
+        .await
+        .unwrap()
+        .unwrap();
+
+    // a is gone; c adopts what a left running (not a's finished campaign).
+    let live = ["b".to_owned(), "c".to_owned()];
+    let (campaigns, runs) = store.adopt_orphans("c", &live).await.unwrap();
+    let ids: Vec<&str> = campaigns.iter().map(|c| c.campaign_id.as_str()).collect();
+    assert_eq!(ids, ["c-a"]);
+    assert_eq!(campaigns[0].status, CampaignStatus::Running);
+    assert_eq!(runs.iter().map(|r| r.run_id).collect::<Vec<_>>(), [run_a]);
+    assert_eq!(runs[0].slot_ms, 60_000);
+    // Adopted once: c is live, so nobody takes them again.
+    let (campaigns, runs) = store.adopt_orphans("b", &live).await.unwrap();
+    assert!(campaigns.is_empty() && runs.is_empty());
+    // c dies too: b adopts c's.
+    let (campaigns, runs) = store.adopt_orphans("b", &["b".to_owned()]).await.unwrap();
+    assert_eq!(campaigns.len(), 1);
+    assert_eq!(runs.len(), 1);
+    // Adopting changes owners, not states.
+    assert_eq!(store.running_campaigns().await.unwrap().len(), 2);
+    assert_eq!(store.running_sweep_runs().await.unwrap().len(), 2);
 }

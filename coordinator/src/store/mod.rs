@@ -467,13 +467,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Number of results stored in total.
     async fn count_all_results(&self) -> Result<u64, StoreError>;
 
-    /// Records a campaign as [`CampaignStatus::Running`].
+    /// Records a campaign as [`CampaignStatus::Running`], run by the
+    /// coordinator process `owner`.
     async fn insert_campaign(
         &self,
         campaign_id: &str,
         created_at_ms: i64,
         target_json: &str,
         regions: &[String],
+        owner: &str,
     ) -> Result<(), StoreError>;
 
     /// Stores a campaign's report and final status.
@@ -491,9 +493,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The newest `limit` campaigns, newest first.
     async fn list_campaigns(&self, limit: u32) -> Result<Vec<CampaignRow>, StoreError>;
 
-    /// Campaigns still running: at start-up, the ones a previous coordinator
-    /// process never finished. Oldest first.
+    /// Campaigns still running, whoever runs them. Oldest first.
     async fn running_campaigns(&self) -> Result<Vec<CampaignRow>, StoreError>;
+
+    /// Makes `owner` the owner of every running campaign and sweep run whose
+    /// owner is not in `live` (a coordinator process that died, or none),
+    /// atomically, and returns them, oldest first: what `owner` must now
+    /// finish. Of coordinators adopting at once, each orphan goes to one.
+    async fn adopt_orphans(
+        &self,
+        owner: &str,
+        live: &[String],
+    ) -> Result<(Vec<CampaignRow>, Vec<SweepRun>), StoreError>;
 
     /// Every (plan, agent) of a campaign, with the agent's name and region
     /// when its row still exists, ordered by plan creation.
@@ -552,12 +563,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// moves the sweep's `last_slot_ms` to the newest of them. A slot
     /// already recorded is left alone (a slot runs at most once); the
     /// answer is the new running run's id, `None` when there was no `due`
-    /// or it was already recorded, or the sweep is gone.
+    /// or it was already recorded, or the sweep is gone. The running run is
+    /// `owner`'s to finish.
     async fn record_sweep_slots(
         &self,
         sweep: &str,
         missed: Vec<MissedSlot>,
         due: Option<(i64, i64)>,
+        owner: &str,
     ) -> Result<Option<i64>, StoreError>;
 
     /// Links a running run to the campaign it started.
@@ -597,9 +610,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// most recently resolved.
     async fn list_alerts(&self) -> Result<Vec<AlertRecord>, StoreError>;
 
-    /// Undelivered webhook POSTs due at `now_ms`, oldest first.
-    async fn due_deliveries(&self, now_ms: i64, limit: u32)
-        -> Result<Vec<DeliveryRow>, StoreError>;
+    /// Claims the undelivered webhook POSTs due at `now_ms`, oldest first:
+    /// each is returned once and not due again before `claim_until_ms`, so
+    /// the outboxes of several coordinators never POST one event at once,
+    /// and one that dies mid-POST leaves it to be retried after the claim.
+    async fn claim_deliveries(
+        &self,
+        now_ms: i64,
+        limit: u32,
+        claim_until_ms: i64,
+    ) -> Result<Vec<DeliveryRow>, StoreError>;
 
     /// The earliest next attempt of an undelivered POST.
     async fn next_delivery_at(&self) -> Result<Option<i64>, StoreError>;

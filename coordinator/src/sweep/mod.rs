@@ -40,23 +40,47 @@ pub struct SweepShared {
     pub webhook_allow_private: bool,
 }
 
-/// Starts the scheduler and the webhook outbox of `core`; both stop when
-/// `shutdown` turns true.
+/// How long a claimed webhook POST stays the claimant's: far longer than a
+/// POST may take ([`webhook::WebhookConfig::timeout`], 10 s), so no other
+/// coordinator's outbox sends it meanwhile, and short enough that one that
+/// dies mid-POST delays it by a minute at most.
+const DELIVERY_CLAIM: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The sweep runs coordinators that are gone left running.
+#[derive(Debug)]
+pub struct Orphans {
+    /// Adopted at start-up (their campaigns already finished): ended first.
+    pub adopted: Vec<crate::store::SweepRun>,
+    /// On a shared database: adopt, every [`crate::cluster::LEASE`], what
+    /// a peer that dies leaves running.
+    pub keep_adopting: bool,
+}
+
+/// Starts the scheduler, the webhook outbox and the keeper of orphans of
+/// `core`; they stop when `shutdown` turns true.
 pub fn start(
     core: &Arc<crate::coordinator::Coordinator>,
     config: scheduler::SchedulerConfig,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    orphans: Orphans,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let outbox_wake = core.sweep_shared.outbox.clone();
     let runner = Arc::new(run::CampaignRunner::new(core.clone(), outbox_wake.clone()));
     let scheduler = scheduler::Scheduler::new(
         core.store.clone(),
-        runner,
+        runner.clone(),
         config,
         core.sweep_shared.changed.clone(),
         scheduler::Clock::starting_at(crate::time::now_ms()),
+        core.coordinator_id.clone(),
     );
     let scheduler = tokio::spawn(scheduler.run(shutdown.clone()));
+    let keeper = tokio::spawn(keep_orphans(
+        core.clone(),
+        runner,
+        orphans,
+        shutdown.clone(),
+    ));
     let webhooks = webhook::WebhookConfig {
         policy: webhook::WebhookPolicy {
             allow_private: core.sweep_shared.webhook_allow_private,
@@ -71,7 +95,49 @@ pub fn start(
         move |result| metrics.webhook_delivery(result.as_str()),
         shutdown,
     ));
-    vec![scheduler, outbox]
+    vec![scheduler, outbox, keeper]
+}
+
+/// Ends the adopted runs, then (on a shared database) keeps adopting what
+/// dead peers leave running: their campaigns are finished by the core, then
+/// their runs here.
+async fn keep_orphans(
+    core: Arc<crate::coordinator::Coordinator>,
+    runner: Arc<run::CampaignRunner>,
+    orphans: Orphans,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use scheduler::RunSlot as _;
+    for run in orphans.adopted {
+        runner.recover(run).await;
+    }
+    if !orphans.keep_adopting {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(crate::cluster::LEASE) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let live = match crate::cluster::live_coordinator_ids(core.store.as_ref()).await {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the live coordinators");
+                continue;
+            }
+        };
+        match core.adopt_orphans(&live).await {
+            Ok(runs) => {
+                for run in runs {
+                    runner.recover(run).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e.message(), "cannot adopt what a dead peer left"),
+        }
+    }
 }
 
 /// The store as the webhook worker's outbox.
@@ -86,7 +152,11 @@ impl webhook::Outbox for StoreOutbox {
     ) -> Result<Vec<webhook::Delivery>, crate::store::StoreError> {
         Ok(self
             .0
-            .due_deliveries(now_ms, limit)
+            .claim_deliveries(
+                now_ms,
+                limit,
+                now_ms.saturating_add(DELIVERY_CLAIM.as_millis() as i64),
+            )
             .await?
             .into_iter()
             .map(|row| webhook::Delivery {

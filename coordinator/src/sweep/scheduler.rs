@@ -163,6 +163,8 @@ pub struct Scheduler {
     entries: HashMap<String, Entry>,
     permits: Arc<Semaphore>,
     last_prune_ms: i64,
+    /// This coordinator's id: the owner of the runs it starts.
+    owner: String,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -190,6 +192,7 @@ impl Scheduler {
         config: SchedulerConfig,
         changed: Arc<Notify>,
         clock: Clock,
+        owner: String,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(config.max_running));
         Scheduler {
@@ -201,20 +204,14 @@ impl Scheduler {
             entries: HashMap::new(),
             permits,
             last_prune_ms: i64::MIN,
+            owner,
         }
     }
 
     /// Runs until `shutdown` turns true. Runs in progress then go on in
-    /// their own tasks; a restarted scheduler recovers the ones cut short.
+    /// their own tasks; the runs a process cut short are ended by whoever
+    /// adopts them (the sweep room's keeper of orphans), not here.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        match self.store.running_sweep_runs().await {
-            Ok(runs) => {
-                for run in runs {
-                    self.runner.recover(run).await;
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot read the sweep runs left running"),
-        }
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
         let mut next_reload = Instant::now();
         loop {
@@ -401,7 +398,11 @@ impl Scheduler {
             };
             let missed_count = missed.len();
             let start = permit.as_ref().map(|_| (to_ms(due), now_ms));
-            match self.store.record_sweep_slots(&name, missed, start).await {
+            match self
+                .store
+                .record_sweep_slots(&name, missed, start, &self.owner)
+                .await
+            {
                 Ok(Some(run_id)) => {
                     if let Some(permit) = permit {
                         entry.state = SweepState::Running;

@@ -144,6 +144,7 @@ pub async fn sweeps(params: SweepBenchParams) -> anyhow::Result<SweepBenchReport
         SchedulerConfig::default(),
         Arc::new(tokio::sync::Notify::new()),
         Clock::starting_at(vantage_support::time::now_ms()),
+        "bench-coordinator".into(),
     );
     let cpu_before = super::cpu_seconds_of("self");
     let started = Instant::now();

@@ -275,3 +275,72 @@ async fn two_coordinators_share_one_installation_and_an_agent_fails_over_on_kill
     .unwrap();
     assert!(agent.output().matches("session established").count() >= 2);
 }
+
+/// Two coordinators of one installation on the database `url`: A created
+/// it, B joined with A's seal key. The temporary dirs are their data dirs.
+async fn installation_of_two(
+    url: &str,
+) -> (
+    CoordinatorProcess,
+    CoordinatorProcess,
+    tempfile::TempDir,
+    tempfile::TempDir,
+) {
+    let extra = ["--database", url];
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let heartbeat = Duration::from_millis(500);
+    let listen = "127.0.0.1:0".parse().unwrap();
+    let a = CoordinatorProcess::start_with(a_dir.path(), listen, heartbeat, &extra)
+        .await
+        .unwrap();
+    std::fs::copy(a_dir.path().join("seal.key"), b_dir.path().join("seal.key")).unwrap();
+    let b = CoordinatorProcess::start_with(b_dir.path(), listen, heartbeat, &extra)
+        .await
+        .unwrap();
+    (a, b, a_dir, b_dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_whose_coordinator_is_killed_is_finished_by_the_other() {
+    let test = "a_campaign_whose_coordinator_is_killed_is_finished_by_the_other";
+    let Some(url) = vantage_lab::postgres::fresh_database(test).await.unwrap() else {
+        return;
+    };
+    // Every request is held: the campaign runs until its coordinator dies.
+    let origin = Origin::builder().hold_after(0).spawn().await.unwrap();
+    let (mut a, b, _a_dir, _b_dir) = installation_of_two(&url).await;
+    let (_agent, _state) = a.connected_agent("eu", "fra-1").await.unwrap();
+    let addr = origin.addr().to_string();
+    let request = TargetRequest::new(&origin.url("/asset.js"), &[addr.as_str()]);
+    let id = a
+        .control()
+        .unwrap()
+        .start_campaign(target_pb(&request, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .campaign_id;
+    poll_until(Duration::from_secs(20), Duration::from_millis(20), || async {
+        (origin.arrived() >= 1).then_some(())
+    })
+    .await
+    .unwrap();
+    // B is alive, so it leaves A's campaign alone ...
+    let shown = b.cli(&["campaign", "show", &id, "--json"]).await.unwrap();
+    let said = String::from_utf8_lossy(&shown.stderr);
+    assert!(said.contains("is still running"), "{said}");
+    // ... until A dies: then B adopts it within the lease and finishes it
+    // from what is stored, naming the region that never finished.
+    a.kill9().await.unwrap();
+    let report = finished_report(&b, &id).await;
+    let missing = report["missing"].as_array().unwrap();
+    assert!(
+        missing.iter().any(|m| m
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("eu: the coordinator stopped before agent fra-1 finished")),
+        "{report}"
+    );
+    origin.release();
+    origin.stop().await;
+}

@@ -767,20 +767,22 @@ impl Store for PgStore {
         created_at_ms: i64,
         target_json: &str,
         regions: &[String],
+        owner: &str,
     ) -> Result<(), StoreError> {
         let regions_json = serde_json::to_string(regions)
             .map_err(|e| StoreError::Invalid(format!("campaign regions: {e}")))?;
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO campaigns (campaign_id, created_at, target_json, regions_json, status) \
-                 VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO campaigns (campaign_id, created_at, target_json, regions_json, status, \
+                 coordinator_id) VALUES ($1, $2, $3, $4, $5, $6)",
                 &[
                     &campaign_id,
                     &created_at_ms,
                     &target_json,
                     &regions_json,
                     &CampaignStatus::Running.as_str(),
+                    &owner,
                 ],
             )
             .await?;
@@ -847,6 +849,39 @@ impl Store for PgStore {
             .iter()
             .map(read_campaign)
             .collect()
+    }
+
+    async fn adopt_orphans(
+        &self,
+        owner: &str,
+        live: &[String],
+    ) -> Result<(Vec<CampaignRow>, Vec<SweepRun>), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Under READ COMMITTED a second adopter waits on the row lock and
+        // then sees the first one's (live) id: each orphan goes to one.
+        let mut campaigns = tx
+            .query(
+                &format!(
+                    "UPDATE campaigns SET coordinator_id = $1 WHERE status = 'running' \
+                     AND (coordinator_id IS NULL OR coordinator_id <> ALL($2::text[])) \
+                     RETURNING {}",
+                    CAMPAIGN_SELECT
+                        .trim_start_matches("SELECT ")
+                        .trim_end_matches(" FROM campaigns ")
+                ),
+                &[&owner, &live],
+            )
+            .await?
+            .iter()
+            .map(read_campaign)
+            .collect::<Result<Vec<_>, _>>()?;
+        campaigns.sort_by(|a, b| {
+            (a.created_at_ms, &a.campaign_id).cmp(&(b.created_at_ms, &b.campaign_id))
+        });
+        let runs = sweeps::adopt_orphan_runs(&tx, owner, live).await?;
+        tx.commit().await?;
+        Ok((campaigns, runs))
     }
 
     async fn campaign_plan_agents(
@@ -976,8 +1011,9 @@ impl Store for PgStore {
         sweep: &str,
         missed: Vec<MissedSlot>,
         due: Option<(i64, i64)>,
+        owner: &str,
     ) -> Result<Option<i64>, StoreError> {
-        sweeps::record_sweep_slots(&mut self.client().await?, sweep, missed, due).await
+        sweeps::record_sweep_slots(&mut self.client().await?, sweep, missed, due, owner).await
     }
 
     async fn set_sweep_run_campaign(
@@ -1018,12 +1054,13 @@ impl Store for PgStore {
         sweeps::list_alerts(&self.client().await?).await
     }
 
-    async fn due_deliveries(
+    async fn claim_deliveries(
         &self,
         now_ms: i64,
         limit: u32,
+        claim_until_ms: i64,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        sweeps::due_deliveries(&self.client().await?, now_ms, limit).await
+        sweeps::claim_deliveries(&self.client().await?, now_ms, limit, claim_until_ms).await
     }
 
     async fn next_delivery_at(&self) -> Result<Option<i64>, StoreError> {

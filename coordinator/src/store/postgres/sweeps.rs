@@ -170,6 +170,7 @@ pub(super) async fn record_sweep_slots(
     sweep: &str,
     missed: Vec<MissedSlot>,
     due: Option<(i64, i64)>,
+    owner: &str,
 ) -> Result<Option<i64>, StoreError> {
     let tx = client.transaction().await?;
     // The row lock serialises every coordinator's scheduler on this sweep
@@ -195,10 +196,10 @@ pub(super) async fn record_sweep_slots(
     if let Some((slot_ms, started_at_ms)) = due {
         run_id = tx
             .query_opt(
-                "INSERT INTO sweep_runs (sweep, slot_ms, started_at, status) \
-                 VALUES ($1, $2, $3, 'running') ON CONFLICT (sweep, slot_ms) DO NOTHING \
+                "INSERT INTO sweep_runs (sweep, slot_ms, started_at, status, coordinator_id) \
+                 VALUES ($1, $2, $3, 'running', $4) ON CONFLICT (sweep, slot_ms) DO NOTHING \
                  RETURNING run_id",
-                &[&sweep, &slot_ms, &started_at_ms],
+                &[&sweep, &slot_ms, &started_at_ms, &owner],
             )
             .await?
             .map(|row| row.try_get::<_, i64>(0))
@@ -378,16 +379,28 @@ pub(super) async fn list_alerts(client: &Client) -> Result<Vec<AlertRecord>, Sto
         .collect()
 }
 
-pub(super) async fn due_deliveries(
+pub(super) async fn claim_deliveries(
     client: &Client,
     now_ms: i64,
     limit: u32,
+    claim_until_ms: i64,
 ) -> Result<Vec<DeliveryRow>, StoreError> {
+    // SKIP LOCKED: a row another coordinator is claiming right now is
+    // theirs; one statement, so the claim is atomic.
     client
         .query(
-            "SELECT event_id, url, body, attempts FROM deliveries \
-             WHERE delivered_at IS NULL AND next_at <= $1 ORDER BY next_at, created_at LIMIT $2",
-            &[&now_ms, &i64::from(limit)],
+            "WITH due AS ( \
+                 SELECT event_id, url, next_at, created_at FROM deliveries \
+                 WHERE delivered_at IS NULL AND next_at <= $1 \
+                 ORDER BY next_at, created_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
+             claimed AS ( \
+                 UPDATE deliveries d SET next_at = $3 FROM due \
+                 WHERE d.event_id = due.event_id AND d.url = due.url \
+                 RETURNING d.event_id, d.url, d.body, d.attempts) \
+             SELECT c.event_id, c.url, c.body, c.attempts FROM claimed c \
+             JOIN due ON due.event_id = c.event_id AND due.url = c.url \
+             ORDER BY due.next_at, due.created_at",
+            &[&now_ms, &i64::from(limit), &claim_until_ms],
         )
         .await?
         .iter()
@@ -400,6 +413,33 @@ pub(super) async fn due_deliveries(
             })
         })
         .collect()
+}
+
+/// The sweep-run half of [`Store::adopt_orphans`](crate::store::Store::adopt_orphans),
+/// inside its transaction.
+pub(super) async fn adopt_orphan_runs(
+    tx: &deadpool_postgres::Transaction<'_>,
+    owner: &str,
+    live: &[String],
+) -> Result<Vec<SweepRun>, StoreError> {
+    let columns = RUN_SELECT
+        .trim_start_matches("SELECT ")
+        .trim_end_matches(" FROM sweep_runs ");
+    let mut runs = tx
+        .query(
+            &format!(
+                "UPDATE sweep_runs SET coordinator_id = $1 WHERE status = 'running' \
+                 AND (coordinator_id IS NULL OR coordinator_id <> ALL($2::text[])) \
+                 RETURNING {columns}"
+            ),
+            &[&owner, &live],
+        )
+        .await?
+        .iter()
+        .map(read_run)
+        .collect::<Result<Vec<_>, _>>()?;
+    runs.sort_by_key(|r| (r.slot_ms, r.run_id));
+    Ok(runs)
 }
 
 pub(super) async fn next_delivery_at(client: &Client) -> Result<Option<i64>, StoreError> {

@@ -186,8 +186,8 @@ async fn two_coordinators_spend_a_token_once_and_claim_a_slot_once() {
     for slot in 1..=20i64 {
         let slot_ms = slot * 60_000;
         let (x, y) = tokio::join!(
-            a.record_sweep_slots("home", Vec::new(), Some((slot_ms, slot_ms + 1))),
-            b.record_sweep_slots("home", Vec::new(), Some((slot_ms, slot_ms + 2)))
+            a.record_sweep_slots("home", Vec::new(), Some((slot_ms, slot_ms + 1)), "a"),
+            b.record_sweep_slots("home", Vec::new(), Some((slot_ms, slot_ms + 2)), "b")
         );
         let runs: Vec<i64> = [x.unwrap(), y.unwrap()].into_iter().flatten().collect();
         assert_eq!(runs.len(), 1, "slot {slot_ms} started {runs:?}");
@@ -257,4 +257,75 @@ async fn keys_sort_by_byte_whatever_the_cluster_locale() {
         .collect();
     // SQLite's BINARY order: upper case, then '_', then lower case.
     assert_eq!(names, ["A", "B", "_z", "a", "b"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_outboxes_claim_each_webhook_post_once() {
+    let Some((a, b)) = two_coordinators("two_outboxes_claim_each_webhook_post_once").await else {
+        return;
+    };
+    a.insert_sweep(SweepRecord {
+        name: "s".into(),
+        definition_json: "{}".into(),
+        paused: false,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+        last_slot_ms: None,
+    })
+    .await
+    .unwrap();
+    let run = a
+        .record_sweep_slots("s", Vec::new(), Some((60_000, 60_001)), "a")
+        .await
+        .unwrap()
+        .unwrap();
+    let deliveries: Vec<NewDelivery> = (0..60)
+        .map(|i| NewDelivery {
+            event_id: format!("event-{i}"),
+            url: "https://hooks.example/".into(),
+            body: "{}".into(),
+            created_at_ms: 61_000 + i,
+        })
+        .collect();
+    a.finish_sweep_run(
+        run,
+        SweepRunEnd {
+            finished_at_ms: 61_000,
+            status: crate::store::SweepRunStatus::Faulty,
+            campaign_id: None,
+            findings_json: "[]".into(),
+            reason: None,
+        },
+        Vec::new(),
+        deliveries,
+    )
+    .await
+    .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let (x, y) = tokio::join!(
+            a.claim_deliveries(100_000, 7, 200_000),
+            b.claim_deliveries(100_000, 7, 200_000)
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        if x.is_empty() && y.is_empty() {
+            break;
+        }
+        for delivery in x.into_iter().chain(y) {
+            assert!(
+                seen.insert(delivery.event_id.clone()),
+                "{} twice",
+                delivery.event_id
+            );
+        }
+    }
+    assert_eq!(seen.len(), 60);
+    // Unanswered claims come back once they run out.
+    assert_eq!(
+        a.claim_deliveries(200_000, 100, 300_000)
+            .await
+            .unwrap()
+            .len(),
+        60
+    );
 }

@@ -190,6 +190,11 @@ CREATE TABLE coordinators (
     started_at     INTEGER NOT NULL,
     heartbeat_at   INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- Who runs a running campaign or sweep run: a coordinator that finds the
+-- owner gone (not among the live coordinators) adopts and finishes it.
+ALTER TABLE campaigns ADD COLUMN coordinator_id TEXT;
+ALTER TABLE sweep_runs ADD COLUMN coordinator_id TEXT;
 "#,
 ];
 

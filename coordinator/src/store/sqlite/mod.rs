@@ -713,21 +713,24 @@ impl Store for SqliteStore {
         created_at_ms: i64,
         target_json: &str,
         regions: &[String],
+        owner: &str,
     ) -> Result<(), StoreError> {
         let regions_json = serde_json::to_string(regions)
             .map_err(|e| StoreError::Invalid(format!("campaign regions: {e}")))?;
         let (campaign_id, target_json) = (campaign_id.to_owned(), target_json.to_owned());
+        let owner = owner.to_owned();
         self.run(move |conn| {
             conn.prepare_cached(
-                "INSERT INTO campaigns (campaign_id, created_at, target_json, regions_json, status) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO campaigns (campaign_id, created_at, target_json, regions_json, status, \
+                 coordinator_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![
                 campaign_id,
                 created_at_ms,
                 target_json,
                 regions_json,
-                CampaignStatus::Running.as_str()
+                CampaignStatus::Running.as_str(),
+                owner
             ])?;
             Ok(())
         })
@@ -788,6 +791,46 @@ impl Store for SqliteStore {
             ))?;
             let rows = statement.query_map([CampaignStatus::Running.as_str()], read_campaign)?;
             rows.map(|row| decode_campaign(row?)).collect()
+        })
+        .await
+    }
+
+    async fn adopt_orphans(
+        &self,
+        owner: &str,
+        live: &[String],
+    ) -> Result<(Vec<CampaignRow>, Vec<SweepRun>), StoreError> {
+        let owner = owner.to_owned();
+        let live_json = serde_json::to_string(live)
+            .map_err(|e| StoreError::Invalid(format!("live coordinators: {e}")))?;
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let orphan = "AND (coordinator_id IS NULL \
+                 OR coordinator_id NOT IN (SELECT value FROM json_each(?2)))";
+            let mut ids: Vec<String> = Vec::new();
+            {
+                let mut statement = tx.prepare_cached(&format!(
+                    "UPDATE campaigns SET coordinator_id = ?1 WHERE status = 'running' {orphan} \
+                     RETURNING campaign_id"
+                ))?;
+                let rows = statement.query_map(params![owner, live_json], |row| row.get(0))?;
+                for row in rows {
+                    ids.push(row?);
+                }
+            }
+            let mut campaigns = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let raw = tx
+                    .prepare_cached(campaign_select!("WHERE campaign_id = ?1"))?
+                    .query_row([id], read_campaign)?;
+                campaigns.push(decode_campaign(raw)?);
+            }
+            campaigns.sort_by(|a, b| {
+                (a.created_at_ms, &a.campaign_id).cmp(&(b.created_at_ms, &b.campaign_id))
+            });
+            let runs = sweeps::adopt_orphan_runs(&tx, &owner, &live_json, orphan)?;
+            tx.commit()?;
+            Ok((campaigns, runs))
         })
         .await
     }
@@ -937,9 +980,10 @@ impl Store for SqliteStore {
         sweep: &str,
         missed: Vec<MissedSlot>,
         due: Option<(i64, i64)>,
+        owner: &str,
     ) -> Result<Option<i64>, StoreError> {
-        let sweep = sweep.to_owned();
-        self.run(move |conn| sweeps::record_sweep_slots(conn, &sweep, missed, due))
+        let (sweep, owner) = (sweep.to_owned(), owner.to_owned());
+        self.run(move |conn| sweeps::record_sweep_slots(conn, &sweep, missed, due, &owner))
             .await
     }
 
@@ -989,12 +1033,13 @@ impl Store for SqliteStore {
         self.run(sweeps::list_alerts).await
     }
 
-    async fn due_deliveries(
+    async fn claim_deliveries(
         &self,
         now_ms: i64,
         limit: u32,
+        claim_until_ms: i64,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        self.run(move |conn| sweeps::due_deliveries(conn, now_ms, limit))
+        self.run(move |conn| sweeps::claim_deliveries(conn, now_ms, limit, claim_until_ms))
             .await
     }
 

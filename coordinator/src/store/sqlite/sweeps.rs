@@ -165,6 +165,7 @@ pub(super) fn record_sweep_slots(
     sweep: &str,
     missed: Vec<MissedSlot>,
     due: Option<(i64, i64)>,
+    owner: &str,
 ) -> Result<Option<i64>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let exists = tx
@@ -188,10 +189,10 @@ pub(super) fn record_sweep_slots(
     if let Some((slot_ms, started_at_ms)) = due {
         let inserted = tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO sweep_runs (sweep, slot_ms, started_at, status) \
-                 VALUES (?1, ?2, ?3, 'running')",
+                "INSERT OR IGNORE INTO sweep_runs (sweep, slot_ms, started_at, status, \
+                 coordinator_id) VALUES (?1, ?2, ?3, 'running', ?4)",
             )?
-            .execute(params![sweep, slot_ms, started_at_ms])?;
+            .execute(params![sweep, slot_ms, started_at_ms, owner])?;
         if inserted > 0 {
             run_id = Some(tx.last_insert_rowid());
         }
@@ -338,24 +339,62 @@ pub(super) fn list_alerts(conn: &mut Connection) -> Result<Vec<AlertRecord>, Sto
     rows.map(|row| decode_alert(row?)).collect()
 }
 
-pub(super) fn due_deliveries(
+pub(super) fn claim_deliveries(
     conn: &mut Connection,
     now_ms: i64,
     limit: u32,
+    claim_until_ms: i64,
 ) -> Result<Vec<DeliveryRow>, StoreError> {
-    let mut statement = conn.prepare_cached(
-        "SELECT event_id, url, body, attempts FROM deliveries \
-         WHERE delivered_at IS NULL AND next_at <= ?1 ORDER BY next_at, created_at LIMIT ?2",
-    )?;
-    let rows = statement.query_map(params![now_ms, limit], |row| {
-        Ok(DeliveryRow {
-            event_id: row.get(0)?,
-            url: row.get(1)?,
-            body: row.get(2)?,
-            attempts: u32::try_from(from_db_count(row.get(3)?)).unwrap_or(u32::MAX),
-        })
-    })?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let due = {
+        let mut statement = tx.prepare_cached(
+            "SELECT event_id, url, body, attempts FROM deliveries \
+             WHERE delivered_at IS NULL AND next_at <= ?1 ORDER BY next_at, created_at LIMIT ?2",
+        )?;
+        let rows = statement.query_map(params![now_ms, limit], |row| {
+            Ok(DeliveryRow {
+                event_id: row.get(0)?,
+                url: row.get(1)?,
+                body: row.get(2)?,
+                attempts: u32::try_from(from_db_count(row.get(3)?)).unwrap_or(u32::MAX),
+            })
+        })?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
+    for delivery in &due {
+        tx.prepare_cached("UPDATE deliveries SET next_at = ?3 WHERE event_id = ?1 AND url = ?2")?
+            .execute(params![delivery.event_id, delivery.url, claim_until_ms])?;
+    }
+    tx.commit()?;
+    Ok(due)
+}
+
+/// The sweep-run half of [`Store::adopt_orphans`](crate::store::Store::adopt_orphans),
+/// inside its transaction; `orphan` is the shared ownership condition on
+/// `?2`.
+pub(super) fn adopt_orphan_runs(
+    tx: &Connection,
+    owner: &str,
+    live_json: &str,
+    orphan: &str,
+) -> Result<Vec<SweepRun>, StoreError> {
+    let ids: Vec<i64> = {
+        let mut statement = tx.prepare_cached(&format!(
+            "UPDATE sweep_runs SET coordinator_id = ?1 WHERE status = 'running' {orphan} \
+             RETURNING run_id"
+        ))?;
+        let rows = statement.query_map(params![owner, live_json], |row| row.get(0))?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
+    let mut runs = Vec::with_capacity(ids.len());
+    for id in ids {
+        let raw = tx
+            .prepare_cached(&format!("{RUN_SELECT}WHERE run_id = ?1"))?
+            .query_row([id], read_run)?;
+        runs.push(decode_run(raw)?);
+    }
+    runs.sort_by_key(|r| (r.slot_ms, r.run_id));
+    Ok(runs)
 }
 
 pub(super) fn next_delivery_at(conn: &mut Connection) -> Result<Option<i64>, StoreError> {

@@ -114,6 +114,7 @@ impl Harness {
             config,
             changed.clone(),
             clock,
+            "test-coordinator".into(),
         );
         let task = Some(tokio::spawn(scheduler.run(rx)));
         Harness {
@@ -292,7 +293,7 @@ async fn a_restart_records_the_slots_it_missed_and_runs_the_current_one() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_second_scheduler_start_does_not_rerun_a_recorded_slot_and_recovers_cut_runs() {
+async fn a_second_scheduler_start_does_not_rerun_a_recorded_slot_and_its_cut_run_is_an_orphan() {
     let every = Duration::from_secs(60);
     let mut h = Harness::new(
         Duration::from_secs(3600),
@@ -315,7 +316,16 @@ async fn a_second_scheduler_start_does_not_rerun_a_recorded_slot_and_recovers_cu
     let mut again = Harness::start(h.store.clone(), runner, SchedulerConfig::default());
     tokio::time::sleep(Duration::from_millis(10)).await;
     again.stop().await;
-    assert_eq!(*again.runner.recovered.lock().unwrap(), vec![cut]);
+    // The scheduler ends no run it did not start: the cut one is an orphan
+    // of the process that started it, for the next process to adopt.
+    assert!(again.runner.recovered.lock().unwrap().is_empty());
+    let next = "next-coordinator".to_owned();
+    let (_, orphans) = h
+        .store
+        .adopt_orphans(&next, std::slice::from_ref(&next))
+        .await
+        .unwrap();
+    assert_eq!(orphans.iter().map(|r| r.run_id).collect::<Vec<_>>(), [cut]);
     assert!(
         again
             .runner
