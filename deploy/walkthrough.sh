@@ -101,7 +101,11 @@ cleanup() {
 		fi
 		wait "$nspawn_pid" 2>/dev/null || true
 	fi
-	rm -rf "$work"
+	# An interrupted debootstrap leaves its /proc and /sys mounts in the root.
+	findmnt -rn -o TARGET | grep "^$work/" | sort -r | while read -r mnt; do
+		umount -l "$mnt" || true
+	done
+	rm -rf --one-file-system "$work"
 	exit "$status"
 }
 trap cleanup EXIT
@@ -202,8 +206,10 @@ inside sh -c 'cd /root/walk && sh install-agent.sh --deb ./vantage-agent_*.deb -
 	fail "/etc/vantage/agent.token is not 0600 root's"
 inside systemctl is-enabled vantage-agent >/dev/null || fail "install-agent.sh did not enable vantage-agent"
 
+# walk-1 listed and connected (the JSON, not the table, is for scripts).
 connected() {
-	cli agents --json | grep -q '"walk-1"'
+	agents=$(cli agents --json) || return 1
+	printf '%s' "$agents" | tr -d ' \n' | grep -q '"name":"walk-1"[^}]*"state":"connected"'
 }
 until_ok 60 "vantage agents to list walk-1" connected
 say "vantage agents: walk-1 is there"
@@ -215,13 +221,15 @@ cli agents
 inside sed -i 's|^VANTAGE_AGENT_OPTS="\(.*\)"$|VANTAGE_AGENT_OPTS="\1 --allow-private"|' /etc/default/vantage-agent
 inside systemctl restart vantage-agent
 until_ok 60 "walk-1 to reconnect after the restart" connected
-inside systemd-run --unit=walk-origin --property=WorkingDirectory=/root/walk \
-	python3 -m http.server --bind 127.0.0.1 8080 >/dev/null 2>&1
-until_ok 30 "the loopback origin on 127.0.0.1:8080" inside curl -fsS -o /dev/null http://127.0.0.1:8080/
+install -d -m 0755 "$root/srv/origin"
+printf 'walk\n' >"$root/srv/origin/a.jpg"
+inside systemd-run --unit=walk-origin \
+	python3 -m http.server --bind 127.0.0.1 --directory /srv/origin 8080 >/dev/null 2>&1
+until_ok 30 "the loopback origin on 127.0.0.1:8080" inside curl -fsS -o /dev/null http://127.0.0.1:8080/a.jpg
 
-say "vantage diagnose http://127.0.0.1:8080/token --origin 127.0.0.1:8080 --regions all"
+say "vantage diagnose http://127.0.0.1:8080/a.jpg --origin 127.0.0.1:8080 --regions all"
 set +e
-cli diagnose http://127.0.0.1:8080/token --origin 127.0.0.1:8080 --regions all --json >"$work/report.json" 2>"$work/diagnose.err"
+cli diagnose http://127.0.0.1:8080/a.jpg --origin 127.0.0.1:8080 --regions all --json >"$work/report.json" 2>"$work/diagnose.err"
 rc=$?
 set -e
 # 0 healthy, 1 findings, 3 inconclusive (one region is never decisive);
