@@ -206,10 +206,14 @@ inside sh -c 'cd /root/walk && sh install-agent.sh --deb ./vantage-agent_*.deb -
 	fail "/etc/vantage/agent.token is not 0600 root's"
 inside systemctl is-enabled vantage-agent >/dev/null || fail "install-agent.sh did not enable vantage-agent"
 
-# walk-1 listed and connected (the JSON, not the table, is for scripts).
+# walk-1 listed and connected (`vantage agents --json`, read by the
+# container's python3).
 connected() {
 	agents=$(cli agents --json) || return 1
-	printf '%s' "$agents" | tr -d ' \n' | grep -q '"name":"walk-1"[^}]*"state":"connected"'
+	printf '%s' "$agents" | inside python3 -c '
+import json, sys
+agents = json.load(sys.stdin)
+sys.exit(0 if any(a["name"] == "walk-1" and a["connected"] for a in agents) else 1)'
 }
 until_ok 60 "vantage agents to list walk-1" connected
 say "vantage agents: walk-1 is there"
@@ -238,8 +242,17 @@ case $rc in
 0 | 1 | 3) ;;
 *) fail "vantage diagnose exited $rc: $(cat "$work/diagnose.err")" ;;
 esac
-grep -q '"eu"' "$work/report.json" || fail "the report names no region eu: $(head -c 400 "$work/report.json")"
-say "vantage diagnose exited $rc"
+# The probes really ran: region eu's direct baseline got the origin's 200.
+summary=$(inside python3 -c '
+import json, sys
+report = json.load(sys.stdin)
+eu = [r for r in report["regions"] if r["region"] == "eu"]
+ok = [p for r in eu for p in r["probes"]
+      if p["route"] == "direct" and p["variant"] == "baseline" and p["status"] == 200]
+print(report["status"], len(eu[0]["probes"]) if eu else 0)
+sys.exit(0 if ok else 1)' <"$work/report.json") ||
+	fail "no 200 from the direct baseline in region eu: $(head -c 600 "$work/report.json")"
+say "vantage diagnose exited $rc (status and probes of eu: $summary)"
 
 # 5. The hardened units ran: active, never restarted, no seccomp kill.
 for unit in vantage vantage-agent; do
