@@ -23,8 +23,9 @@
 #      vantage`, creates a token with `vantage token create`, installs the
 #      agent with deploy/install-agent.sh --deb, waits until `vantage agents`
 #      shows it connected, and runs `vantage diagnose` against a loopback
-#      origin (python3 -m http.server); then checks that the hardened units
-#      ran without a seccomp kill (SIGSYS) or a restart.
+#      origin (python3 -m http.server); starts vantage-witness.service as
+#      deploy/systemd/README.md does; then checks that the three hardened
+#      units ran without a seccomp kill (SIGSYS) or a restart.
 #
 # Every wait is bounded. On exit the container is powered off and the
 # temporary directory removed (--keep leaves both for a look, and prints
@@ -85,6 +86,8 @@ leader=''
 
 cleanup() {
 	status=$?
+	# Best effort from here on: every step runs whatever the last one did.
+	set +e
 	if [ "$keep" = yes ]; then
 		say "kept: $work (container leader pid ${leader:-none}; nsenter -t PID -a bash)"
 		exit "$status"
@@ -103,7 +106,7 @@ cleanup() {
 	fi
 	# An interrupted debootstrap leaves its /proc and /sys mounts in the root.
 	findmnt -rn -o TARGET | grep "^$work/" | sort -r | while read -r mnt; do
-		umount -l "$mnt" || true
+		umount -l "$mnt"
 	done
 	rm -rf --one-file-system "$work"
 	exit "$status"
@@ -254,8 +257,26 @@ sys.exit(0 if ok else 1)' <"$work/report.json") ||
 	fail "no 200 from the direct baseline in region eu: $(head -c 600 "$work/report.json")"
 say "vantage diagnose exited $rc (status and probes of eu: $summary)"
 
+# 4d. The origin witness, as deploy/systemd/README.md installs it by hand
+# (the package carries the unit): its own token, 0600 in /etc/vantage, an
+# access log the group adm reads, then enable --now.
+say "vantage-witness.service with a token of region origin"
+cli token create --region origin >"$work/witness.token" || fail "vantage token create --region origin"
+install -d -m 0755 "$root/var/log/nginx"
+inside install -m 0640 -g adm /dev/null /var/log/nginx/access.log
+inside sh -c 'umask 077; cat > /etc/vantage/witness.token' <"$work/witness.token"
+inside systemctl enable --now vantage-witness
+witness_connected() {
+	agents=$(cli agents --json) || return 1
+	printf '%s' "$agents" | inside python3 -c '
+import json, sys
+agents = json.load(sys.stdin)
+sys.exit(0 if any(a["region"] == "origin" and a["connected"] for a in agents) else 1)'
+}
+until_ok 60 "the witness to connect" witness_connected
+
 # 5. The hardened units ran: active, never restarted, no seccomp kill.
-for unit in vantage vantage-agent; do
+for unit in vantage vantage-agent vantage-witness; do
 	state=$(inside systemctl show -p ActiveState --value "$unit")
 	restarts=$(inside systemctl show -p NRestarts --value "$unit")
 	[ "$state" = active ] || fail "$unit is $state"
@@ -263,5 +284,11 @@ for unit in vantage vantage-agent; do
 	if inside journalctl -u "$unit" --no-pager | grep -E 'SIGSYS|status=31'; then
 		fail "$unit was killed by its system call filter"
 	fi
+	# And the hardening is really on: a seccomp filter (mode 2), no new
+	# privileges, an empty capability bounding set.
+	pid=$(inside systemctl show -p MainPID --value "$unit")
+	inside grep -q '^Seccomp:[[:space:]]*2$' "/proc/$pid/status" || fail "$unit runs without a seccomp filter"
+	inside grep -q '^NoNewPrivs:[[:space:]]*1$' "/proc/$pid/status" || fail "$unit may gain privileges"
+	inside grep -q '^CapBnd:[[:space:]]*0*$' "/proc/$pid/status" || fail "$unit holds capabilities"
 done
-say "PASSED: vantage and vantage-agent ran hardened under systemd; the agent connected; diagnose exited $rc"
+say "PASSED: vantage, vantage-agent and vantage-witness ran hardened under systemd; the agent connected; diagnose exited $rc"
