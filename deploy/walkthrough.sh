@@ -275,6 +275,16 @@ sys.exit(0 if any(a["region"] == "origin" and a["connected"] for a in agents) el
 }
 until_ok 60 "the witness to connect" witness_connected
 
+# 4e. "An upgrade restarts the service if it runs": reinstalling the package
+# runs the same postinst an upgrade does.
+say "apt-get install --reinstall ./vantage_*.deb restarts vantage"
+before=$(inside systemctl show -p MainPID --value vantage)
+inside sh -c 'cd /root/walk && DEBIAN_FRONTEND=noninteractive apt-get install -y --reinstall ./vantage_*.deb' \
+	>>"$work/apt-vantage.log" 2>&1 || fail "apt-get install --reinstall (log: $work/apt-vantage.log)"
+until_ok 30 "the coordinator's /healthz after the reinstall" inside curl -fsS http://127.0.0.1:7480/healthz
+after=$(inside systemctl show -p MainPID --value vantage)
+[ "$after" != "$before" ] || fail "reinstalling the package did not restart vantage (pid $before)"
+
 # 5. The hardened units ran: active, never restarted, no seccomp kill.
 for unit in vantage vantage-agent vantage-witness; do
 	state=$(inside systemctl show -p ActiveState --value "$unit")
