@@ -4,7 +4,7 @@
 # fresh Debian bookworm system booted with systemd as PID 1, and fails on the
 # first step that does not do what the README says.
 #
-#   deploy/walkthrough.sh [--debs DIR] [--base DIR] [--keep]
+#   deploy/walkthrough.sh [--debs DIR] [--base DIR] [--agent-binary] [--keep]
 #
 # Run by hand, as root, on a Debian host with debootstrap, systemd-container
 # (systemd-nspawn), and, unless --debs is given, what build-packages.sh
@@ -21,10 +21,13 @@
 #   4. as the README says: installs the vantage package, sets
 #      VANTAGE_SERVE_OPTS in /etc/default/vantage, `systemctl enable --now
 #      vantage`, creates a token with `vantage token create`, installs the
-#      agent with deploy/install-agent.sh --deb, waits until `vantage agents`
+#      agent with deploy/install-agent.sh --deb (--agent-binary: --binary, the
+#      README's literal "Install on a VPS" line, which installs the unit
+#      embedded in the script), waits until `vantage agents`
 #      shows it connected, and runs `vantage diagnose` against a loopback
 #      origin (python3 -m http.server); starts vantage-witness.service as
-#      deploy/systemd/README.md does; then checks that the three hardened
+#      deploy/systemd/README.md does (with --agent-binary, its unit file from
+#      deploy/systemd/ too); then checks that the three hardened
 #      units ran without a seccomp kill (SIGSYS) or a restart.
 #
 # Every wait is bounded. On exit the container is powered off and the
@@ -40,7 +43,7 @@ mirror=${WALK_MIRROR:-http://deb.debian.org/debian}
 # curl for /healthz, python3 for the loopback origin.
 include=systemd,systemd-sysv,dbus,curl,ca-certificates,adduser,iproute2,python3
 
-debs='' base='' keep=no
+debs='' base='' keep=no agent_binary=no
 while [ "$#" -gt 0 ]; do
 	case $1 in
 	--debs)
@@ -55,6 +58,10 @@ while [ "$#" -gt 0 ]; do
 		;;
 	--keep)
 		keep=yes
+		shift
+		;;
+	--agent-binary)
+		agent_binary=yes
 		shift
 		;;
 	-h | --help)
@@ -158,6 +165,12 @@ fi
 # What the README has the operator copy over to the server.
 install -d -m 0700 "$root/root/walk"
 cp "$coordinator_deb" "$agent_deb" "$repo/deploy/install-agent.sh" "$root/root/walk/"
+if [ "$agent_binary" = yes ]; then
+	# The bare binary, as a user copies it over: the one in the package.
+	dpkg-deb -x "$agent_deb" "$work/agent-deb"
+	cp "$work/agent-deb/usr/bin/vantage-agent" "$root/root/walk/vantage-agent"
+	cp "$repo/deploy/systemd/vantage-witness.service" "$root/root/walk/"
+fi
 
 # 3. Boot it: systemd as PID 1. --register=no and --keep-unit: nspawn
 # needs no systemd on the host; --private-network: only a loopback.
@@ -202,8 +215,14 @@ esac
 printf '%s\n' "$token" >"$root/root/walk/token"
 
 # 4b. The agent (README, "Install on a VPS"), here on the same host.
-say "sh install-agent.sh --deb ./vantage-agent_*.deb --token-file ./token --name walk-1"
-inside sh -c 'cd /root/walk && sh install-agent.sh --deb ./vantage-agent_*.deb --token-file ./token --name walk-1' \
+if [ "$agent_binary" = yes ]; then
+	from='--binary ./vantage-agent'
+else
+	from='--deb ./vantage-agent_*.deb'
+fi
+say "sh install-agent.sh $from --token-file ./token --name walk-1"
+# $from unquoted on purpose: the container's shell expands the glob.
+inside sh -c "cd /root/walk && sh install-agent.sh $from --token-file ./token --name walk-1" \
 	>"$work/install-agent.log" 2>&1 || fail "install-agent.sh (log: $work/install-agent.log)"
 [ "$(stat -c '%a %U' "$root/etc/vantage/agent.token")" = "600 root" ] ||
 	fail "/etc/vantage/agent.token is not 0600 root's"
@@ -265,6 +284,10 @@ cli token create --region origin >"$work/witness.token" || fail "vantage token c
 install -d -m 0755 "$root/var/log/nginx"
 inside install -m 0640 -g adm /dev/null /var/log/nginx/access.log
 inside sh -c 'umask 077; cat > /etc/vantage/witness.token' <"$work/witness.token"
+if [ "$agent_binary" = yes ]; then
+	inside install -m 0644 /root/walk/vantage-witness.service /etc/systemd/system/
+	inside systemctl daemon-reload
+fi
 inside systemctl enable --now vantage-witness
 witness_connected() {
 	agents=$(cli agents --json) || return 1
@@ -289,6 +312,8 @@ after=$(inside systemctl show -p MainPID --value vantage)
 for unit in vantage vantage-agent vantage-witness; do
 	state=$(inside systemctl show -p ActiveState --value "$unit")
 	restarts=$(inside systemctl show -p NRestarts --value "$unit")
+	fragment=$(inside systemctl show -p FragmentPath --value "$unit")
+	say "$unit: $state, $restarts restarts, unit file $fragment"
 	[ "$state" = active ] || fail "$unit is $state"
 	[ "$restarts" = 0 ] || fail "$unit restarted $restarts times"
 	if inside journalctl -u "$unit" --no-pager | grep -E 'SIGSYS|status=31'; then
