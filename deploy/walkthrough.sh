@@ -1,39 +1,41 @@
 #!/usr/bin/env bash
 # walkthrough.sh: walks the README's deployment sections ("Run the
-# coordinator as a service", "Install on a VPS", "Running it for real") on a
-# fresh Debian bookworm system booted with systemd as PID 1, and fails on the
-# first step that does not do what the README says.
+# coordinator as a service", "Install on a VPS", and the `vantage agents` and
+# `vantage diagnose` steps of "Running it for real") on a fresh Debian
+# bookworm booted with systemd as PID 1, and fails on the first step that
+# does not do what the README says.
 #
 #   deploy/walkthrough.sh [--debs DIR] [--base DIR] [--agent-binary] [--keep]
 #
-# Run by hand, as root, on a Debian host with debootstrap, systemd-container
-# (systemd-nspawn), and, unless --debs is given, what build-packages.sh
-# needs. It is not run by CI: it takes minutes and root, and downloads a
-# base system from deb.debian.org.
+# Run by hand, as root, on a Debian host with debootstrap and
+# systemd-container (systemd-nspawn), plus what build-packages.sh needs
+# unless --debs is given. CI does not run it: it needs root, takes minutes
+# and downloads a base system from deb.debian.org ($WALK_MIRROR).
 #
 #   1. builds the two .debs with deploy/debian/build-packages.sh (or takes
 #      vantage_*.deb and vantage-agent_*.deb from --debs DIR);
 #   2. debootstraps bookworm into a temporary directory (or copies --base
 #      DIR, an earlier debootstrap with the same --include list);
-#   3. boots it with systemd-nspawn (systemd as PID 1, its own loopback-only
+#   3. boots it with systemd-nspawn (systemd as PID 1; its own loopback-only
 #      network, so the default ports clash with nothing on the host) and
 #      drives it with nsenter;
-#   4. as the README says: installs the vantage package, sets
+#   4. as the README says: apt installs the vantage package, sets
 #      VANTAGE_SERVE_OPTS in /etc/default/vantage, `systemctl enable --now
-#      vantage`, creates a token with `vantage token create`, installs the
-#      agent with deploy/install-agent.sh --deb (--agent-binary: --binary, the
-#      README's literal "Install on a VPS" line, which installs the unit
-#      embedded in the script), waits until `vantage agents`
-#      shows it connected, and runs `vantage diagnose` against a loopback
-#      origin (python3 -m http.server); starts vantage-witness.service as
-#      deploy/systemd/README.md does (with --agent-binary, its unit file from
-#      deploy/systemd/ too); then checks that the three hardened
-#      units ran without a seccomp kill (SIGSYS) or a restart.
+#      vantage`, `vantage token create`, installs the agent with
+#      `install-agent.sh --deb` (--agent-binary: `--binary`, the README's
+#      literal line, which installs the unit embedded in the script), waits
+#      until `vantage agents` shows it connected, runs `vantage diagnose`
+#      against a loopback origin (python3 -m http.server; the agent gets
+#      --allow-private), starts vantage-witness.service as
+#      deploy/systemd/README.md does, and reinstalls the package (which must
+#      restart the coordinator);
+#   5. checks that the three hardened units are active, never restarted,
+#      were not killed by their system call filter (SIGSYS), and run with
+#      seccomp on, no new privileges and no capabilities.
 #
 # Every wait is bounded. On exit the container is powered off and the
-# temporary directory removed (--keep leaves both for a look, and prints
-# where they are). Exit status: 0 the walk passed, 1 a step failed, 2 bad
-# usage.
+# temporary directory removed (--keep leaves both, and prints where).
+# Exit status: 0 the walk passed, 1 a step failed, 2 bad usage.
 set -euo pipefail
 
 prog=walkthrough.sh
