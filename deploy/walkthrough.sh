@@ -243,6 +243,15 @@ until_ok 60 "vantage agents to list walk-1" connected
 say "vantage agents: walk-1 is there"
 cli agents
 
+# "Running it again is safe: same files, and a restart."
+say "install-agent.sh again, same arguments"
+again=$(inside sh -c "cd /root/walk && sh install-agent.sh $from --token-file ./token --name walk-1" 2>&1) ||
+	fail "install-agent.sh, the second time: $again"
+if printf '%s\n' "$again" | grep '^wrote '; then
+	fail "install-agent.sh rewrote files with the same arguments"
+fi
+until_ok 60 "walk-1 to reconnect after the second install" connected
+
 # 4c. One diagnosis against an origin on the loopback. The agent refuses
 # loopback and private targets unless it runs with --allow-private, which
 # /etc/default/vantage-agent takes (its header says how).
