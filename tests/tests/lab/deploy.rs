@@ -4,7 +4,7 @@
 //! install script, in its dry mode against a temporary root, writes the
 //! files with their modes, enables the unit (its own, or a package's when
 //! installing a .deb), changes nothing when run again and refuses bad usage
-//! with exit 2; shellcheck finds nothing in it; and
+//! with exit 2; shellcheck finds nothing in it or in deploy/walkthrough.sh; and
 //! both binaries print completion scripts and write their man pages.
 //!
 //! systemd-analyze (Debian's `systemd`), shellcheck and dpkg-deb are system tools:
@@ -660,6 +660,18 @@ fn shellcheck_finds_nothing_in_the_install_script() {
         return;
     }
     let output = run("shellcheck", &["--shell=sh", "deploy/install-agent.sh"]);
+    assert!(output.status.success(), "{}", said(&output));
+}
+
+/// deploy/walkthrough.sh is run by hand (it needs root, debootstrap and
+/// systemd-nspawn), so nothing else would notice it rot.
+#[test]
+fn shellcheck_finds_nothing_in_the_walkthrough() {
+    let test = "shellcheck_finds_nothing_in_the_walkthrough";
+    if !have_tool(test, "shellcheck", "shellcheck") {
+        return;
+    }
+    let output = run("shellcheck", &["deploy/walkthrough.sh"]);
     assert!(output.status.success(), "{}", said(&output));
 }
 
