@@ -45,6 +45,31 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         window: usize,
     },
+    /// Benchmark an installation on PostgreSQL (issue #13): ingest through
+    /// one and two coordinators against SQLite through one, then failover
+    /// after `kill -9` (needs `cargo build --release` of the workspace and a
+    /// server: `tests/with-postgres.sh` gives one).
+    BenchCluster {
+        /// A `postgres://` URL of a database the benchmark may create
+        /// schemas in (default: $VANTAGE_TEST_POSTGRES).
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+        /// Simulated agent sessions.
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        /// Results each agent sends.
+        #[arg(long, default_value_t = 5_000)]
+        results_per_agent: u64,
+        /// Results per batch.
+        #[arg(long, default_value_t = 256)]
+        batch: u64,
+        /// Batches in flight per session.
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        /// Failovers to time.
+        #[arg(long, default_value_t = 5)]
+        failovers: usize,
+    },
     /// Serve the lab origin on loopback until killed (prints `listening ADDR`).
     Origin {
         /// Wait this long before each answer.
@@ -182,6 +207,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             vantage_lab::demo::run(scenario.as_deref(), &mut std::io::stdout())
                 .await
                 .map(|_| ())
+        }
+        Command::BenchCluster {
+            database,
+            agents,
+            results_per_agent,
+            batch,
+            window,
+            failovers,
+        } => {
+            bench_cluster(
+                database,
+                agents,
+                results_per_agent,
+                batch,
+                window,
+                failovers,
+            )
+            .await
         }
         Command::BenchIngest {
             agents,
@@ -578,4 +621,73 @@ async fn bench_probe(
 
 fn main() -> ExitCode {
     vantage_support::runtime::run_main(std::env::args_os(), &vantage_support::env::ProcessEnv, run)
+}
+
+/// `bench-cluster`: each configuration in a fresh schema of `database`.
+async fn bench_cluster(
+    database: Option<String>,
+    agents: usize,
+    results_per_agent: u64,
+    batch: u64,
+    window: usize,
+    failovers: usize,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let url = database
+        .or_else(|| std::env::var(vantage_lab::postgres::TEST_URL).ok())
+        .context("bench-cluster needs --database postgres://… (or VANTAGE_TEST_POSTGRES)")?;
+    let env = vantage_support::env::MapEnv::from_pairs([(vantage_lab::postgres::TEST_URL, &url)]);
+    let schema = || async {
+        vantage_lab::postgres::fresh_database_with_env("bench-cluster", &env)
+            .await?
+            .context("no database")
+    };
+    let params = vantage_lab::bench::IngestParams {
+        agents,
+        results_per_agent,
+        batch,
+        window,
+    };
+    let total = agents as u64 * results_per_agent;
+    println!("ingest: {agents} agents x {results_per_agent} results, batches of {batch}, window {window}");
+    let sqlite = vantage_lab::bench::ingest_through(params, None, 1).await?;
+    let pg_one = vantage_lab::bench::ingest_through(params, Some(&schema().await?), 1).await?;
+    let pg_two = vantage_lab::bench::ingest_through(params, Some(&schema().await?), 2).await?;
+    for (label, run) in [
+        ("sqlite, 1 coordinator  ", sqlite),
+        ("postgres, 1 coordinator", pg_one),
+        ("postgres, 2 coordinators", pg_two),
+    ] {
+        println!(
+            "  {label}: {:>9.0} results/s  ({:.2}x sqlite)  stored {}/{total}  peak RSS {:.1} MiB",
+            run.rate,
+            run.rate / sqlite.rate,
+            run.stored,
+            run.peak_kib as f64 / 1024.0
+        );
+    }
+    if failovers > 0 {
+        let report = vantage_lab::bench::failover(&schema().await?, failovers).await?;
+        let ms = |d: &std::time::Duration| d.as_secs_f64() * 1000.0;
+        let mut times: Vec<f64> = report.failovers.iter().map(ms).collect();
+        let ratios: Vec<f64> = report
+            .failovers
+            .iter()
+            .zip(&report.floors)
+            .map(|(f, floor)| ms(f) / ms(floor).max(1.0))
+            .collect();
+        println!("failover after kill -9 (agent defaults), {failovers} rounds:");
+        for (i, (f, floor)) in report.failovers.iter().zip(&report.floors).enumerate() {
+            println!(
+                "  round {}: {:>7.0} ms (its reconnect delays: {:>7.0} ms, {:.2}x)",
+                i + 1,
+                ms(f),
+                ms(floor),
+                ratios[i]
+            );
+        }
+        times.sort_by(f64::total_cmp);
+        println!("  median  : {:>7.0} ms", times[times.len() / 2]);
+    }
+    Ok(())
 }

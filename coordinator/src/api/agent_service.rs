@@ -501,7 +501,12 @@ async fn handle(
                 let health = domain::AgentHealth::try_from(health).map_err(invalid)?;
                 core.registry.set_health(&record.agent_id, health);
             }
-            Ok(core.store.touch(&record.agent_id, now_ms()).await?)
+            // A missed last-contact update is harmless; ending the session
+            // over it would turn a database restart into a reconnect storm.
+            if let Err(e) = core.store.touch(&record.agent_id, now_ms()).await {
+                tracing::warn!(agent = %record.name, error = %e, "cannot record its last contact");
+            }
+            Ok(())
         }
         Some(Up::PlanRejected(rejected)) => {
             if rejected.plan_id.len() > 128 || rejected.reason.len() > 1024 {

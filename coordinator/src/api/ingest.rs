@@ -27,6 +27,15 @@ use crate::time::now_ms;
 const QUEUE: usize = 32;
 /// Results stored per transaction, at most.
 const MAX_RESULTS_PER_COMMIT: usize = 50_000;
+/// How long a commit that fails for the backend's sake (a database
+/// restarting, a lost connection) is retried before its sessions are ended:
+/// the sessions wait (unacknowledged, so nothing is lost) rather than
+/// reconnect, and it stays well inside three heartbeats.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(20);
+/// First delay between retries; it doubles up to [`RETRY_MAX_DELAY`].
+const RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+/// Longest delay between retries.
+const RETRY_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One batch from one agent.
 #[derive(Debug)]
@@ -150,8 +159,25 @@ fn tally(jobs: &[IngestJob]) -> Vec<PlanTally> {
     tallies
 }
 
+/// Stores the jobs, retrying backend failures for [`RETRY_FOR`]; any other
+/// error (a result that cannot be stored) is final at once.
+async fn store_with_retries(store: &dyn Store, jobs: &[IngestJob]) -> Result<u64, StoreError> {
+    let started = tokio::time::Instant::now();
+    let mut delay = RETRY_DELAY;
+    loop {
+        match store_jobs(store, jobs).await {
+            Err(StoreError::Backend(e)) if started.elapsed() + delay < RETRY_FOR => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot store results; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX_DELAY);
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn commit(store: &dyn Store, registry: &Registry, metrics: &Metrics, jobs: Vec<IngestJob>) {
-    let stored = store_jobs(store, &jobs).await;
+    let stored = store_with_retries(store, &jobs).await;
     let results: usize = jobs.iter().map(|job| job.batch.results.len()).sum();
     match stored {
         Ok(new) => {

@@ -112,9 +112,9 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Where state is kept: sqlite://PATH (one coordinator) or
-    /// postgres://USER@HOST/DB (several coordinators, one installation;
-    /// a password goes in ~/.pgpass or the URL's `password=`). Env:
-    /// VANTAGE_DATABASE; default sqlite://<data-dir>/vantage.db.
+    /// postgres://USER:PASSWORD@HOST/DB (several coordinators, one
+    /// installation; the others need the first one's seal.key in their data
+    /// dir). Env: VANTAGE_DATABASE; default sqlite://<data-dir>/vantage.db.
     #[arg(long, value_name = "URL")]
     pub database: Option<String>,
     /// gRPC listen address (TLS; agents and the CLI connect here).

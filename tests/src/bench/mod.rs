@@ -14,6 +14,7 @@ pub mod sweeps_live;
 mod system;
 
 pub use system::{
-    budget, cpu_seconds_of, diagnose, footprint, ingest, percentile, proc_kib, synthetic_result,
-    BudgetFigure, DiagnoseReport, FootprintReport, IngestParams, IngestReport,
+    budget, cpu_seconds_of, diagnose, failover, footprint, ingest, ingest_through, percentile,
+    proc_kib, synthetic_result, BudgetFigure, DiagnoseReport, FailoverReport, FootprintReport,
+    IngestParams, IngestReport, IngestRun,
 };

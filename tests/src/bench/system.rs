@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use vantage::store::{NewPlan, SqliteStore, Store as _};
+use vantage::store::{NewPlan, PgConfig, PgStore, SqliteStore, Store as _};
 use vantage_proto::pb;
 use vantage_proto::pb::agent_message::Body as Up;
 use vantage_proto::pb::coordinator_message::Body as Down;
@@ -183,13 +183,70 @@ async fn drive_session(
     Ok(())
 }
 
-/// Runs the ingest benchmark against a `vantage serve` process.
+/// Runs the ingest benchmark against a `vantage serve` process on SQLite,
+/// and the store alone as its peer.
 pub async fn ingest(params: IngestParams) -> anyhow::Result<IngestReport> {
-    let data = tempfile::tempdir()?;
-    let coordinator =
-        CoordinatorProcess::start(data.path(), "127.0.0.1:0".parse()?, Duration::from_secs(10))
-            .await?;
-    let mut control = coordinator.control()?;
+    let scratch = tempfile::tempdir()?;
+    let run = ingest_through(params, None, 1).await?;
+    let store_rate = store_only(params, &scratch.path().join("peer.db")).await?;
+    Ok(IngestReport {
+        grpc_rate: run.rate,
+        store_rate,
+        stored: run.stored,
+        coordinator_peak_kib: run.peak_kib,
+    })
+}
+
+/// One ingest run through the real binaries.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestRun {
+    /// Results per second, from the first batch sent to the last acked.
+    pub rate: f64,
+    /// Results stored at the end (each once).
+    pub stored: u64,
+    /// The largest coordinator's peak RSS, KiB.
+    pub peak_kib: u64,
+}
+
+/// Runs `params` through `coordinators` `vantage serve` processes of one
+/// installation on `database` (a `postgres://` URL of an empty schema;
+/// `None`: one coordinator on SQLite), the simulated agents spread over
+/// them round-robin.
+pub async fn ingest_through(
+    params: IngestParams,
+    database: Option<&str>,
+    coordinators: usize,
+) -> anyhow::Result<IngestRun> {
+    if coordinators == 0 || (coordinators > 1 && database.is_none()) {
+        bail!("several coordinators need a shared (postgres://) database");
+    }
+    let dirs: Vec<tempfile::TempDir> = (0..coordinators)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let extra: Vec<&str> = database
+        .map(|url| vec!["--database", url])
+        .unwrap_or_default();
+    let mut running = Vec::with_capacity(coordinators);
+    for (index, dir) in dirs.iter().enumerate() {
+        if index > 0 {
+            // The others join the first one's installation.
+            std::fs::copy(dirs[0].path().join("seal.key"), dir.path().join("seal.key"))?;
+        }
+        running.push(
+            CoordinatorProcess::start_with(
+                dir.path(),
+                "127.0.0.1:0".parse()?,
+                Duration::from_secs(10),
+                &[
+                    extra.as_slice(),
+                    &["--enroll-per-minute", "100000", "--enroll-burst", "100000"],
+                ]
+                .concat(),
+            )
+            .await?,
+        );
+    }
+    let mut control = running[0].control()?;
     let token = control
         .create_enrollment_token(pb::CreateEnrollmentTokenRequest {
             region: "bench".into(),
@@ -201,7 +258,10 @@ pub async fn ingest(params: IngestParams) -> anyhow::Result<IngestReport> {
         .token;
     let mut identities = Vec::with_capacity(params.agents);
     for agent in 0..params.agents {
-        identities.push(enroll_identity(&token, &format!("bench-{agent:03}")).await?);
+        let mut identity = enroll_identity(&token, &format!("bench-{agent:03}")).await?;
+        // Round-robin: this agent's session goes to one coordinator.
+        identity.info.coordinator = vec![running[agent % coordinators].grpc_addr.to_string()];
+        identities.push(identity);
     }
     // The coordinator accepts results only for plans sent to the reporting
     // agent: register the benchmark's plan for every simulated agent, the
@@ -210,7 +270,8 @@ pub async fn ingest(params: IngestParams) -> anyhow::Result<IngestReport> {
         .iter()
         .map(|i| (i.info.agent_id.clone(), params.results_per_agent))
         .collect();
-    SqliteStore::open(&data.path().join("vantage.db"))?
+    let store = open_store(database, dirs[0].path()).await?;
+    store
         .insert_plan(NewPlan {
             plan_id: "bench-plan".into(),
             campaign_id: None,
@@ -231,19 +292,27 @@ pub async fn ingest(params: IngestParams) -> anyhow::Result<IngestReport> {
     }
     let elapsed = began.elapsed();
     let total = params.results_per_agent * params.agents as u64;
-    let pid = coordinator.process.pid().context("coordinator pid")?;
-    let coordinator_peak_kib = proc_kib(pid, "VmHWM:").unwrap_or(0);
-    drop(coordinator);
-    let stored = SqliteStore::open(&data.path().join("vantage.db"))?
-        .count_all_results()
-        .await?;
+    let mut peak_kib = 0;
+    for coordinator in &running {
+        let pid = coordinator.process.pid().context("coordinator pid")?;
+        peak_kib = peak_kib.max(proc_kib(pid, "VmHWM:").unwrap_or(0));
+    }
+    drop(running);
+    Ok(IngestRun {
+        rate: total as f64 / elapsed.as_secs_f64(),
+        stored: store.count_all_results().await?,
+        peak_kib,
+    })
+}
 
-    let store_rate = store_only(params, &data.path().join("peer.db")).await?;
-    Ok(IngestReport {
-        grpc_rate: total as f64 / elapsed.as_secs_f64(),
-        store_rate,
-        stored,
-        coordinator_peak_kib,
+/// The benchmark's own handle on the coordinators' store.
+async fn open_store(
+    database: Option<&str>,
+    data_dir: &Path,
+) -> anyhow::Result<Arc<dyn vantage::store::Store>> {
+    Ok(match database {
+        Some(url) => Arc::new(PgStore::connect(&PgConfig::parse(url)?).await?),
+        None => Arc::new(SqliteStore::open(&data_dir.join("vantage.db"))?),
     })
 }
 
@@ -537,4 +606,105 @@ pub async fn budget(
         });
     }
     Ok(out)
+}
+
+/// What the failover benchmark measured.
+#[derive(Debug, Clone)]
+pub struct FailoverReport {
+    /// Per round: from `kill -9` of the agent's coordinator to the agent's
+    /// session on the other one.
+    pub failovers: Vec<Duration>,
+    /// Per round, its floor: the reconnect delays the agent chose on the way
+    /// (its jittered backoff, as it logged them), which no coordinator-side
+    /// work can shorten.
+    pub floors: Vec<Duration>,
+}
+
+/// Two coordinators of one installation on `database`, one real agent with
+/// its default reconnect settings: `rounds` times, kills the coordinator
+/// that holds the agent and times the move to the other (then restarts
+/// the dead one on its port and data dir, so the next round can move back).
+pub async fn failover(database: &str, rounds: usize) -> anyhow::Result<FailoverReport> {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let extra = ["--database", database];
+    let heartbeat = Duration::from_secs(1);
+    let mut running = Vec::new();
+    for (index, dir) in dirs.iter().enumerate() {
+        if index > 0 {
+            std::fs::copy(dirs[0].path().join("seal.key"), dir.path().join("seal.key"))?;
+        }
+        running.push(
+            CoordinatorProcess::start_with(dir.path(), "127.0.0.1:0".parse()?, heartbeat, &extra)
+                .await?,
+        );
+    }
+    let token = running[0].create_token("bench").await?;
+    let state = tempfile::tempdir()?;
+    // The agent's own defaults: no lab reconnect flags.
+    let mut agent = crate::process::ChildProcess::spawn(
+        "vantage-agent",
+        &crate::process::bin_path("vantage-agent"),
+        &[
+            "run".to_string(),
+            "--state-dir".into(),
+            state.path().display().to_string(),
+            "--allow-private".into(),
+            "--token".into(),
+            token,
+            "--name".into(),
+            "failover-1".into(),
+        ],
+    )?;
+    let first = agent
+        .wait_for_line(Duration::from_secs(30), |_, line| {
+            line.contains("session established")
+        })
+        .await?;
+    let mut holder = usize::from(!first.contains(&running[0].grpc_addr.to_string()));
+    let mut report = FailoverReport {
+        failovers: Vec::new(),
+        floors: Vec::new(),
+    };
+    for _ in 0..rounds {
+        let other = 1 - holder;
+        let killed = Instant::now();
+        running[holder].kill9().await?;
+        let target = running[other].grpc_addr.to_string();
+        let mut floor = Duration::ZERO;
+        agent
+            .wait_for_line(Duration::from_secs(120), |_, line| {
+                if let Some(delay) = line
+                    .split_whitespace()
+                    .find_map(|f| f.strip_prefix("retry_in="))
+                    .and_then(debug_duration)
+                {
+                    floor += delay;
+                }
+                line.contains("session established") && line.contains(&target)
+            })
+            .await?;
+        report.failovers.push(killed.elapsed());
+        report.floors.push(floor);
+        running[holder] = running[holder].restart_with(&extra).await?;
+        holder = other;
+    }
+    let _ = agent.terminate(Duration::from_secs(10)).await;
+    Ok(report)
+}
+
+/// A `Duration` as its `Debug` prints it (`1.2s`, `850.5ms`, `12µs`).
+fn debug_duration(text: &str) -> Option<Duration> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix("µs") {
+        (n, 1e-6)
+    } else if let Some(n) = text.strip_suffix("ns") {
+        (n, 1e-9)
+    } else {
+        (text.strip_suffix('s')?, 1.0)
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .map(|n| Duration::from_secs_f64(n * scale))
 }

@@ -11,6 +11,7 @@ use vantage::wire::target_pb;
 use vantage_lab::lab::CoordinatorProcess;
 use vantage_lab::origin::Origin;
 use vantage_lab::process::{bin_path, poll_until, run_cli};
+use vantage_proto::pb;
 
 #[tokio::test]
 async fn a_bad_database_url_fails_before_the_data_dir_or_a_port_is_touched() {
@@ -320,9 +321,11 @@ async fn a_campaign_whose_coordinator_is_killed_is_finished_by_the_other() {
         .unwrap()
         .into_inner()
         .campaign_id;
-    poll_until(Duration::from_secs(20), Duration::from_millis(20), || async {
-        (origin.arrived() >= 1).then_some(())
-    })
+    poll_until(
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || async { (origin.arrived() >= 1).then_some(()) },
+    )
     .await
     .unwrap();
     // B is alive, so it leaves A's campaign alone ...
@@ -343,4 +346,112 @@ async fn a_campaign_whose_coordinator_is_killed_is_finished_by_the_other() {
     );
     origin.release();
     origin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_keeps_agents_connected_and_loses_no_result() {
+    const PROBES: u64 = 120;
+    const FIRST_WAVE: u64 = 40;
+    let test = "a_postgres_restart_keeps_agents_connected_and_loses_no_result";
+    let Some(cluster) = vantage_lab::postgres::PrivateCluster::start(test)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let origin = Origin::builder()
+        .hold_after(FIRST_WAVE)
+        .spawn()
+        .await
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let url = cluster.url();
+    let mut coordinator = CoordinatorProcess::start_with(
+        data.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        Duration::from_millis(500),
+        &["--database", &url],
+    )
+    .await
+    .unwrap();
+    let (agent, _state) = coordinator.connected_agent("eu", "fra-1").await.unwrap();
+    let probes = (0..PROBES)
+        .map(|i| pb::ProbeSpec {
+            probe_id: format!("p{i}"),
+            url: origin.url("/asset.js"),
+            route: pb::Route::Direct as i32,
+            variant: "baseline".into(),
+            attempts: 1,
+            ..Default::default()
+        })
+        .collect();
+    let plan_id = coordinator
+        .control()
+        .unwrap()
+        .run_plan(pb::RunPlanRequest {
+            agents: vec!["fra-1".into()],
+            probes,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .plan_id;
+    assert_eq!(
+        stored_at_least(&coordinator, &plan_id, FIRST_WAVE).await,
+        FIRST_WAVE
+    );
+
+    // The database goes away while the rest of the results arrive.
+    cluster.stop_server().unwrap();
+    origin.release();
+    origin
+        .wait_answered(PROBES, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // The commit of those results failed and is being retried, the
+    // session held open and the batch unacknowledged ...
+    coordinator
+        .process
+        .wait_for_line(Duration::from_secs(30), |_, line| {
+            line.contains("cannot store results; retrying")
+        })
+        .await
+        .unwrap();
+    // ... until the database is back.
+    cluster.start_server().unwrap();
+    assert_eq!(
+        stored_at_least(&coordinator, &plan_id, PROBES).await,
+        PROBES,
+        "every result stored once"
+    );
+    assert_eq!(origin.arrived(), PROBES, "no probe ran twice");
+    // The session held through it: the agent never reconnected.
+    assert_eq!(
+        agent.output().matches("session established").count(),
+        1,
+        "{}",
+        agent.output()
+    );
+    origin.stop().await;
+}
+
+/// Polls the plan's stored count until it reaches `at_least` (bounded).
+async fn stored_at_least(coordinator: &CoordinatorProcess, plan_id: &str, at_least: u64) -> u64 {
+    poll_until(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || async {
+            let mut control = coordinator.control().ok()?;
+            let status = control
+                .get_plan_status(pb::GetPlanStatusRequest {
+                    plan_id: plan_id.to_string(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (status.results_stored >= at_least).then_some(status.results_stored)
+        },
+    )
+    .await
+    .unwrap()
 }
