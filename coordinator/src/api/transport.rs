@@ -834,6 +834,7 @@ mod tests {
                     remote_addr: None,
                     revoked,
                     spool_bytes: 0,
+                    holder: None,
                 },
                 connected,
                 remote_addr: None,

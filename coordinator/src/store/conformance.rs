@@ -49,6 +49,7 @@ macro_rules! conformance_tests {
             alerts_upsert_and_the_outbox_retries_until_delivered,
             installation_secrets_are_set_once_and_dead_coordinators_drop_out,
             what_a_dead_coordinator_left_running_is_adopted_once,
+            mail_is_taken_once_in_order_and_holders_are_released_only_by_themselves,
         );
     };
     (@cases $make:expr; $($case:ident,)+) => {
@@ -1134,4 +1135,66 @@ pub async fn what_a_dead_coordinator_left_running_is_adopted_once(store: Backend
     // Adopting changes owners, not states.
     assert_eq!(store.running_campaigns().await.unwrap().len(), 2);
     assert_eq!(store.running_sweep_runs().await.unwrap().len(), 2);
+}
+
+/// The mailbox between coordinators delivers each piece once, in order, to
+/// its addressee only; an agent's holder is released only by itself; a
+/// plan's owner is its campaign's.
+pub async fn mail_is_taken_once_in_order_and_holders_are_released_only_by_themselves(
+    store: Backend,
+) {
+    use super::{Mail, MailBody};
+    let mail = |to: &str, n: u8| Mail {
+        to: to.to_owned(),
+        from: "a".to_owned(),
+        body: if n % 2 == 0 {
+            MailBody::ToAgent {
+                agent_id: format!("agent-{n}"),
+                message: vec![n, 0, 255],
+            }
+        } else {
+            MailBody::Event(vec![n])
+        },
+    };
+    for n in 0..5 {
+        store.post_mail(mail("b", n)).await.unwrap();
+    }
+    store.post_mail(mail("c", 9)).await.unwrap();
+    let first = store.take_mail("b", 3).await.unwrap();
+    assert_eq!(first, vec![mail("b", 0), mail("b", 1), mail("b", 2)]);
+    let rest = store.take_mail("b", 10).await.unwrap();
+    assert_eq!(rest, vec![mail("b", 3), mail("b", 4)]);
+    assert!(store.take_mail("b", 10).await.unwrap().is_empty());
+    assert_eq!(store.take_mail("c", 10).await.unwrap(), vec![mail("c", 9)]);
+
+    store.insert_agent(new_agent("a-1", "fra-1", "eu")).await.unwrap();
+    assert_eq!(store.agent_by_id("a-1").await.unwrap().unwrap().holder, None);
+    store.hold_agent("a-1", "b").await.unwrap();
+    store.hold_agent("a-1", "c").await.unwrap();
+    // b's old session ends after c took over: c still holds it.
+    store.release_agent("a-1", "b").await.unwrap();
+    assert_eq!(
+        store.agent_by_id("a-1").await.unwrap().unwrap().holder.as_deref(),
+        Some("c")
+    );
+    store.release_agent("a-1", "c").await.unwrap();
+    assert_eq!(store.agent_by_id("a-1").await.unwrap().unwrap().holder, None);
+
+    store
+        .insert_campaign("camp", 1, "{}", &["eu".to_owned()], "a")
+        .await
+        .unwrap();
+    store
+        .insert_plan(plan("p-camp", Some("camp"), &[("a-1", 1)]))
+        .await
+        .unwrap();
+    store
+        .insert_plan(plan("p-loose", None, &[("a-1", 1)]))
+        .await
+        .unwrap();
+    let owners = store
+        .plan_owners(&["p-camp".into(), "p-loose".into(), "p-none".into()])
+        .await
+        .unwrap();
+    assert_eq!(owners, vec![("p-camp".to_owned(), "a".to_owned())]);
 }

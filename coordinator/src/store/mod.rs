@@ -32,6 +32,34 @@ pub mod postgres;
 pub mod sqlite;
 pub mod sweeps;
 
+/// What one coordinator leaves for another in the database (the mailbox of
+/// [`Store::post_mail`]): no coordinator talks to another directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailBody {
+    /// A message for an agent whose session the addressee holds: the
+    /// encoded wire message (a plan, a cancel), which the store never reads.
+    ToAgent {
+        /// The agent.
+        agent_id: String,
+        /// The encoded `pb::CoordinatorMessage`.
+        message: Vec<u8>,
+    },
+    /// An agent event for the addressee's campaigns (results stored, a plan
+    /// finished or refused), encoded by the cluster room.
+    Event(Vec<u8>),
+}
+
+/// One piece of mail between coordinators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mail {
+    /// The addressee's coordinator id.
+    pub to: String,
+    /// The sender's coordinator id.
+    pub from: String,
+    /// What it carries.
+    pub body: MailBody,
+}
+
 /// A coordinator of the installation, as the others see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoordinatorRecord {
@@ -290,6 +318,9 @@ pub struct AgentRecord {
     pub remote_addr: Option<String>,
     /// Whether the agent has been revoked and must be refused.
     pub revoked: bool,
+    /// The coordinator whose session it last opened, until that session
+    /// ended (`None`: none, or a coordinator that never said).
+    pub holder: Option<String>,
     /// Bytes of results the agent last reported as spooled locally.
     pub spool_bytes: u64,
 }
@@ -626,6 +657,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// A POST was answered 2xx: never attempted again.
     async fn delivery_done(&self, event_id: &str, url: &str, at_ms: i64) -> Result<(), StoreError>;
+
+    /// Records that coordinator `holder` now holds the agent's session.
+    async fn hold_agent(&self, agent_id: &str, holder: &str) -> Result<(), StoreError>;
+
+    /// Records that `holder`'s session of the agent ended, unless another
+    /// coordinator holds it by now.
+    async fn release_agent(&self, agent_id: &str, holder: &str) -> Result<(), StoreError>;
+
+    /// Leaves mail for another coordinator.
+    async fn post_mail(&self, mail: Mail) -> Result<(), StoreError>;
+
+    /// Takes (and removes) up to `limit` pieces of mail for `to`, oldest
+    /// first; each piece is taken once, by one caller.
+    async fn take_mail(&self, to: &str, limit: u32) -> Result<Vec<Mail>, StoreError>;
+
+    /// The coordinator running each of `plan_ids`' campaigns (plans outside
+    /// a campaign, and unknown ones, are left out).
+    async fn plan_owners(&self, plan_ids: &[String]) -> Result<Vec<(String, String)>, StoreError>;
 
     /// The installation secret stored under `name` (sealed by the caller;
     /// the store never sees it in clear).

@@ -190,6 +190,21 @@ CREATE TABLE coordinators (
 -- owner gone (not among the live coordinators) adopts and finishes it.
 ALTER TABLE campaigns ADD COLUMN coordinator_id TEXT;
 ALTER TABLE sweep_runs ADD COLUMN coordinator_id TEXT;
+
+-- Which coordinator holds an agent's session, and the mailbox through which
+-- one coordinator reaches the agents (plans, cancels) and the campaigns
+-- (their agents' events) of another.
+ALTER TABLE agents ADD COLUMN coordinator_id TEXT;
+
+CREATE TABLE mailbox (
+    seq            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    coordinator_id TEXT COLLATE "C" NOT NULL,
+    sender         TEXT   NOT NULL,
+    agent_id       TEXT,
+    body           BYTEA  NOT NULL
+);
+
+CREATE INDEX mailbox_to ON mailbox (coordinator_id, seq);
 "#,
 ];
 

@@ -30,7 +30,7 @@ use vantage_proto::pb;
 
 use super::{
     AgentRecord, AgentRole, AlertRecord, CampaignPlanAgent, CampaignRow, CampaignStatus,
-    CoordinatorRecord, DeliveryRow, MissedSlot, NewAgent, NewDelivery, NewPlan, NewToken, Outcome,
+    CoordinatorRecord, Mail, MailBody, DeliveryRow, MissedSlot, NewAgent, NewDelivery, NewPlan, NewToken, Outcome,
     PlanAgentStatus, PlanState, ResultRecord, SeenReport, Sighting, Store, StoreError, SweepRecord,
     SweepRun, SweepRunEnd, TokenGrant, TokenRejection,
 };
@@ -166,9 +166,10 @@ impl std::fmt::Debug for PgStore {
 }
 
 const AGENT_SELECT: &str = "SELECT agent_id, name, region, labels_json, version, role, \
-     cert_sha256, enrolled_at, last_seen, remote_addr, revoked, spool_bytes FROM agents ";
+     cert_sha256, enrolled_at, last_seen, remote_addr, revoked, spool_bytes, coordinator_id \
+     FROM agents ";
 const AGENT_COLUMNS: &str = "agent_id, name, region, labels_json, version, role, \
-     cert_sha256, enrolled_at, last_seen, remote_addr, revoked, spool_bytes";
+     cert_sha256, enrolled_at, last_seen, remote_addr, revoked, spool_bytes, coordinator_id";
 const CAMPAIGN_SELECT: &str = "SELECT campaign_id, created_at, finished_at, target_json, \
      regions_json, status, report_json FROM campaigns ";
 
@@ -189,6 +190,7 @@ fn read_agent(row: &Row) -> Result<AgentRecord, StoreError> {
         remote_addr: row.try_get(9)?,
         revoked: row.try_get(10)?,
         spool_bytes: from_db_count(row.try_get(11)?),
+        holder: row.try_get(12)?,
     })
 }
 
@@ -1069,6 +1071,94 @@ impl Store for PgStore {
 
     async fn delivery_done(&self, event_id: &str, url: &str, at_ms: i64) -> Result<(), StoreError> {
         sweeps::delivery_done(&self.client().await?, event_id, url, at_ms).await
+    }
+
+    async fn hold_agent(&self, agent_id: &str, holder: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE agents SET coordinator_id = $2 WHERE agent_id = $1",
+                &[&agent_id, &holder],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn release_agent(&self, agent_id: &str, holder: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE agents SET coordinator_id = NULL \
+                 WHERE agent_id = $1 AND coordinator_id = $2",
+                &[&agent_id, &holder],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn post_mail(&self, mail: Mail) -> Result<(), StoreError> {
+        let (agent_id, body) = match mail.body {
+            MailBody::ToAgent { agent_id, message } => (Some(agent_id), message),
+            MailBody::Event(event) => (None, event),
+        };
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO mailbox (coordinator_id, sender, agent_id, body) \
+                 VALUES ($1, $2, $3, $4)",
+                &[&mail.to, &mail.from, &agent_id, &body],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn take_mail(&self, to: &str, limit: u32) -> Result<Vec<Mail>, StoreError> {
+        let client = self.client().await?;
+        // SKIP LOCKED: should two processes ever read one mailbox, each
+        // piece still goes to one of them.
+        let mut rows = client
+            .query(
+                "DELETE FROM mailbox WHERE seq IN ( \
+                     SELECT seq FROM mailbox WHERE coordinator_id = $1 \
+                     ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 RETURNING seq, sender, agent_id, body",
+                &[&to, &i64::from(limit)],
+            )
+            .await?;
+        rows.sort_by_key(|row| row.try_get::<_, i64>(0).unwrap_or(i64::MAX));
+        rows.iter()
+            .map(|row| {
+                let agent_id: Option<String> = row.try_get(2)?;
+                let body: Vec<u8> = row.try_get(3)?;
+                Ok(Mail {
+                    to: to.to_owned(),
+                    from: row.try_get(1)?,
+                    body: match agent_id {
+                        Some(agent_id) => MailBody::ToAgent {
+                            agent_id,
+                            message: body,
+                        },
+                        None => MailBody::Event(body),
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn plan_owners(&self, plan_ids: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+        let client = self.client().await?;
+        client
+            .query(
+                "SELECT p.plan_id, c.coordinator_id FROM plans p \
+                 JOIN campaigns c ON c.campaign_id = p.campaign_id \
+                 WHERE p.plan_id = ANY($1::text[]) AND c.coordinator_id IS NOT NULL \
+                 ORDER BY p.plan_id",
+                &[&plan_ids],
+            )
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
     }
 
     async fn installation_secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {

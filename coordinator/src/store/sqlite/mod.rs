@@ -25,7 +25,7 @@ use vantage_proto::pb;
 
 use super::{
     AgentRecord, AgentRole, AlertRecord, CampaignPlanAgent, CampaignRow, CampaignStatus,
-    CoordinatorRecord, DeliveryRow, MissedSlot, NewAgent, NewDelivery, NewPlan, NewToken, Outcome,
+    CoordinatorRecord, Mail, MailBody, DeliveryRow, MissedSlot, NewAgent, NewDelivery, NewPlan, NewToken, Outcome,
     PlanAgentStatus, PlanState, ResultRecord, SeenReport, Sighting, Store, StoreError, SweepRecord,
     SweepRun, SweepRunEnd, TokenGrant, TokenRejection,
 };
@@ -62,7 +62,8 @@ macro_rules! agent_select {
     ($tail:literal) => {
         concat!(
             "SELECT agent_id, name, region, labels_json, version, role, cert_sha256, \
-             enrolled_at, last_seen, remote_addr, revoked, spool_bytes FROM agents ",
+             enrolled_at, last_seen, remote_addr, revoked, spool_bytes, coordinator_id \
+             FROM agents ",
             $tail
         )
     };
@@ -113,6 +114,7 @@ fn read_agent(row: &Row<'_>) -> rusqlite::Result<RawAgent> {
             remote_addr: row.get(9)?,
             revoked: row.get::<_, i64>(10)? != 0,
             spool_bytes: from_db_count(row.get(11)?),
+            holder: row.get(12)?,
         },
         labels_json: row.get(3)?,
         role: row.get(5)?,
@@ -1051,6 +1053,102 @@ impl Store for SqliteStore {
         let (event_id, url) = (event_id.to_owned(), url.to_owned());
         self.run(move |conn| sweeps::delivery_done(conn, &event_id, &url, at_ms))
             .await
+    }
+
+    async fn hold_agent(&self, agent_id: &str, holder: &str) -> Result<(), StoreError> {
+        let (agent_id, holder) = (agent_id.to_owned(), holder.to_owned());
+        self.run(move |conn| {
+            conn.prepare_cached("UPDATE agents SET coordinator_id = ?2 WHERE agent_id = ?1")?
+                .execute([agent_id, holder])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn release_agent(&self, agent_id: &str, holder: &str) -> Result<(), StoreError> {
+        let (agent_id, holder) = (agent_id.to_owned(), holder.to_owned());
+        self.run(move |conn| {
+            conn.prepare_cached(
+                "UPDATE agents SET coordinator_id = NULL \
+                 WHERE agent_id = ?1 AND coordinator_id = ?2",
+            )?
+            .execute([agent_id, holder])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn post_mail(&self, mail: Mail) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            let (agent_id, body) = match mail.body {
+                MailBody::ToAgent { agent_id, message } => (Some(agent_id), message),
+                MailBody::Event(event) => (None, event),
+            };
+            conn.prepare_cached(
+                "INSERT INTO mailbox (coordinator_id, sender, agent_id, body) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![mail.to, mail.from, agent_id, body])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_mail(&self, to: &str, limit: u32) -> Result<Vec<Mail>, StoreError> {
+        let to = to.to_owned();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let rows = {
+                let mut statement = tx.prepare_cached(
+                    "SELECT seq, sender, agent_id, body FROM mailbox \
+                     WHERE coordinator_id = ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let rows = statement.query_map(params![to, limit], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Option<String>>(2)?,
+                        row.get::<_, Vec<u8>>(3)?,
+                    ))
+                })?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            let mut mail = Vec::with_capacity(rows.len());
+            for (seq, from, agent_id, body) in rows {
+                tx.prepare_cached("DELETE FROM mailbox WHERE seq = ?1")?
+                    .execute([seq])?;
+                mail.push(Mail {
+                    to: to.clone(),
+                    from,
+                    body: match agent_id {
+                        Some(agent_id) => MailBody::ToAgent {
+                            agent_id,
+                            message: body,
+                        },
+                        None => MailBody::Event(body),
+                    },
+                });
+            }
+            tx.commit()?;
+            Ok(mail)
+        })
+        .await
+    }
+
+    async fn plan_owners(&self, plan_ids: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+        let ids_json = serde_json::to_string(plan_ids)
+            .map_err(|e| StoreError::Invalid(format!("plan ids: {e}")))?;
+        self.run(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT p.plan_id, c.coordinator_id FROM plans p \
+                 JOIN campaigns c ON c.campaign_id = p.campaign_id \
+                 WHERE p.plan_id IN (SELECT value FROM json_each(?1)) \
+                 AND c.coordinator_id IS NOT NULL ORDER BY p.plan_id",
+            )?;
+            let rows = statement.query_map([ids_json], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
     }
 
     async fn installation_secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
