@@ -43,6 +43,9 @@ pub struct Coordinator {
     /// This process's id among the installation's coordinators: the owner
     /// of the campaigns and sweep runs it starts.
     pub(crate) coordinator_id: String,
+    /// Whether the database is shared with other coordinators, whose
+    /// agents this one reaches through it ([`crate::cluster::relay`]).
+    pub(crate) shared_database: bool,
     pub(crate) token_addrs: Vec<String>,
     pub(crate) heartbeat: Duration,
     /// The campaigns running now: their progress feeds and cancel switches.
@@ -74,6 +77,8 @@ pub struct CoordinatorSettings {
     /// This process's id among the installation's coordinators (a new
     /// UUID per process).
     pub coordinator_id: String,
+    /// Whether other coordinators share the database (PostgreSQL).
+    pub shared_database: bool,
     /// Addresses written into enrollment tokens.
     pub token_addrs: Vec<String>,
     /// Heartbeat interval asked of agents.
@@ -108,6 +113,7 @@ impl Coordinator {
             ingest,
             admin_hash: settings.admin_hash,
             coordinator_id: settings.coordinator_id,
+            shared_database: settings.shared_database,
             token_addrs: settings.token_addrs,
             heartbeat: settings.heartbeat,
             campaigns: std::sync::Mutex::default(),
@@ -122,6 +128,14 @@ impl Coordinator {
         };
         Ok((coordinator, thread))
     }
+}
+
+/// Where an agent's session is held.
+enum Route {
+    /// Here: its session's channel.
+    Local(crate::registry::Outbound),
+    /// By this live peer coordinator.
+    Peer(String),
 }
 
 /// An agent as the operator sees it.
@@ -216,15 +230,75 @@ impl Coordinator {
         Ok((token.encode(), expires_at_ms))
     }
 
-    /// Every enrolled agent, with its live connection state.
+    /// The other coordinators alive now (none on a database of our own).
+    async fn live_peers(&self) -> Result<Vec<String>, Status> {
+        if !self.shared_database {
+            return Ok(Vec::new());
+        }
+        let mut live = crate::cluster::live_coordinator_ids(self.store.as_ref()).await?;
+        live.retain(|id| *id != self.coordinator_id);
+        Ok(live)
+    }
+
+    /// How to reach `record`'s session: held here, or by a live peer.
+    fn route(&self, record: &AgentRecord, peers: &[String]) -> Option<Route> {
+        if let Some(outbound) = self.registry.outbound(&record.agent_id) {
+            return Some(Route::Local(outbound));
+        }
+        record
+            .holder
+            .as_ref()
+            .filter(|holder| peers.contains(holder))
+            .map(|holder| Route::Peer(holder.clone()))
+    }
+
+    /// Sends `message` to `record`'s session, wherever it is held; false if
+    /// it is held nowhere (or the send failed).
+    pub(crate) async fn send_to_agent(
+        &self,
+        record: &AgentRecord,
+        message: pb::CoordinatorMessage,
+    ) -> bool {
+        let peers = self.live_peers().await.unwrap_or_default();
+        self.send_by(self.route(record, &peers), &record.agent_id, message)
+            .await
+    }
+
+    async fn send_by(
+        &self,
+        route: Option<Route>,
+        agent_id: &str,
+        message: pb::CoordinatorMessage,
+    ) -> bool {
+        match route {
+            Some(Route::Local(outbound)) => outbound.send(Ok(message)).is_ok(),
+            Some(Route::Peer(holder)) => crate::cluster::relay::deliver_to_agent(
+                self.store.as_ref(),
+                &self.coordinator_id,
+                &holder,
+                agent_id,
+                &message,
+            )
+            .await
+            .map_err(|e| tracing::warn!(error = %e, %holder, "cannot leave a message for a peer's agent"))
+            .is_ok(),
+            None => false,
+        }
+    }
+
+    /// Every enrolled agent, with its live connection state: held here or,
+    /// on a shared database, by another live coordinator.
     pub async fn list_agents(&self) -> Result<Vec<AgentView>, Status> {
         let records = self.store.list_agents().await?;
+        let peers = self.live_peers().await?;
         Ok(records
             .into_iter()
             .map(|record| {
                 let live = self.registry.connection(&record.agent_id);
+                let elsewhere =
+                    live.is_none() && record.holder.as_ref().is_some_and(|h| peers.contains(h));
                 AgentView {
-                    connected: live.is_some(),
+                    connected: live.is_some() || elsewhere,
                     remote_addr: live.flatten().or_else(|| record.remote_addr.clone()),
                     health: self.registry.health(&record.agent_id),
                     record,
@@ -287,6 +361,7 @@ impl Coordinator {
         let caps = PlanCaps::default();
         let expected: u64 = probes.iter().map(|p| caps.requests(p)).sum();
         let mut targets = Vec::with_capacity(agents.len());
+        let peers = self.live_peers().await?;
         for name in agents {
             let record = self
                 .store
@@ -294,10 +369,10 @@ impl Coordinator {
                 .await?
                 .filter(|r| !r.revoked)
                 .ok_or_else(|| Status::not_found(format!("no enrolled agent named {name:?}")))?;
-            let outbound = self.registry.outbound(&record.agent_id).ok_or_else(|| {
+            let route = self.route(&record, &peers).ok_or_else(|| {
                 Status::failed_precondition(format!("agent {name} is not connected"))
             })?;
-            targets.push((record.agent_id, outbound));
+            targets.push((record.agent_id, route));
         }
         let plan_id = uuid::Uuid::new_v4().to_string();
         let probes_json = serde_json::to_string(&probes.iter().map(|p| &p.url).collect::<Vec<_>>())
@@ -321,11 +396,11 @@ impl Coordinator {
             probes,
             budget_ms: budget.map_or(0, |b| u32::try_from(b.as_millis()).unwrap_or(u32::MAX)),
         };
-        for (agent_id, outbound) in targets {
+        for (agent_id, route) in targets {
             let message = pb::CoordinatorMessage {
                 body: Some(pb::coordinator_message::Body::Plan(plan.clone())),
             };
-            if outbound.send(Ok(message)).is_err() {
+            if !self.send_by(Some(route), &agent_id, message).await {
                 self.store
                     .set_plan_agent_state(
                         &plan_id,

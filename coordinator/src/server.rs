@@ -360,6 +360,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
     let settings = CoordinatorSettings {
         admin_hash: hash_secret(&admin_token),
         coordinator_id: uuid::Uuid::new_v4().to_string(),
+        shared_database,
         token_addrs,
         heartbeat: config.heartbeat,
         enroll_rate: config.enroll_rate,
@@ -443,6 +444,15 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
         ))
     });
     let renewal = tokio::spawn(renew_server_cert(core.clone(), names, tls));
+    if shared_database {
+        // Stops with the others on shutdown; joined by none.
+        tokio::spawn(crate::cluster::relay::run(
+            core.store.clone(),
+            core.registry.clone(),
+            core.coordinator_id.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     let sweeps = crate::sweep::start(
         &core,
         config.scheduler.clone(),

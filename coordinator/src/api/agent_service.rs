@@ -357,6 +357,15 @@ impl pb::agent_service_server::AgentService for AgentService {
         if let Some(health) = hello.health.clone() {
             registry.set_health(&record.agent_id, health);
         }
+        // Other coordinators on a shared database reach it through us.
+        if let Err(e) = self
+            .core
+            .store
+            .hold_agent(&record.agent_id, &self.core.coordinator_id)
+            .await
+        {
+            tracing::warn!(agent = %record.name, error = %e, "cannot record who holds its session");
+        }
         registry.emit(AgentEvent::Connected {
             name: record.name.clone(),
             region: record.region.clone(),
@@ -367,6 +376,13 @@ impl pb::agent_service_server::AgentService for AgentService {
             let reason = serve_session(&core, &record, inbound, &outbound, killed).await;
             tracing::info!(agent = %record.name, %reason, "session ended");
             if core.registry.unregister(&record.agent_id, session_id) {
+                if let Err(e) = core
+                    .store
+                    .release_agent(&record.agent_id, &core.coordinator_id)
+                    .await
+                {
+                    tracing::warn!(agent = %record.name, error = %e, "cannot record that its session ended");
+                }
                 // The agent is gone (not replaced by a newer session of its
                 // own): plans it has not finished are marked lost, so that
                 // they end instead of waiting in "sent" for an agent that may

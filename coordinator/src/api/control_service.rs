@@ -482,6 +482,7 @@ mod tests {
         let store: Arc<dyn crate::store::Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
         let settings = crate::coordinator::CoordinatorSettings {
             coordinator_id: "test-coordinator".into(),
+            shared_database: false,
             admin_hash: hash_secret("the-admin-secret"),
             token_addrs: vec!["127.0.0.1:7443".into()],
             heartbeat: Duration::from_secs(10),

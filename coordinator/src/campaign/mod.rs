@@ -374,13 +374,12 @@ impl Coordinator {
             let Ok(Some(record)) = self.store.agent_by_name(&run.agent).await else {
                 continue;
             };
-            if let Some(outbound) = self.registry.outbound(&record.agent_id) {
-                let _ = outbound.send(Ok(pb::CoordinatorMessage {
-                    body: Some(pb::coordinator_message::Body::Cancel(pb::Cancel {
-                        plan_id: run.plan_id.clone(),
-                    })),
-                }));
-            }
+            let cancel = pb::CoordinatorMessage {
+                body: Some(pb::coordinator_message::Body::Cancel(pb::Cancel {
+                    plan_id: run.plan_id.clone(),
+                })),
+            };
+            self.send_to_agent(&record, cancel).await;
         }
     }
 

@@ -14,10 +14,16 @@
 //!   every live coordinator's addresses ([`token_addrs`]), so an agent can
 //!   reach any of them and move to another when its own dies.
 //!
-//! The room: it uses the store through the [`Store`] trait only, the PKI's
-//! file names and the support crate's private-file writer; it never
-//! imports the gRPC services, the CLI or the server.
+//! - **Reaching what another coordinator holds** ([`relay`]): plans and
+//!   cancels for its agents, and its agents' events for our campaigns, go
+//!   through the database's mailbox.
+//!
+//! The room: it uses the store through the [`Store`] trait only, the
+//! registry (sessions and events, for [`relay`]), the PKI's file names and
+//! the support crate's private-file writer; it never imports the gRPC
+//! services, the CLI or the server.
 
+pub mod relay;
 pub mod seal;
 
 use std::path::{Path, PathBuf};

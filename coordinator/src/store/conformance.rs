@@ -1147,7 +1147,7 @@ pub async fn mail_is_taken_once_in_order_and_holders_are_released_only_by_themse
     let mail = |to: &str, n: u8| Mail {
         to: to.to_owned(),
         from: "a".to_owned(),
-        body: if n % 2 == 0 {
+        body: if n.is_multiple_of(2) {
             MailBody::ToAgent {
                 agent_id: format!("agent-{n}"),
                 message: vec![n, 0, 255],
@@ -1167,18 +1167,33 @@ pub async fn mail_is_taken_once_in_order_and_holders_are_released_only_by_themse
     assert!(store.take_mail("b", 10).await.unwrap().is_empty());
     assert_eq!(store.take_mail("c", 10).await.unwrap(), vec![mail("c", 9)]);
 
-    store.insert_agent(new_agent("a-1", "fra-1", "eu")).await.unwrap();
-    assert_eq!(store.agent_by_id("a-1").await.unwrap().unwrap().holder, None);
+    store
+        .insert_agent(new_agent("a-1", "fra-1", "eu"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.agent_by_id("a-1").await.unwrap().unwrap().holder,
+        None
+    );
     store.hold_agent("a-1", "b").await.unwrap();
     store.hold_agent("a-1", "c").await.unwrap();
     // b's old session ends after c took over: c still holds it.
     store.release_agent("a-1", "b").await.unwrap();
     assert_eq!(
-        store.agent_by_id("a-1").await.unwrap().unwrap().holder.as_deref(),
+        store
+            .agent_by_id("a-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .holder
+            .as_deref(),
         Some("c")
     );
     store.release_agent("a-1", "c").await.unwrap();
-    assert_eq!(store.agent_by_id("a-1").await.unwrap().unwrap().holder, None);
+    assert_eq!(
+        store.agent_by_id("a-1").await.unwrap().unwrap().holder,
+        None
+    );
 
     store
         .insert_campaign("camp", 1, "{}", &["eu".to_owned()], "a")

@@ -263,18 +263,16 @@ async fn two_coordinators_share_one_installation_and_an_agent_fails_over_on_kill
         .unwrap();
     // ... and when A dies, moves to B by itself.
     a.kill9().await.unwrap();
-    poll_until(
-        Duration::from_secs(60),
-        Duration::from_millis(100),
-        || async {
-            let out = b.cli(&["agents", "--json"]).await.ok()?;
-            let agents: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            (agents[0]["name"] == "fra-1" && agents[0]["connected"] == true).then_some(())
-        },
-    )
-    .await
-    .unwrap();
-    assert!(agent.output().matches("session established").count() >= 2);
+    agent
+        .wait_for_line(Duration::from_secs(60), |_, line| {
+            line.contains("session established") && line.contains(&b_addr)
+        })
+        .await
+        .unwrap();
+    let listed = b.cli(&["agents", "--json"]).await.unwrap();
+    let agents: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(agents[0]["name"], "fra-1", "{agents}");
+    assert_eq!(agents[0]["connected"], true, "{agents}");
 }
 
 /// Two coordinators of one installation on the database `url`: A created
@@ -454,4 +452,72 @@ async fn stored_at_least(coordinator: &CoordinatorProcess, plan_id: &str, at_lea
     )
     .await
     .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_through_one_coordinator_reaches_the_agents_of_the_other() {
+    let test = "a_campaign_through_one_coordinator_reaches_the_agents_of_the_other";
+    let Some(url) = vantage_lab::postgres::fresh_database(test).await.unwrap() else {
+        return;
+    };
+    let origin = Origin::builder().spawn().await.unwrap();
+    let (a, b, _a_dir, _b_dir) = installation_of_two(&url).await;
+    // One region's agent on each coordinator.
+    let (_eu, _eu_state) = a.connected_agent("eu", "fra-1").await.unwrap();
+    let token = b.create_token("us").await.unwrap();
+    let us_state = tempfile::tempdir().unwrap();
+    let mut us = vantage_lab::lab::spawn_agent_process(
+        us_state.path(),
+        &["--token", &token, "--name", "iad-1"],
+    )
+    .unwrap();
+    vantage_lab::lab::wait_agent_connected(&mut us)
+        .await
+        .unwrap();
+    assert!(
+        us.output().contains(&b.grpc_addr.to_string()),
+        "iad-1 is on B: {}",
+        us.output()
+    );
+
+    // A lists both as connected ...
+    let listed = a.cli(&["agents", "--json"]).await.unwrap();
+    let agents: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let connected: Vec<&str> = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["connected"] == true)
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(connected, ["fra-1", "iad-1"], "{agents}");
+
+    // ... and a campaign through A runs in both regions, B's agent's plan
+    // and results relayed through the database.
+    let addr = origin.addr().to_string();
+    let request = TargetRequest::new(&origin.url("/asset.js"), &[addr.as_str()]);
+    let id = a
+        .control()
+        .unwrap()
+        .start_campaign(target_pb(&request, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .campaign_id;
+    let report = finished_report(&a, &id).await;
+    assert_eq!(report["status"], "healthy", "{report}");
+    assert!(report["missing"].as_array().unwrap().is_empty(), "{report}");
+    let regions: Vec<&str> = report["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["region"].as_str())
+        .collect();
+    assert_eq!(regions, ["eu", "us"], "{report}");
+    // B's agent really ran its part: its session is on B.
+    assert!(
+        report["regions"][1]["probes"].as_array().unwrap().len() > 1,
+        "{report}"
+    );
+    origin.stop().await;
 }

@@ -30,9 +30,9 @@ use vantage_proto::pb;
 
 use super::{
     AgentRecord, AgentRole, AlertRecord, CampaignPlanAgent, CampaignRow, CampaignStatus,
-    CoordinatorRecord, Mail, MailBody, DeliveryRow, MissedSlot, NewAgent, NewDelivery, NewPlan, NewToken, Outcome,
-    PlanAgentStatus, PlanState, ResultRecord, SeenReport, Sighting, Store, StoreError, SweepRecord,
-    SweepRun, SweepRunEnd, TokenGrant, TokenRejection,
+    CoordinatorRecord, DeliveryRow, Mail, MailBody, MissedSlot, NewAgent, NewDelivery, NewPlan,
+    NewToken, Outcome, PlanAgentStatus, PlanState, ResultRecord, SeenReport, Sighting, Store,
+    StoreError, SweepRecord, SweepRun, SweepRunEnd, TokenGrant, TokenRejection,
 };
 
 /// Connections per coordinator, at most. Ingest is one writer; the rest
