@@ -70,6 +70,21 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         failovers: usize,
     },
+    /// Benchmark the sessions one coordinator holds: RSS per session and
+    /// the CPU of their heartbeats (default interval) against the same
+    /// coordinator idle, for each size (needs `cargo build --release`).
+    BenchSessions {
+        /// Session counts to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        sessions: Vec<usize>,
+        /// Measurement window (at least one heartbeat interval, 10s).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        window: Duration,
+        /// A `postgres://` URL of an empty database or schema (default:
+        /// SQLite in a temporary data dir).
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+    },
     /// Serve the lab origin on loopback until killed (prints `listening ADDR`).
     Origin {
         /// Wait this long before each answer.
@@ -207,6 +222,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             vantage_lab::demo::run(scenario.as_deref(), &mut std::io::stdout())
                 .await
                 .map(|_| ())
+        }
+        Command::BenchSessions {
+            sessions,
+            window,
+            database,
+        } => {
+            println!(
+                "sessions: simulated agents heartbeating every 10s (the default), window {}",
+                humantime::format_duration(window)
+            );
+            let mut measured: Vec<(usize, f64, f64)> = Vec::new();
+            for n in sessions {
+                let r = vantage_lab::bench::sessions(n, window, database.as_deref()).await?;
+                let per = r.held_kib.saturating_sub(r.idle_kib) as f64 / n as f64;
+                // Heartbeats the coordinator handled in the window (every
+                // session beats once per 10 s).
+                let beats = n as f64 * r.window.as_secs_f64() / 10.0;
+                let cpu_per_beat_us = (r.heartbeat_cores - r.idle_cores).max(0.0)
+                    * r.window.as_secs_f64()
+                    / beats
+                    * 1e6;
+                println!(
+                    "  {n:>6} sessions: RSS {:.1} MiB ({:.1} MiB before) = {per:.1} KiB/session; \
+                     CPU {:.3} cores ({:.3} idle) = {cpu_per_beat_us:.0} us/heartbeat",
+                    r.held_kib as f64 / 1024.0,
+                    r.idle_kib as f64 / 1024.0,
+                    r.heartbeat_cores,
+                    r.idle_cores,
+                );
+                measured.push((n, per, cpu_per_beat_us));
+            }
+            if let (Some(small), Some(large)) = (measured.first(), measured.last()) {
+                if large.0 > small.0 {
+                    println!(
+                        "  {} vs {} sessions: {:.2}x the RSS per session, {:.2}x the CPU per heartbeat",
+                        large.0,
+                        small.0,
+                        large.1 / small.1.max(0.001),
+                        large.2 / small.2.max(0.001)
+                    );
+                }
+            }
+            Ok(())
         }
         Command::BenchCluster {
             database,

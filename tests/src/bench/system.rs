@@ -708,3 +708,130 @@ fn debug_duration(text: &str) -> Option<Duration> {
         .ok()
         .map(|n| Duration::from_secs_f64(n * scale))
 }
+
+/// What the sessions benchmark measured for one size.
+#[derive(Debug, Clone)]
+pub struct SessionsReport {
+    /// Simulated agent sessions held.
+    pub sessions: usize,
+    /// Coordinator RSS with no session, KiB (after enrolling them all).
+    pub idle_kib: u64,
+    /// Coordinator RSS holding every session, KiB.
+    pub held_kib: u64,
+    /// Coordinator CPU while the sessions heartbeat, in cores (CPU seconds
+    /// per second over the window).
+    pub heartbeat_cores: f64,
+    /// The same coordinator's CPU over an equal window with no session:
+    /// the floor.
+    pub idle_cores: f64,
+    /// The window.
+    pub window: Duration,
+}
+
+/// Holds `sessions` simulated agent sessions on one `vantage serve`
+/// (on `database`, or SQLite), each heartbeating at the coordinator's
+/// default interval, and measures the coordinator's RSS per session and
+/// its CPU over `window` against the same window idle.
+pub async fn sessions(
+    sessions: usize,
+    window: Duration,
+    database: Option<&str>,
+) -> anyhow::Result<SessionsReport> {
+    let data = tempfile::tempdir()?;
+    let cap = (sessions + 64).to_string();
+    let mut extra = vec![
+        "--enroll-per-minute",
+        "100000",
+        "--enroll-burst",
+        "100000",
+        "--max-connections",
+        cap.as_str(),
+    ];
+    if let Some(url) = database {
+        extra.extend(["--database", url]);
+    }
+    // The coordinator's default heartbeat: what a fleet runs with.
+    let heartbeat = Duration::from_secs(10);
+    let coordinator =
+        CoordinatorProcess::start_with(data.path(), "127.0.0.1:0".parse()?, heartbeat, &extra)
+            .await?;
+    let pid = coordinator.process.pid().context("coordinator pid")?;
+    let mut control = coordinator.control()?;
+    let token = control
+        .create_enrollment_token(pb::CreateEnrollmentTokenRequest {
+            region: "bench".into(),
+            ttl_seconds: 3600,
+            uses: u32::try_from(sessions)?,
+        })
+        .await?
+        .into_inner()
+        .token;
+    let mut identities = Vec::with_capacity(sessions);
+    for agent in 0..sessions {
+        identities.push(enroll_identity(&token, &format!("s-{agent:05}")).await?);
+    }
+    let cpu = || cpu_seconds_of(&pid.to_string());
+    let (idle_start, idle_began) = (cpu(), Instant::now());
+    tokio::time::sleep(window).await;
+    let idle_cores = (cpu() - idle_start) / idle_began.elapsed().as_secs_f64();
+    let idle_kib = proc_kib(pid, "VmRSS:").unwrap_or(0);
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut held = tokio::task::JoinSet::new();
+    for identity in identities {
+        let session = raw_session(&identity, vec![hello_for(&identity)]).await?;
+        let mut inbound = session.inbound?;
+        match inbound.message().await? {
+            Some(pb::CoordinatorMessage {
+                body: Some(Down::Welcome(_)),
+            }) => {}
+            other => bail!("expected Welcome, got {other:?}"),
+        }
+        let tx = session.tx;
+        let mut stopped = stopped.clone();
+        held.spawn(async move {
+            let mut beat = tokio::time::interval(heartbeat);
+            beat.tick().await;
+            loop {
+                tokio::select! {
+                    _ = beat.tick() => {
+                        let message = pb::AgentMessage {
+                            body: Some(Up::Heartbeat(pb::Heartbeat {
+                                sent_at_unix_ms: vantage_support::time::now_ms(),
+                                health: None,
+                            })),
+                        };
+                        if tx.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                    message = inbound.message() => {
+                        if !matches!(message, Ok(Some(_))) {
+                            return;
+                        }
+                    }
+                    _ = stopped.changed() => return,
+                }
+            }
+        });
+    }
+    // Every session's first heartbeat falls inside the window.
+    let (busy_start, busy_began) = (cpu(), Instant::now());
+    tokio::time::sleep(window).await;
+    let heartbeat_cores = (cpu() - busy_start) / busy_began.elapsed().as_secs_f64();
+    let held_kib = proc_kib(pid, "VmRSS:").unwrap_or(0);
+    let still = held.len();
+    let _ = stop.send(true);
+    while held.join_next().await.is_some() {}
+    if still != sessions {
+        bail!("{} of {sessions} sessions ended early", sessions - still);
+    }
+    Ok(SessionsReport {
+        sessions,
+        idle_kib,
+        held_kib,
+        heartbeat_cores,
+        idle_cores,
+        window,
+    })
+}
