@@ -25,6 +25,7 @@ pub mod clidoc;
 pub mod env;
 pub mod fs;
 pub mod netrange;
+pub mod pgtest;
 pub mod runtime;
 pub mod time;
 pub mod tls;

@@ -47,11 +47,11 @@ enum Command {
     },
     /// Benchmark an installation on PostgreSQL (issue #13): ingest through
     /// one and two coordinators against SQLite through one, then failover
-    /// after `kill -9` (needs `cargo build --release` of the workspace and a
-    /// server: `tests/with-postgres.sh` gives one).
+    /// after `kill -9` (needs `cargo build --release` of the workspace, and
+    /// Debian's postgresql unless --database names a server).
     BenchCluster {
-        /// A `postgres://` URL of a database the benchmark may create
-        /// schemas in (default: $VANTAGE_TEST_POSTGRES).
+        /// A `postgres://` URL of a server the benchmark may create schemas
+        /// in (default: a cluster of its own, PostgreSQL's default settings).
         #[arg(long, value_name = "URL")]
         database: Option<String>,
         /// Simulated agent sessions.
@@ -239,10 +239,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 // Heartbeats the coordinator handled in the window (every
                 // session beats once per 10 s).
                 let beats = n as f64 * r.window.as_secs_f64() / 10.0;
-                let cpu_per_beat_us = (r.heartbeat_cores - r.idle_cores).max(0.0)
-                    * r.window.as_secs_f64()
-                    / beats
-                    * 1e6;
+                let cpu_per_beat_us =
+                    (r.heartbeat_cores - r.idle_cores).max(0.0) * r.window.as_secs_f64() / beats
+                        * 1e6;
                 println!(
                     "  {n:>6} sessions: RSS {:.1} MiB ({:.1} MiB before) = {per:.1} KiB/session; \
                      CPU {:.3} cores ({:.3} idle) = {cpu_per_beat_us:.0} us/heartbeat",
@@ -681,7 +680,8 @@ fn main() -> ExitCode {
     vantage_support::runtime::run_main(std::env::args_os(), &vantage_support::env::ProcessEnv, run)
 }
 
-/// `bench-cluster`: each configuration in a fresh schema of `database`.
+/// `bench-cluster`: each configuration in a fresh schema of `database`, or
+/// of a cluster of its own with PostgreSQL's default settings.
 async fn bench_cluster(
     database: Option<String>,
     agents: usize,
@@ -691,15 +691,15 @@ async fn bench_cluster(
     failovers: usize,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let url = database
-        .or_else(|| std::env::var(vantage_lab::postgres::TEST_URL).ok())
-        .context("bench-cluster needs --database postgres://… (or VANTAGE_TEST_POSTGRES)")?;
-    let env = vantage_support::env::MapEnv::from_pairs([(vantage_lab::postgres::TEST_URL, &url)]);
-    let schema = || async {
-        vantage_lab::postgres::fresh_database_with_env("bench-cluster", &env)
-            .await?
-            .context("no database")
+    let own = match &database {
+        Some(_) => None,
+        None => Some(
+            vantage_support::pgtest::PgCluster::durable(&vantage_support::pgtest::default_cache())?
+                .context("bench-cluster needs --database postgres://… or Debian's postgresql")?,
+        ),
     };
+    let url = database.unwrap_or_else(|| own.as_ref().map(|c| c.url()).unwrap_or_default());
+    let schema = || vantage_lab::postgres::schema_in(&url);
     let params = vantage_lab::bench::IngestParams {
         agents,
         results_per_agent,

@@ -5,12 +5,14 @@
 //!
 //! ```ignore
 //! crate::conformance_tests!(|_test| async {
-//!     Some(Arc::new(SqliteStore::open_in_memory().unwrap()) as Backend)
+//!     Some((Arc::new(SqliteStore::open_in_memory().unwrap()) as Backend, no_guard()))
 //! });
 //! ```
 //!
-//! The maker is async and may answer `None`: the PostgreSQL backend's says
-//! so (after printing why) when no server was given, and the case returns.
+//! The maker is async and answers the store with a guard that lives as long
+//! as the case (the PostgreSQL backend's is its test server), or `None`:
+//! the PostgreSQL maker says so (after printing why) when there is no
+//! server to start, and the case returns.
 //! Only the [`Store`] trait is used here, never a backend's own API, so
 //! both backends run the same cases. What only one backend
 //! can show (its migrations, pragmas, lock poisoning) is tested next to it.
@@ -25,8 +27,8 @@ use super::{
 
 /// Instantiates every conformance case as a `#[tokio::test]`, each with a
 /// store from `$make`: an expression of type `impl Fn(&'static str) -> F`
-/// where `F: Future<Output = Option<Backend>>`, given the case's name; a
-/// `None` ends the case (the maker has said why).
+/// where `F: Future<Output = Option<(Backend, Guard)>>`, given the case's
+/// name; a `None` ends the case (the maker has said why).
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
@@ -57,7 +59,7 @@ macro_rules! conformance_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let make = $make;
-                let Some(store) = make(stringify!($case)).await else {
+                let Some((store, _guard)) = make(stringify!($case)).await else {
                     return;
                 };
                 $crate::store::conformance::$case(store).await;
@@ -68,6 +70,14 @@ macro_rules! conformance_tests {
 
 /// A store under test.
 pub type Backend = Arc<dyn Store>;
+
+/// What a store under test needs kept alive while a case runs (its server).
+pub type Guard = Box<dyn std::any::Any + Send>;
+
+/// The guard of a store that needs none.
+pub fn no_guard() -> Guard {
+    Box::new(())
+}
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs

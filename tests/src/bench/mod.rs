@@ -15,6 +15,6 @@ mod system;
 
 pub use system::{
     budget, cpu_seconds_of, diagnose, failover, footprint, ingest, ingest_through, percentile,
-    proc_kib, sessions, synthetic_result, BudgetFigure, DiagnoseReport, FailoverReport, FootprintReport,
-    IngestParams, IngestReport, IngestRun, SessionsReport,
+    proc_kib, sessions, synthetic_result, BudgetFigure, DiagnoseReport, FailoverReport,
+    FootprintReport, IngestParams, IngestReport, IngestRun, SessionsReport,
 };

@@ -34,7 +34,7 @@ async fn kill_9_coordinator_loses_nothing_and_stores_each_result_once() {
 /// the restarted process finds everything in the database, not the data dir.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_coordinator_on_postgres_loses_nothing_and_stores_each_result_once() {
-    let Some(url) = vantage_lab::postgres::fresh_database(
+    let Some((url, _cluster)) = vantage_lab::postgres::fresh_database(
         "kill_9_coordinator_on_postgres_loses_nothing_and_stores_each_result_once",
     )
     .await

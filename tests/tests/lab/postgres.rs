@@ -92,7 +92,7 @@ async fn an_unreachable_database_is_named_and_exits_2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_backed_coordinator_diagnoses_and_keeps_everything_across_a_kill_9() {
     let test = "a_postgres_backed_coordinator_diagnoses_and_keeps_everything_across_a_kill_9";
-    let Some(url) = vantage_lab::postgres::fresh_database(test).await.unwrap() else {
+    let Some((url, _cluster)) = vantage_lab::postgres::fresh_database(test).await.unwrap() else {
         return;
     };
     let origin = Origin::builder().spawn().await.unwrap();
@@ -193,7 +193,7 @@ async fn serve_fails(dir: &std::path::Path, extra: &[&str]) -> std::process::Out
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_coordinators_share_one_installation_and_an_agent_fails_over_on_kill_9() {
     let test = "two_coordinators_share_one_installation_and_an_agent_fails_over_on_kill_9";
-    let Some(url) = vantage_lab::postgres::fresh_database(test).await.unwrap() else {
+    let Some((url, _cluster)) = vantage_lab::postgres::fresh_database(test).await.unwrap() else {
         return;
     };
     let extra = ["--database", url.as_str()];
@@ -302,7 +302,7 @@ async fn installation_of_two(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_whose_coordinator_is_killed_is_finished_by_the_other() {
     let test = "a_campaign_whose_coordinator_is_killed_is_finished_by_the_other";
-    let Some(url) = vantage_lab::postgres::fresh_database(test).await.unwrap() else {
+    let Some((url, _cluster)) = vantage_lab::postgres::fresh_database(test).await.unwrap() else {
         return;
     };
     // Every request is held: the campaign runs until its coordinator dies.
@@ -351,10 +351,7 @@ async fn a_postgres_restart_keeps_agents_connected_and_loses_no_result() {
     const PROBES: u64 = 120;
     const FIRST_WAVE: u64 = 40;
     let test = "a_postgres_restart_keeps_agents_connected_and_loses_no_result";
-    let Some(cluster) = vantage_lab::postgres::PrivateCluster::start(test)
-        .await
-        .unwrap()
-    else {
+    let Some(cluster) = vantage_lab::postgres::cluster(test).await.unwrap() else {
         return;
     };
     let origin = Origin::builder()
@@ -457,7 +454,7 @@ async fn stored_at_least(coordinator: &CoordinatorProcess, plan_id: &str, at_lea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_through_one_coordinator_reaches_the_agents_of_the_other() {
     let test = "a_campaign_through_one_coordinator_reaches_the_agents_of_the_other";
-    let Some(url) = vantage_lab::postgres::fresh_database(test).await.unwrap() else {
+    let Some((url, _cluster)) = vantage_lab::postgres::fresh_database(test).await.unwrap() else {
         return;
     };
     let origin = Origin::builder().spawn().await.unwrap();

@@ -1,42 +1,33 @@
 //! The PostgreSQL backend: the whole conformance suite, plus what only a
 //! shared server can show (two coordinators racing on one token, one sweep
-//! slot, one result batch; concurrent migrations; byte-order sorting).
+//! slot, one result batch, one outbox; concurrent migrations; byte-order
+//! sorting under an ICU collation).
 //!
-//! The server comes from `VANTAGE_TEST_POSTGRES`, a `postgres://` URL of a
-//! throwaway database (`.ci/run` starts one). Every case gets a schema of
-//! its own, `vantage_test_<uuid>`, so cases run in parallel without seeing
-//! each other. Without the variable the cases print `SKIPPED` and pass,
-//! except under `CI=true`, where they fail.
+//! Every case gets a server of its own ([`PgCluster`]: a throwaway cluster
+//! from Debian's `postgresql`, stopped when the case ends) and a schema in
+//! it, so the suite runs in parallel and `options=-c search_path=` is
+//! exercised by every case. Without `initdb` the cases print `SKIPPED`,
+//! and under `CI=true` they fail.
 
 use std::sync::Arc;
 
 use tokio_postgres::NoTls;
-use vantage_support::env::{Env, ProcessEnv};
+use vantage_support::pgtest::PgCluster;
 
 use super::*;
-use crate::store::conformance::{self, Backend};
+use crate::store::conformance::{self, Backend, Guard};
 use crate::store::SCHEMA_VERSION;
 
-/// The variable naming the test server.
-const TEST_URL: &str = "VANTAGE_TEST_POSTGRES";
-
-/// The test server's URL, or `None` (after `SKIPPED`) when there is none.
-fn server(test: &str, env: &dyn Env) -> Option<String> {
-    let url = env.var(TEST_URL);
-    let unavailable = url
-        .is_none()
-        .then(|| format!("{TEST_URL} is not set (a postgres:// URL of a throwaway database)"));
-    if vantage_support::env::skip_tier(test, "PostgreSQL", env, unavailable) {
-        return None;
-    }
-    url
-}
-
-/// A new, empty schema on the test server, and the configuration whose
-/// connections see only it.
-async fn fresh_schema(test: &str) -> Option<PgConfig> {
-    let url = server(test, &ProcessEnv)?;
-    let config = PgConfig::parse(&url).expect("VANTAGE_TEST_POSTGRES parses");
+/// A server of the case's own with a new, empty schema, and the
+/// configuration whose connections see only that schema; `None` (after
+/// `SKIPPED`) when PostgreSQL is not installed.
+async fn fresh_schema(test: &str) -> Option<(PgConfig, PgCluster)> {
+    let name = test.to_owned();
+    let cluster = tokio::task::spawn_blocking(move || PgCluster::for_test(&name))
+        .await
+        .expect("the cluster starter panicked")
+        .expect("start a test cluster")?;
+    let config = PgConfig::parse(&cluster.url()).expect("the test URL parses");
     let (client, connection) = config.0.connect(NoTls).await.expect("test server answers");
     let driver = tokio::spawn(connection);
     let schema = format!("vantage_test_{}", uuid::Uuid::new_v4().simple());
@@ -46,16 +37,15 @@ async fn fresh_schema(test: &str) -> Option<PgConfig> {
         .expect("create the test schema");
     drop(client);
     let _ = driver.await;
-    Some(config.with_search_path(&schema))
+    Some((config.with_search_path(&schema), cluster))
 }
 
-async fn pg_store(test: &'static str) -> Option<Backend> {
-    let config = fresh_schema(test).await?;
-    Some(Arc::new(
-        PgStore::connect(&config)
-            .await
-            .expect("connect and migrate"),
-    ) as Backend)
+async fn pg_store(test: &'static str) -> Option<(Backend, Guard)> {
+    let (config, cluster) = fresh_schema(test).await?;
+    let store = PgStore::connect(&config)
+        .await
+        .expect("connect and migrate");
+    Some((Arc::new(store) as Backend, Box::new(cluster) as Guard))
 }
 
 crate::conformance_tests!(pg_store);
@@ -96,7 +86,8 @@ fn urls_are_checked_before_anything_connects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_to_stops_at_a_version_and_refuses_the_future() {
-    let Some(config) = fresh_schema("migrate_to_stops_at_a_version_and_refuses_the_future").await
+    let Some((config, _cluster)) =
+        fresh_schema("migrate_to_stops_at_a_version_and_refuses_the_future").await
     else {
         return;
     };
@@ -133,17 +124,17 @@ async fn migrate_to_stops_at_a_version_and_refuses_the_future() {
     assert_eq!(store.schema_version().await.unwrap(), 99);
 }
 
-/// Two coordinators (two pools) on one schema.
-async fn two_coordinators(test: &str) -> Option<(PgStore, PgStore)> {
-    let config = fresh_schema(test).await?;
+/// Two coordinators (two pools) on one schema, and their server.
+async fn two_coordinators(test: &str) -> Option<(PgStore, PgStore, PgCluster)> {
+    let (config, cluster) = fresh_schema(test).await?;
     // Both migrate at once: the advisory lock lets one apply each step.
     let (a, b) = tokio::join!(PgStore::connect(&config), PgStore::connect(&config));
-    Some((a.unwrap(), b.unwrap()))
+    Some((a.unwrap(), b.unwrap(), cluster))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_coordinators_spend_a_token_once_and_claim_a_slot_once() {
-    let Some((a, b)) =
+    let Some((a, b, _cluster)) =
         two_coordinators("two_coordinators_spend_a_token_once_and_claim_a_slot_once").await
     else {
         return;
@@ -202,7 +193,7 @@ async fn two_coordinators_spend_a_token_once_and_claim_a_slot_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_replayed_to_another_coordinator_is_stored_once() {
-    let Some((a, b)) =
+    let Some((a, b, _cluster)) =
         two_coordinators("a_batch_replayed_to_another_coordinator_is_stored_once").await
     else {
         return;
@@ -232,7 +223,8 @@ async fn a_batch_replayed_to_another_coordinator_is_stored_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_sort_by_byte_whatever_the_cluster_locale() {
-    let Some(store) = pg_store("keys_sort_by_byte_whatever_the_cluster_locale").await else {
+    let Some((store, _guard)) = pg_store("keys_sort_by_byte_whatever_the_cluster_locale").await
+    else {
         return;
     };
     for name in ["b", "B", "a", "_z", "A"] {
@@ -261,7 +253,9 @@ async fn keys_sort_by_byte_whatever_the_cluster_locale() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_outboxes_claim_each_webhook_post_once() {
-    let Some((a, b)) = two_coordinators("two_outboxes_claim_each_webhook_post_once").await else {
+    let Some((a, b, _cluster)) =
+        two_coordinators("two_outboxes_claim_each_webhook_post_once").await
+    else {
         return;
     };
     a.insert_sweep(SweepRecord {

@@ -8,7 +8,10 @@ use super::*;
 use crate::store::conformance;
 
 crate::conformance_tests!(|_test| async {
-    Some(Arc::new(SqliteStore::open_in_memory().unwrap()) as conformance::Backend)
+    Some((
+        Arc::new(SqliteStore::open_in_memory().unwrap()) as conformance::Backend,
+        conformance::no_guard(),
+    ))
 });
 
 #[tokio::test]
