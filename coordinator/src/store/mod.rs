@@ -26,6 +26,7 @@ use std::path::PathBuf;
 
 pub use vantage_proto::domain::{AgentRole, CampaignStatus, Outcome, PlanState};
 
+mod columns;
 #[cfg(test)]
 pub mod conformance;
 pub mod postgres;

@@ -26,8 +26,8 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls, Row};
-use vantage_proto::pb;
 
+use super::columns::{from_db_count, outcome_code, parse_name, to_db_count};
 use super::{
     AgentRecord, AgentRole, AlertRecord, CampaignPlanAgent, CampaignRow, CampaignStatus,
     CoordinatorRecord, DeliveryRow, Mail, MailBody, MissedSlot, NewAgent, NewDelivery, NewPlan,
@@ -207,27 +207,6 @@ fn read_campaign(row: &Row) -> Result<CampaignRow, StoreError> {
         status: parse_name(CampaignStatus::parse, &status, "campaign status")?,
         report_json: row.try_get(6)?,
     })
-}
-
-/// A stored name back to its enum; an unknown one was not written by us.
-fn parse_name<T>(parse: fn(&str) -> Option<T>, text: &str, what: &str) -> Result<T, StoreError> {
-    parse(text).ok_or_else(|| StoreError::Corrupt(format!("unknown {what} {text:?}")))
-}
-
-/// `BIGINT` is signed; counters beyond `i64::MAX` are not meaningful, so
-/// saturate rather than fail a write over them.
-fn to_db_count(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-/// Inverse of [`to_db_count`]; a negative value reads as zero.
-fn from_db_count(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
-/// The wire's integer code, as SQLite stores it too.
-fn outcome_code(outcome: Outcome) -> i32 {
-    pb::Outcome::from(outcome) as i32
 }
 
 /// Why a token with this row would be refused at `now_ms`, if it would.

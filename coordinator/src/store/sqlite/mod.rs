@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
-use vantage_proto::pb;
 
+use super::columns::{from_db_count, outcome_code, parse_name, to_db_count};
 use super::{
     AgentRecord, AgentRole, AlertRecord, CampaignPlanAgent, CampaignRow, CampaignStatus,
     CoordinatorRecord, DeliveryRow, Mail, MailBody, MissedSlot, NewAgent, NewDelivery, NewPlan,
@@ -119,29 +119,6 @@ fn read_agent(row: &Row<'_>) -> rusqlite::Result<RawAgent> {
         labels_json: row.get(3)?,
         role: row.get(5)?,
     })
-}
-
-/// A stored name back to its enum; an unknown one was not written by us.
-fn parse_name<T>(parse: fn(&str) -> Option<T>, text: &str, what: &str) -> Result<T, StoreError> {
-    parse(text).ok_or_else(|| StoreError::Corrupt(format!("unknown {what} {text:?}")))
-}
-
-/// SQLite integers are signed; counters beyond `i64::MAX` are not meaningful,
-/// so saturate rather than fail a write over them.
-fn to_db_count(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-/// Inverse of [`to_db_count`]; a negative value can only come from outside
-/// tampering and reads as zero.
-fn from_db_count(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
-/// The `outcome` column keeps the wire's integer code (as it always has),
-/// so rows written before the store spoke [`Outcome`] read back unchanged.
-fn outcome_code(outcome: Outcome) -> i32 {
-    pb::Outcome::from(outcome) as i32
 }
 
 type RawCampaign = (

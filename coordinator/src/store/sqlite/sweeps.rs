@@ -5,18 +5,13 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
-use super::{from_db_count, parse_name, to_db_count};
+use crate::store::columns::{
+    from_db_count, parse_name, to_db_count, ALERT_SELECT, RUN_SELECT, SWEEP_SELECT,
+};
 use crate::store::{
     AlertRecord, DeliveryRow, MissedSlot, NewDelivery, StoreError, SweepRecord, SweepRun,
     SweepRunEnd, SweepRunStatus,
 };
-
-const SWEEP_SELECT: &str =
-    "SELECT name, definition_json, paused, created_at, updated_at, last_slot FROM sweeps ";
-const RUN_SELECT: &str = "SELECT run_id, sweep, slot_ms, started_at, finished_at, status, \
-     campaign_id, findings_json, reason FROM sweep_runs ";
-const ALERT_SELECT: &str = "SELECT sweep, code, kind, open, streak, clean, regions_json, \
-     opened_at, resolved_at, updated_at, summary, campaign_id FROM alerts ";
 
 fn read_sweep(row: &Row<'_>) -> rusqlite::Result<SweepRecord> {
     Ok(SweepRecord {
