@@ -507,6 +507,50 @@ impl CoordinatorProcess {
             .spawn()?)
     }
 
+    /// Starts a campaign against `origin`'s `/asset.js` (the origin named as
+    /// such) from every region with a connected agent; returns its id.
+    pub async fn start_campaign(&self, origin: &crate::origin::Origin) -> anyhow::Result<String> {
+        let addr = origin.addr().to_string();
+        let request =
+            vantage::campaign::plan::TargetRequest::new(&origin.url("/asset.js"), &[addr.as_str()]);
+        Ok(self
+            .control()?
+            .start_campaign(vantage::wire::target_pb(&request, &[]))
+            .await?
+            .into_inner()
+            .campaign_id)
+    }
+
+    /// Runs a plan of `probes` direct baseline probes of `url` on `agent`;
+    /// returns its id.
+    pub async fn run_baseline_plan(
+        &self,
+        agent: &str,
+        url: &str,
+        probes: u64,
+    ) -> anyhow::Result<String> {
+        use vantage_proto::pb;
+        let probes = (0..probes)
+            .map(|i| pb::ProbeSpec {
+                probe_id: format!("p{i}"),
+                url: url.to_string(),
+                route: pb::Route::Direct as i32,
+                variant: "baseline".into(),
+                attempts: 1,
+                ..Default::default()
+            })
+            .collect();
+        Ok(self
+            .control()?
+            .run_plan(pb::RunPlanRequest {
+                agents: vec![agent.to_string()],
+                probes,
+            })
+            .await?
+            .into_inner()
+            .plan_id)
+    }
+
     /// Creates a one-use enrollment token with `vantage token create`.
     pub async fn create_token(&self, region: &str) -> anyhow::Result<String> {
         let out = self.cli(&["token", "create", "--region", region]).await?;

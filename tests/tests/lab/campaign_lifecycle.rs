@@ -5,25 +5,9 @@
 
 use std::time::Duration;
 
-use vantage::campaign::plan::TargetRequest;
-use vantage::wire::target_pb;
 use vantage_lab::lab::CoordinatorProcess;
 use vantage_lab::origin::Origin;
 use vantage_lab::process::{poll_until, ChildProcess};
-
-/// Starts a campaign against `origin` from every connected region.
-async fn start_campaign(coordinator: &CoordinatorProcess, origin: &Origin) -> String {
-    let addr = origin.addr().to_string();
-    let request = TargetRequest::new(&origin.url("/asset.js"), &[addr.as_str()]);
-    coordinator
-        .control()
-        .unwrap()
-        .start_campaign(target_pb(&request, &[]))
-        .await
-        .unwrap()
-        .into_inner()
-        .campaign_id
-}
 
 async fn agent(
     coordinator: &CoordinatorProcess,
@@ -66,7 +50,7 @@ async fn cancel_stops_a_running_campaign_and_tells_its_agents() {
     .unwrap();
     let (mut eu, _eu_state) = agent(&coordinator, "eu", "fra-1").await;
     let (mut us, _us_state) = agent(&coordinator, "us", "iad-1").await;
-    let id = start_campaign(&coordinator, &origin).await;
+    let id = coordinator.start_campaign(&origin).await.unwrap();
     poll_until(
         Duration::from_secs(20),
         Duration::from_millis(20),
@@ -139,7 +123,7 @@ async fn campaigns_left_running_by_a_killed_coordinator_finish_at_its_next_start
     .await
     .unwrap();
     let (_agent, _state) = agent(&coordinator, "ap", "bom-1").await;
-    let id = start_campaign(&coordinator, &origin).await;
+    let id = coordinator.start_campaign(&origin).await.unwrap();
     poll_until(
         Duration::from_secs(20),
         Duration::from_millis(20),

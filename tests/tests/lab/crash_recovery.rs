@@ -72,27 +72,10 @@ async fn kill_9_loses_nothing(extra: &[&str]) -> tempfile::TempDir {
         spawn_agent_process(state.path(), &["--token", &token, "--name", "bom-1"]).unwrap();
     wait_agent_connected(&mut agent).await.unwrap();
 
-    let probes = (0..PROBES)
-        .map(|i| pb::ProbeSpec {
-            probe_id: format!("p{i}"),
-            url: origin.url("/asset.js"),
-            route: pb::Route::Direct as i32,
-            variant: "baseline".into(),
-            attempts: 1,
-            ..Default::default()
-        })
-        .collect();
     let plan_id = coordinator
-        .control()
-        .unwrap()
-        .run_plan(pb::RunPlanRequest {
-            agents: vec!["bom-1".into()],
-            probes,
-        })
+        .run_baseline_plan("bom-1", &origin.url("/asset.js"), PROBES)
         .await
-        .unwrap()
-        .into_inner()
-        .plan_id;
+        .unwrap();
 
     // The first wave is answered and stored; the rest is held at the origin.
     origin

@@ -6,8 +6,6 @@
 
 use std::time::Duration;
 
-use vantage::campaign::plan::TargetRequest;
-use vantage::wire::target_pb;
 use vantage_lab::lab::CoordinatorProcess;
 use vantage_lab::origin::Origin;
 use vantage_lab::process::{bin_path, poll_until, run_cli};
@@ -109,16 +107,7 @@ async fn a_postgres_backed_coordinator_diagnoses_and_keeps_everything_across_a_k
     let (_eu, _eu_state) = coordinator.connected_agent("eu", "fra-1").await.unwrap();
     let (_us, _us_state) = coordinator.connected_agent("us", "iad-1").await.unwrap();
 
-    let addr = origin.addr().to_string();
-    let request = TargetRequest::new(&origin.url("/asset.js"), &[addr.as_str()]);
-    let id = coordinator
-        .control()
-        .unwrap()
-        .start_campaign(target_pb(&request, &[]))
-        .await
-        .unwrap()
-        .into_inner()
-        .campaign_id;
+    let id = coordinator.start_campaign(&origin).await.unwrap();
     let report = finished_report(&coordinator, &id).await;
     assert_eq!(report["status"], "healthy", "{report}");
     assert!(
@@ -309,16 +298,7 @@ async fn a_campaign_whose_coordinator_is_killed_is_finished_by_the_other() {
     let origin = Origin::builder().hold_after(0).spawn().await.unwrap();
     let (mut a, b, _a_dir, _b_dir) = installation_of_two(&url).await;
     let (_agent, _state) = a.connected_agent("eu", "fra-1").await.unwrap();
-    let addr = origin.addr().to_string();
-    let request = TargetRequest::new(&origin.url("/asset.js"), &[addr.as_str()]);
-    let id = a
-        .control()
-        .unwrap()
-        .start_campaign(target_pb(&request, &[]))
-        .await
-        .unwrap()
-        .into_inner()
-        .campaign_id;
+    let id = a.start_campaign(&origin).await.unwrap();
     poll_until(
         Duration::from_secs(20),
         Duration::from_millis(20),
@@ -370,27 +350,10 @@ async fn a_postgres_restart_keeps_agents_connected_and_loses_no_result() {
     .await
     .unwrap();
     let (agent, _state) = coordinator.connected_agent("eu", "fra-1").await.unwrap();
-    let probes = (0..PROBES)
-        .map(|i| pb::ProbeSpec {
-            probe_id: format!("p{i}"),
-            url: origin.url("/asset.js"),
-            route: pb::Route::Direct as i32,
-            variant: "baseline".into(),
-            attempts: 1,
-            ..Default::default()
-        })
-        .collect();
     let plan_id = coordinator
-        .control()
-        .unwrap()
-        .run_plan(pb::RunPlanRequest {
-            agents: vec!["fra-1".into()],
-            probes,
-        })
+        .run_baseline_plan("fra-1", &origin.url("/asset.js"), PROBES)
         .await
-        .unwrap()
-        .into_inner()
-        .plan_id;
+        .unwrap();
     assert_eq!(
         stored_at_least(&coordinator, &plan_id, FIRST_WAVE).await,
         FIRST_WAVE
@@ -491,16 +454,7 @@ async fn a_campaign_through_one_coordinator_reaches_the_agents_of_the_other() {
 
     // ... and a campaign through A runs in both regions, B's agent's plan
     // and results relayed through the database.
-    let addr = origin.addr().to_string();
-    let request = TargetRequest::new(&origin.url("/asset.js"), &[addr.as_str()]);
-    let id = a
-        .control()
-        .unwrap()
-        .start_campaign(target_pb(&request, &[]))
-        .await
-        .unwrap()
-        .into_inner()
-        .campaign_id;
+    let id = a.start_campaign(&origin).await.unwrap();
     let report = finished_report(&a, &id).await;
     assert_eq!(report["status"], "healthy", "{report}");
     assert!(report["missing"].as_array().unwrap().is_empty(), "{report}");

@@ -164,16 +164,7 @@ async fn two_coordinators_spend_a_token_once_and_claim_a_slot_once() {
         );
     }
 
-    a.insert_sweep(SweepRecord {
-        name: "home".into(),
-        definition_json: "{}".into(),
-        paused: false,
-        created_at_ms: 1,
-        updated_at_ms: 1,
-        last_slot_ms: None,
-    })
-    .await
-    .unwrap();
+    a.insert_sweep(sweep_named("home")).await.unwrap();
     for slot in 1..=20i64 {
         let slot_ms = slot * 60_000;
         let (x, y) = tokio::join!(
@@ -228,17 +219,7 @@ async fn keys_sort_by_byte_whatever_the_cluster_locale() {
         return;
     };
     for name in ["b", "B", "a", "_z", "A"] {
-        store
-            .insert_sweep(SweepRecord {
-                name: name.into(),
-                definition_json: "{}".into(),
-                paused: false,
-                created_at_ms: 1,
-                updated_at_ms: 1,
-                last_slot_ms: None,
-            })
-            .await
-            .unwrap();
+        store.insert_sweep(sweep_named(name)).await.unwrap();
     }
     let names: Vec<String> = store
         .list_sweeps()
@@ -258,16 +239,7 @@ async fn two_outboxes_claim_each_webhook_post_once() {
     else {
         return;
     };
-    a.insert_sweep(SweepRecord {
-        name: "s".into(),
-        definition_json: "{}".into(),
-        paused: false,
-        created_at_ms: 1,
-        updated_at_ms: 1,
-        last_slot_ms: None,
-    })
-    .await
-    .unwrap();
+    a.insert_sweep(sweep_named("s")).await.unwrap();
     let run = a
         .record_sweep_slots("s", Vec::new(), Some((60_000, 60_001)), "a")
         .await
@@ -322,4 +294,16 @@ async fn two_outboxes_claim_each_webhook_post_once() {
             .len(),
         60
     );
+}
+
+/// A sweep row with nothing but its name.
+fn sweep_named(name: &str) -> SweepRecord {
+    SweepRecord {
+        name: name.into(),
+        definition_json: "{}".into(),
+        paused: false,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+        last_slot_ms: None,
+    }
 }
