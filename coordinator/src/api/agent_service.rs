@@ -357,14 +357,26 @@ impl pb::agent_service_server::AgentService for AgentService {
         if let Some(health) = hello.health.clone() {
             registry.set_health(&record.agent_id, health);
         }
-        // Other coordinators on a shared database reach it through us.
-        if let Err(e) = self
-            .core
-            .store
-            .hold_agent(&record.agent_id, &self.core.coordinator_id)
-            .await
-        {
-            tracing::warn!(agent = %record.name, error = %e, "cannot record who holds its session");
+        // Other coordinators on a shared database reach it through us; what
+        // they left for its previous holder (a plan sent while it moved)
+        // comes here.
+        let held = async {
+            let store = &self.core.store;
+            store
+                .hold_agent(&record.agent_id, &self.core.coordinator_id)
+                .await?;
+            store
+                .redirect_agent_mail(&record.agent_id, &self.core.coordinator_id)
+                .await
+        };
+        match held.await {
+            Ok(0) => {}
+            Ok(moved) => {
+                tracing::info!(agent = %record.name, moved, "took over messages left for its previous coordinator")
+            }
+            Err(e) => {
+                tracing::warn!(agent = %record.name, error = %e, "cannot record who holds its session")
+            }
         }
         registry.emit(AgentEvent::Connected {
             name: record.name.clone(),

@@ -1176,6 +1176,17 @@ pub async fn mail_is_taken_once_in_order_and_holders_are_released_only_by_themse
     assert_eq!(rest, vec![mail("b", 3), mail("b", 4)]);
     assert!(store.take_mail("b", 10).await.unwrap().is_empty());
     assert_eq!(store.take_mail("c", 10).await.unwrap(), vec![mail("c", 9)]);
+    // A message for agent-4 left for b, while the agent moves to c: c gets
+    // it; events (no agent) stay where they are.
+    store.post_mail(mail("b", 4)).await.unwrap();
+    store.post_mail(mail("b", 5)).await.unwrap();
+    assert_eq!(store.redirect_agent_mail("agent-4", "c").await.unwrap(), 1);
+    assert_eq!(store.redirect_agent_mail("agent-4", "c").await.unwrap(), 0);
+    let moved = store.take_mail("c", 10).await.unwrap();
+    assert_eq!(moved.len(), 1);
+    assert_eq!(moved[0].to, "c");
+    assert_eq!(moved[0].body, mail("b", 4).body);
+    assert_eq!(store.take_mail("b", 10).await.unwrap(), vec![mail("b", 5)]);
 
     store
         .insert_agent(new_agent("a-1", "fra-1", "eu"))

@@ -673,6 +673,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// first; each piece is taken once, by one caller.
     async fn take_mail(&self, to: &str, limit: u32) -> Result<Vec<Mail>, StoreError>;
 
+    /// Readdresses to `holder` the messages for `agent_id` that wait in
+    /// other coordinators' mailboxes (left for its previous holder, which
+    /// may be dead); returns how many. Called when `holder` takes the
+    /// agent's session, so a plan sent while the agent moved still reaches
+    /// it.
+    async fn redirect_agent_mail(&self, agent_id: &str, holder: &str) -> Result<u64, StoreError>;
+
     /// The coordinator running each of `plan_ids`' campaigns (plans outside
     /// a campaign, and unknown ones, are left out).
     async fn plan_owners(&self, plan_ids: &[String]) -> Result<Vec<(String, String)>, StoreError>;

@@ -1124,6 +1124,17 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn redirect_agent_mail(&self, agent_id: &str, holder: &str) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .execute(
+                "UPDATE mailbox SET coordinator_id = $2 \
+                 WHERE agent_id = $1 AND coordinator_id <> $2",
+                &[&agent_id, &holder],
+            )
+            .await?)
+    }
+
     async fn plan_owners(&self, plan_ids: &[String]) -> Result<Vec<(String, String)>, StoreError> {
         let client = self.client().await?;
         client

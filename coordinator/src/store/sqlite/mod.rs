@@ -1112,6 +1112,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn redirect_agent_mail(&self, agent_id: &str, holder: &str) -> Result<u64, StoreError> {
+        let (agent_id, holder) = (agent_id.to_owned(), holder.to_owned());
+        self.run(move |conn| {
+            let moved = conn
+                .prepare_cached(
+                    "UPDATE mailbox SET coordinator_id = ?2 \
+                     WHERE agent_id = ?1 AND coordinator_id <> ?2",
+                )?
+                .execute([agent_id, holder])?;
+            Ok(moved as u64)
+        })
+        .await
+    }
+
     async fn plan_owners(&self, plan_ids: &[String]) -> Result<Vec<(String, String)>, StoreError> {
         let ids_json = serde_json::to_string(plan_ids)
             .map_err(|e| StoreError::Invalid(format!("plan ids: {e}")))?;
