@@ -240,16 +240,7 @@ async fn two_coordinators_share_one_installation_and_an_agent_fails_over_on_kill
     );
 
     // The agent enrolls through A (its token's first address) ...
-    let token = a.create_token("eu").await.unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let mut agent = vantage_lab::lab::spawn_agent_process(
-        state.path(),
-        &["--token", &token, "--name", "fra-1"],
-    )
-    .unwrap();
-    vantage_lab::lab::wait_agent_connected(&mut agent)
-        .await
-        .unwrap();
+    let (mut agent, _state) = a.connected_agent("eu", "fra-1").await.unwrap();
     // ... and when A dies, moves to B by itself.
     a.kill9().await.unwrap();
     agent
@@ -437,16 +428,7 @@ async fn a_campaign_through_one_coordinator_reaches_the_agents_of_the_other() {
     let (a, b, _a_dir, _b_dir) = installation_of_two(&url).await;
     // One region's agent on each coordinator.
     let (_eu, _eu_state) = a.connected_agent("eu", "fra-1").await.unwrap();
-    let token = b.create_token("us").await.unwrap();
-    let us_state = tempfile::tempdir().unwrap();
-    let mut us = vantage_lab::lab::spawn_agent_process(
-        us_state.path(),
-        &["--token", &token, "--name", "iad-1"],
-    )
-    .unwrap();
-    vantage_lab::lab::wait_agent_connected(&mut us)
-        .await
-        .unwrap();
+    let (us, _us_state) = b.connected_agent("us", "iad-1").await.unwrap();
     assert!(
         us.output().contains(&b.grpc_addr.to_string()),
         "iad-1 is on B: {}",
