@@ -446,10 +446,17 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
     let renewal = tokio::spawn(renew_server_cert(core.clone(), names, tls));
     if shared_database {
         // Stops with the others on shutdown; joined by none.
+        let wakers = crate::store::ChangeWakers {
+            sweeps: core.sweep_shared.changed.clone(),
+            mail: Arc::new(tokio::sync::Notify::new()),
+            mail_for: Some(core.coordinator_id.clone()),
+        };
+        core.store.announce_changes(wakers.clone());
         tokio::spawn(crate::cluster::relay::run(
             core.store.clone(),
             core.registry.clone(),
             core.coordinator_id.clone(),
+            wakers.mail,
             shutdown_rx.clone(),
         ));
     }

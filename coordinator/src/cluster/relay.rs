@@ -10,7 +10,8 @@
 //!   agent were its own.
 //!
 //! [`run`] drives both on a shared database: one task reads this
-//! coordinator's mailbox every [`POLL`], one forwards its agents' events.
+//! coordinator's mailbox whenever the database announces mail for it (at
+//! the latest every [`POLL`]), one forwards its agents' events.
 //! An event re-emitted here concerns a plan owned here, so it is never
 //! forwarded again.
 
@@ -19,16 +20,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message as _;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, Notify};
 use vantage_proto::domain::Outcome;
 use vantage_proto::pb;
 
 use crate::registry::{AgentEvent, PlanTally, Registry};
 use crate::store::{Mail, MailBody, Store};
 
-/// How often a coordinator reads its mailbox: the extra latency of a plan
-/// sent to, or an event coming from, an agent held elsewhere.
-pub const POLL: Duration = Duration::from_millis(100);
+/// How often a coordinator reads its mailbox when nothing announced new
+/// mail: a backstop, since the database announces each piece at commit
+/// ([`Store::announce_changes`]) and the reader wakes at once.
+pub const POLL: Duration = Duration::from_secs(1);
 /// Pieces of mail taken per read.
 const BATCH: u32 = 256;
 /// Plans whose owner is remembered, at most (one campaign has one per
@@ -114,11 +116,18 @@ pub async fn run(
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     me: String,
+    new_mail: Arc<Notify>,
     shutdown: watch::Receiver<bool>,
 ) {
     let events = registry.subscribe();
     tokio::join!(
-        read_mailbox(store.clone(), registry, me.clone(), shutdown.clone()),
+        read_mailbox(
+            store.clone(),
+            registry,
+            me.clone(),
+            new_mail,
+            shutdown.clone()
+        ),
         forward_events(store, events, me, shutdown),
     );
 }
@@ -127,6 +136,7 @@ async fn read_mailbox(
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     me: String,
+    new_mail: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -143,6 +153,7 @@ async fn read_mailbox(
             Err(e) => tracing::warn!(error = %e, "cannot read this coordinator's mailbox"),
         }
         tokio::select! {
+            _ = new_mail.notified() => {}
             _ = tokio::time::sleep(POLL) => {}
             _ = shutdown.changed() => return,
         }
@@ -365,8 +376,20 @@ mod tests {
         let (stop, shutdown) = watch::channel(false);
         let mut seen_by_a = a.subscribe();
         let tasks = [
-            tokio::spawn(run(store.clone(), a.clone(), "a".into(), shutdown.clone())),
-            tokio::spawn(run(store.clone(), b.clone(), "b".into(), shutdown.clone())),
+            tokio::spawn(run(
+                store.clone(),
+                a.clone(),
+                "a".into(),
+                Arc::new(Notify::new()),
+                shutdown.clone(),
+            )),
+            tokio::spawn(run(
+                store.clone(),
+                b.clone(),
+                "b".into(),
+                Arc::new(Notify::new()),
+                shutdown.clone(),
+            )),
         ];
         // a's plan reaches b's session.
         let plan = pb::CoordinatorMessage {

@@ -48,6 +48,7 @@ macro_rules! conformance_tests {
             sightings_are_idempotent_and_found_by_prefix,
             sweeps_are_named_once_applied_atomically_and_deleted_with_their_history,
             sweep_slots_run_once_and_history_is_kept_newest_first,
+            a_paused_sweep_has_no_slot_recorded_or_started,
             alerts_upsert_and_the_outbox_retries_until_delivered,
             installation_secrets_are_set_once_and_dead_coordinators_drop_out,
             what_a_dead_coordinator_left_running_is_adopted_once,
@@ -830,6 +831,35 @@ pub async fn sweeps_are_named_once_applied_atomically_and_deleted_with_their_his
         .await
         .unwrap();
     assert_eq!(none, None);
+}
+
+/// A paused sweep's slots are neither recorded nor started, whoever asks.
+pub async fn a_paused_sweep_has_no_slot_recorded_or_started(store: Backend) {
+    use super::MissedSlot;
+    store.insert_sweep(sweep_record("p", 0)).await.unwrap();
+    assert!(store.set_sweep_paused("p", true, 5).await.unwrap());
+    let missed = vec![MissedSlot {
+        slot_ms: 10_000,
+        reason: "down".into(),
+    }];
+    // A scheduler that has not heard of the pause yet asks anyway.
+    assert_eq!(
+        store
+            .record_sweep_slots("p", missed.clone(), Some((20_000, 20_001)), "coord-a")
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store.sweep_runs("p", 10).await.unwrap().is_empty());
+    assert_eq!(store.sweep("p").await.unwrap().unwrap().last_slot_ms, None);
+    // Resumed, the same request starts the slot.
+    assert!(store.set_sweep_paused("p", false, 6).await.unwrap());
+    assert!(store
+        .record_sweep_slots("p", missed, Some((20_000, 20_001)), "coord-a")
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(store.sweep_runs("p", 10).await.unwrap().len(), 2);
 }
 
 /// Slots: each runs at most once; missed ones are kept with their reason;

@@ -374,6 +374,21 @@ pub struct NewPlan {
     pub agents: Vec<(String, u64)>,
 }
 
+/// What a coordinator wants to be woken for when another coordinator on
+/// the same database changes it ([`Store::announce_changes`]). Each is
+/// woken with `notify_one`, so a change that lands while nobody waits is
+/// remembered for the next wait.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeWakers {
+    /// A sweep was created, changed, paused, resumed or deleted.
+    pub sweeps: std::sync::Arc<tokio::sync::Notify>,
+    /// Mail was left for [`ChangeWakers::mail_for`].
+    pub mail: std::sync::Arc<tokio::sync::Notify>,
+    /// The coordinator whose mail wakes [`ChangeWakers::mail`]; `None`:
+    /// anyone's.
+    pub mail_for: Option<String>,
+}
+
 /// The coordinator's persistent store. See the module documentation.
 ///
 /// Object safe: the coordinator holds an `Arc<dyn Store>`. Every method may
@@ -596,7 +611,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// already recorded is left alone (a slot runs at most once); the
     /// answer is the new running run's id, `None` when there was no `due`
     /// or it was already recorded, or the sweep is gone. The running run is
-    /// `owner`'s to finish.
+    /// `owner`'s to finish. A paused sweep records nothing and starts
+    /// nothing (`None`): its pause, made through another coordinator, may
+    /// not have reached this one's scheduler yet.
     async fn record_sweep_slots(
         &self,
         sweep: &str,
@@ -668,6 +685,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Leaves mail for another coordinator.
     async fn post_mail(&self, mail: Mail) -> Result<(), StoreError>;
+
+    /// From now on, wakes `wakers` whenever any coordinator on this
+    /// database commits a change they watch, including ones made while the
+    /// database was briefly unreachable (all are woken once it answers
+    /// again, since what changed meanwhile is unknown). A store that only
+    /// one coordinator uses has nothing to announce: the default does
+    /// nothing, and that coordinator's own writers wake it directly.
+    /// Needs a tokio runtime; the watching lasts as long as the runtime.
+    fn announce_changes(&self, wakers: ChangeWakers) {
+        let _ = wakers;
+    }
 
     /// Takes (and removes) up to `limit` pieces of mail for `to`, oldest
     /// first; each piece is taken once, by one caller.

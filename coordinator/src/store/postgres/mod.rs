@@ -17,6 +17,7 @@
 //! The schema lives in [`migrations`]; [`PgConfig`] is the parsed
 //! `postgres://` URL, checked before anything connects.
 
+mod listen;
 mod migrations;
 mod sweeps;
 
@@ -30,9 +31,9 @@ use tokio_postgres::{IsolationLevel, NoTls, Row};
 use super::columns::{from_db_count, outcome_code, parse_name, to_db_count};
 use super::{
     AgentRecord, AgentRole, AlertRecord, CampaignPlanAgent, CampaignRow, CampaignStatus,
-    CoordinatorRecord, DeliveryRow, Mail, MailBody, MissedSlot, NewAgent, NewDelivery, NewPlan,
-    NewToken, Outcome, PlanAgentStatus, PlanState, ResultRecord, SeenReport, Sighting, Store,
-    StoreError, SweepRecord, SweepRun, SweepRunEnd, TokenGrant, TokenRejection,
+    ChangeWakers, CoordinatorRecord, DeliveryRow, Mail, MailBody, MissedSlot, NewAgent,
+    NewDelivery, NewPlan, NewToken, Outcome, PlanAgentStatus, PlanState, ResultRecord, SeenReport,
+    Sighting, Store, StoreError, SweepRecord, SweepRun, SweepRunEnd, TokenGrant, TokenRejection,
 };
 
 /// Connections per coordinator, at most. Ingest is one writer; the rest
@@ -155,6 +156,9 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 pub struct PgStore {
     pool: Pool,
     target: String,
+    /// How the pool connects, for the one connection outside it that
+    /// listens for other coordinators' changes.
+    connect: tokio_postgres::Config,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -249,7 +253,7 @@ impl PgStore {
             pg.application_name("vantage");
         }
         let manager = Manager::from_config(
-            pg,
+            pg.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -266,6 +270,7 @@ impl PgStore {
         let store = PgStore {
             pool,
             target: config.display_target(),
+            connect: pg,
         };
         let mut client = store.client().await?;
         migrations::migrate_to(&mut client, version).await?;
@@ -953,7 +958,7 @@ impl Store for PgStore {
     }
 
     async fn insert_sweep(&self, sweep: SweepRecord) -> Result<(), StoreError> {
-        sweeps::insert_sweep(&self.client().await?, &sweep).await
+        sweeps::insert_sweep(&mut self.client().await?, &sweep).await
     }
 
     async fn apply_sweeps(
@@ -1081,14 +1086,23 @@ impl Store for PgStore {
             MailBody::Event(event) => (None, event),
         };
         let client = self.client().await?;
+        // One statement: the mail and its announcement commit together.
         client
-            .execute(
-                "INSERT INTO mailbox (coordinator_id, sender, agent_id, body) \
-                 VALUES ($1, $2, $3, $4)",
+            .query(
+                &format!(
+                    "WITH sent AS (INSERT INTO mailbox (coordinator_id, sender, agent_id, body) \
+                     VALUES ($1, $2, $3, $4) RETURNING coordinator_id) \
+                     SELECT pg_notify('{}', coordinator_id) FROM sent",
+                    listen::MAIL
+                ),
                 &[&mail.to, &mail.from, &agent_id, &body],
             )
             .await?;
         Ok(())
+    }
+
+    fn announce_changes(&self, wakers: ChangeWakers) {
+        listen::spawn(self.connect.clone(), wakers);
     }
 
     async fn take_mail(&self, to: &str, limit: u32) -> Result<Vec<Mail>, StoreError> {

@@ -8,6 +8,8 @@
 //! coordinator that gets a run id starts a campaign for it.
 
 use deadpool_postgres::Client;
+
+use super::listen::{notify_sweeps, SWEEPS};
 use tokio_postgres::Row;
 
 use crate::store::columns::{
@@ -84,8 +86,15 @@ async fn insert_sweep_row(
     Ok(())
 }
 
-pub(super) async fn insert_sweep(client: &Client, sweep: &SweepRecord) -> Result<(), StoreError> {
-    insert_sweep_row(&***client, sweep).await
+pub(super) async fn insert_sweep(
+    client: &mut Client,
+    sweep: &SweepRecord,
+) -> Result<(), StoreError> {
+    let tx = client.transaction().await?;
+    insert_sweep_row(&*tx, sweep).await?;
+    notify_sweeps(&*tx).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 pub(super) async fn apply_sweeps(
@@ -116,6 +125,7 @@ pub(super) async fn apply_sweeps(
         tx.execute("DELETE FROM sweeps WHERE name = $1", &[name])
             .await?;
     }
+    notify_sweeps(&*tx).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -144,20 +154,30 @@ pub(super) async fn set_sweep_paused(
     paused: bool,
     now_ms: i64,
 ) -> Result<bool, StoreError> {
+    // One statement that changes the row and, only if it did, announces it.
     let changed = client
-        .execute(
-            "UPDATE sweeps SET paused = $2, updated_at = $3 WHERE name = $1",
+        .query(
+            &format!(
+                "WITH changed AS (UPDATE sweeps SET paused = $2, updated_at = $3 \
+                 WHERE name = $1 RETURNING 1) SELECT pg_notify('{SWEEPS}', '') FROM changed"
+            ),
             &[&name, &paused, &now_ms],
         )
         .await?;
-    Ok(changed > 0)
+    Ok(!changed.is_empty())
 }
 
 pub(super) async fn delete_sweep(client: &Client, name: &str) -> Result<bool, StoreError> {
     let changed = client
-        .execute("DELETE FROM sweeps WHERE name = $1", &[&name])
+        .query(
+            &format!(
+                "WITH gone AS (DELETE FROM sweeps WHERE name = $1 RETURNING 1) \
+                 SELECT pg_notify('{SWEEPS}', '') FROM gone"
+            ),
+            &[&name],
+        )
         .await?;
-    Ok(changed > 0)
+    Ok(!changed.is_empty())
 }
 
 pub(super) async fn record_sweep_slots(
@@ -170,11 +190,15 @@ pub(super) async fn record_sweep_slots(
     let tx = client.transaction().await?;
     // The row lock serialises every coordinator's scheduler on this sweep
     // for the few statements below.
-    if tx
-        .query_opt("SELECT 1 FROM sweeps WHERE name = $1 FOR UPDATE", &[&sweep])
+    let paused: Option<bool> = tx
+        .query_opt(
+            "SELECT paused FROM sweeps WHERE name = $1 FOR UPDATE",
+            &[&sweep],
+        )
         .await?
-        .is_none()
-    {
+        .map(|row| row.try_get(0))
+        .transpose()?;
+    if paused != Some(false) {
         return Ok(None);
     }
     let mut newest: Option<i64> = None;

@@ -124,6 +124,63 @@ async fn migrate_to_stops_at_a_version_and_refuses_the_future() {
     assert_eq!(store.schema_version().await.unwrap(), 99);
 }
 
+/// Waits for `notify`, bounded so a lost announcement fails the test.
+async fn woken(notify: &tokio::sync::Notify, what: &str) {
+    tokio::time::timeout(std::time::Duration::from_secs(20), notify.notified())
+        .await
+        .unwrap_or_else(|_| panic!("not woken for {what}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_coordinators_sweep_changes_and_mail_wake_this_one() {
+    let Some((a, b, _cluster)) =
+        two_coordinators("another_coordinators_sweep_changes_and_mail_wake_this_one").await
+    else {
+        return;
+    };
+    let wakers = ChangeWakers {
+        mail_for: Some("coord-b".into()),
+        ..ChangeWakers::default()
+    };
+    b.announce_changes(wakers.clone());
+    // Listening starts by waking both: what changed before is unknown.
+    woken(&wakers.sweeps, "the start").await;
+    woken(&wakers.mail, "the start").await;
+    a.insert_sweep(conformance_sweep("s")).await.unwrap();
+    woken(&wakers.sweeps, "a created sweep").await;
+    a.set_sweep_paused("s", true, 2).await.unwrap();
+    woken(&wakers.sweeps, "a pause").await;
+    a.apply_sweeps(vec![], vec![("s".into(), "{}".into())], vec![], 3)
+        .await
+        .unwrap();
+    woken(&wakers.sweeps, "an applied file").await;
+    a.delete_sweep("s").await.unwrap();
+    woken(&wakers.sweeps, "a deletion").await;
+    // Mail for another coordinator is filtered out; its own wakes it.
+    for to in ["coord-c", "coord-b"] {
+        a.post_mail(Mail {
+            to: to.into(),
+            from: "coord-a".into(),
+            body: MailBody::Event(b"{}".to_vec()),
+        })
+        .await
+        .unwrap();
+    }
+    woken(&wakers.mail, "mail").await;
+    assert_eq!(b.take_mail("coord-b", 10).await.unwrap().len(), 1);
+}
+
+fn conformance_sweep(name: &str) -> SweepRecord {
+    SweepRecord {
+        name: name.to_owned(),
+        definition_json: "{}".into(),
+        paused: false,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+        last_slot_ms: None,
+    }
+}
+
 /// Two coordinators (two pools) on one schema, and their server.
 async fn two_coordinators(test: &str) -> Option<(PgStore, PgStore, PgCluster)> {
     let (config, cluster) = fresh_schema(test).await?;

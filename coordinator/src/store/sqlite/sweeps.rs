@@ -163,12 +163,11 @@ pub(super) fn record_sweep_slots(
     owner: &str,
 ) -> Result<Option<i64>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let exists = tx
-        .prepare_cached("SELECT 1 FROM sweeps WHERE name = ?1")?
-        .query_row([sweep], |_| Ok(()))
-        .optional()?
-        .is_some();
-    if !exists {
+    let paused: Option<bool> = tx
+        .prepare_cached("SELECT paused FROM sweeps WHERE name = ?1")?
+        .query_row([sweep], |row| row.get(0))
+        .optional()?;
+    if paused != Some(false) {
         return Ok(None);
     }
     let mut newest: Option<i64> = None;
