@@ -395,7 +395,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
     } else {
         Vec::new()
     };
-    let orphan_runs = core.adopt_orphans(&live).await.unwrap_or_else(|e| {
+    let orphan_runs = core.adopt_orphans(&live, false).await.unwrap_or_else(|e| {
         tracing::error!(error = %e.message(), "cannot adopt what was left running");
         Vec::new()
     });

@@ -50,6 +50,9 @@ const STILL_SENDING: Duration = Duration::from_millis(500);
 const HARD_FACTOR: u32 = 2;
 /// See [`HARD_FACTOR`].
 const HARD_EXTRA: Duration = Duration::from_secs(10);
+/// How often an adopted campaign's stored plans are read while it waits
+/// for agents that moved to finish them.
+const ADOPTED_POLL: Duration = Duration::from_millis(200);
 /// How long to wait for a witness's last sightings after the plans end.
 const WITNESS_GRACE: Duration = Duration::from_millis(1500);
 
@@ -278,13 +281,19 @@ impl Coordinator {
     /// Adopts what coordinator processes that are not in `live` (dead ones:
     /// a crash, a kill, a power cut) left running, and finishes their
     /// campaigns from what is stored: the regions that had not finished are
-    /// named in `missing` with the reason. Returns the adopted sweep runs,
-    /// for the sweep room to end (their campaigns' reports are stored by
-    /// then). Called at start-up, before any agent connects, and on a shared
-    /// database every [`crate::cluster::LEASE`].
+    /// named in `missing` with the reason. With `wait_for_plans` (a peer
+    /// died, and its agents are reconnecting to the survivors, where they
+    /// finish the plans they were running), each campaign is finished only
+    /// once its plans have ended or its own deadline, counted from its
+    /// start, has passed. Returns the adopted sweep runs, for the sweep room
+    /// to end (their campaigns' reports are stored by then). Called at
+    /// start-up, before any agent connects (without waiting: that would
+    /// hold the port), and on a shared database every
+    /// [`crate::cluster::LEASE`] (waiting).
     pub async fn adopt_orphans(
         &self,
         live: &[String],
+        wait_for_plans: bool,
     ) -> Result<Vec<crate::store::SweepRun>, Status> {
         let mut live = live.to_vec();
         if !live.contains(&self.coordinator_id) {
@@ -294,9 +303,15 @@ impl Coordinator {
             .store
             .adopt_orphans(&self.coordinator_id, &live)
             .await?;
+        let finishing = rows.iter().map(|row| async move {
+            if wait_for_plans {
+                self.await_adopted_plans(row).await;
+            }
+            (row, self.recover_campaign(row).await)
+        });
         let mut finished = 0;
-        for row in rows {
-            match self.recover_campaign(&row).await {
+        for (row, recovered) in futures::future::join_all(finishing).await {
+            match recovered {
                 Ok(status) => {
                     finished += 1;
                     tracing::info!(campaign = %row.campaign_id, %status, "finished a campaign a coordinator that is gone left running");
@@ -316,14 +331,52 @@ impl Coordinator {
         Ok(runs)
     }
 
+    /// Waits until every plan of an adopted campaign has ended on its agent
+    /// (stored as finished, rejected or lost by whichever coordinator holds
+    /// the agent now), or until the campaign's soft deadline, counted from
+    /// its start as if it had never changed hands.
+    async fn await_adopted_plans(&self, row: &crate::store::CampaignRow) {
+        let Ok(target) = stored_target(row) else {
+            // recover_campaign names the damage.
+            return;
+        };
+        let phases = row
+            .regions
+            .iter()
+            .filter_map(|region| {
+                build_probes(&target, &row.campaign_id, region)
+                    .probes
+                    .iter()
+                    .map(|p| p.phase + 1)
+                    .max()
+            })
+            .max()
+            .unwrap_or(1);
+        let wait = plan_budget(&target) * phases + SETTLE;
+        let deadline_ms = row
+            .created_at_ms
+            .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+        loop {
+            match self.store.campaign_plan_agents(&row.campaign_id).await {
+                Ok(plans) if plans.iter().all(|p| p.state != PlanState::Sent) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(campaign = %row.campaign_id, error = %e, "cannot read an adopted campaign's plans; finishing it now");
+                    return;
+                }
+            }
+            if now_ms() >= deadline_ms {
+                return;
+            }
+            tokio::time::sleep(ADOPTED_POLL).await;
+        }
+    }
+
     async fn recover_campaign(
         &self,
         row: &crate::store::CampaignRow,
     ) -> Result<diagnosis::Status, Status> {
-        let stored: crate::report::ReportTarget = serde_json::from_str(&row.target_json)
-            .map_err(|e| Status::internal(format!("stored target: {e}")))?;
-        let target = CampaignTarget::new(&request_of_stored(&stored)?)
-            .map_err(|e| Status::internal(format!("stored target: {e}")))?;
+        let target = stored_target(row)?;
         let plans = self.store.campaign_plan_agents(&row.campaign_id).await?;
         let runs: Vec<RegionRun> = row
             .regions
@@ -756,6 +809,14 @@ async fn follow(
 /// The request a stored campaign was planned from, as far as its conclusion
 /// needs it: the report's target carries every setting the diagnosis reads
 /// (burst size and attempts only shaped the plans, which have run).
+/// The target a stored campaign ran against.
+fn stored_target(row: &crate::store::CampaignRow) -> Result<CampaignTarget, Status> {
+    let stored: crate::report::ReportTarget = serde_json::from_str(&row.target_json)
+        .map_err(|e| Status::internal(format!("stored target: {e}")))?;
+    CampaignTarget::new(&request_of_stored(&stored)?)
+        .map_err(|e| Status::internal(format!("stored target: {e}")))
+}
+
 fn request_of_stored(stored: &crate::report::ReportTarget) -> Result<TargetRequest, Status> {
     let bad = |what: String| Status::internal(format!("stored target: {what}"));
     let origins: Vec<&str> = stored.origin.iter().map(String::as_str).collect();

@@ -129,7 +129,7 @@ async fn keep_orphans(
                 continue;
             }
         };
-        match core.adopt_orphans(&live).await {
+        match core.adopt_orphans(&live, true).await {
             Ok(runs) => {
                 for run in runs {
                     runner.recover(run).await;

@@ -301,7 +301,8 @@ async fn a_campaign_whose_coordinator_is_killed_is_finished_by_the_other() {
     // Every request is held: the campaign runs until its coordinator dies.
     let origin = Origin::builder().hold_after(0).spawn().await.unwrap();
     let (mut a, b, _a_dir, _b_dir) = installation_of_two(&url).await;
-    let (_agent, _state) = a.connected_agent("eu", "fra-1").await.unwrap();
+    let b_addr = b.grpc_addr.to_string();
+    let (mut agent, _state) = a.connected_agent("eu", "fra-1").await.unwrap();
     let id = a.start_campaign(&origin).await.unwrap();
     poll_until(
         Duration::from_secs(20),
@@ -314,19 +315,29 @@ async fn a_campaign_whose_coordinator_is_killed_is_finished_by_the_other() {
     let shown = b.cli(&["campaign", "show", &id, "--json"]).await.unwrap();
     let said = String::from_utf8_lossy(&shown.stderr);
     assert!(said.contains("is still running"), "{said}");
-    // ... until A dies: then B adopts it within the lease and finishes it
-    // from what is stored, naming the region that never finished.
+    // ... until A dies: its agent moves to B and finishes the plan there,
+    // and B adopts the campaign within the lease, waits for that plan and
+    // finishes the campaign with everything the agent measured.
     a.kill9().await.unwrap();
+    agent
+        .wait_for_line(Duration::from_secs(60), |_, line| {
+            line.contains("session established") && line.contains(&b_addr)
+        })
+        .await
+        .unwrap();
+    origin.release();
     let report = finished_report(&b, &id).await;
+    assert_eq!(report["regions"][0]["region"], "eu", "{report}");
+    assert_eq!(report["regions"][0]["lost"], false, "{report}");
     let missing = report["missing"].as_array().unwrap();
     assert!(
-        missing.iter().any(|m| m
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("eu: the coordinator stopped before agent fra-1 finished")),
+        !missing
+            .iter()
+            .any(|m| m.as_str().unwrap_or_default().starts_with("eu:")),
         "{report}"
     );
-    origin.release();
+    let probes = report["regions"][0]["probes"].as_array().unwrap();
+    assert!(probes.iter().all(|p| p["outcome"] != "lost"), "{report}");
     origin.stop().await;
 }
 
