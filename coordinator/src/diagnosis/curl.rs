@@ -144,13 +144,19 @@ pub(crate) fn curl(
 /// The HTTPS control of an `http://` target: the same pull over TLS to
 /// port 443 of the origin at `address` (`-k`: only the answer matters).
 pub(crate) fn curl_https_control(target: &Target, address: &str) -> String {
-    let (ip, _) = split_address(address);
     let mut https = target.clone();
     https.pull.protocol = crate::campaign::plan::PullProtocol::Https;
-    let at = format!("{}:443", bracketed(&ip));
+    let at = https_control_address(address);
     let mut cmd = base(&https, Route::Direct, &at, "-kvo/dev/null");
     cmd.push_str(" --max-time 30");
     cmd
+}
+
+/// Where the HTTPS control for the origin at `address` connects: port 443
+/// of the same IP.
+pub(crate) fn https_control_address(address: &str) -> String {
+    let (ip, _) = split_address(address);
+    format!("{}:443", bracketed(&ip))
 }
 
 /// A request that prints the time to first byte, to compare with the edge's

@@ -152,7 +152,9 @@ pub struct Observation {
     pub route: Route,
     /// Which step it belongs to.
     pub variant: Variant,
-    /// The origin or edge address it went to (`""` = the agent's resolver).
+    /// The origin or edge address it is about (`""` = the agent's
+    /// resolver): where it went, except for the HTTPS control, which names
+    /// the origin it controls for and went to [`Observation::dialled`].
     pub address: String,
     /// What happened.
     pub outcome: Outcome,
@@ -192,6 +194,16 @@ pub struct Observation {
 }
 
 impl Observation {
+    /// The address the request connected to: port 443 of the origin for
+    /// the HTTPS control, [`Observation::address`] for every other probe.
+    pub fn dialled(&self) -> String {
+        if self.variant == Variant::Https {
+            curl::https_control_address(&self.address)
+        } else {
+            self.address.clone()
+        }
+    }
+
     /// Time to first byte, if a response byte arrived.
     pub fn ttfb_ms(&self) -> Option<f64> {
         let ttfb = self.timings_ms.ttfb;

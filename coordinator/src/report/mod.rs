@@ -250,7 +250,7 @@ impl From<&Observation> for ReportProbe {
         ReportProbe {
             route: o.route,
             variant: o.variant,
-            address: o.address.clone(),
+            address: o.dialled(),
             outcome: o.outcome,
             curl_exit: o.curl_exit,
             status: o.status,
@@ -408,6 +408,24 @@ mod tests {
             error: String::new(),
             peer_close: None,
         }
+    }
+
+    #[test]
+    fn the_https_control_row_names_the_port_it_connected_to() {
+        let at = |address: &str, variant: Variant| {
+            let mut o = obs(Route::Direct, Outcome::Ok, Some(200), "", "n");
+            o.address = address.to_string();
+            o.variant = variant;
+            ReportProbe::from(&o).address
+        };
+        // An http:// origin on 8080: the control went to 443 of that IP ...
+        assert_eq!(at("127.0.0.1:8080", Variant::Https), "127.0.0.1:443");
+        assert_eq!(
+            at("[2001:db8::1]:8080", Variant::Https),
+            "[2001:db8::1]:443"
+        );
+        // ... and every other probe to the address it names.
+        assert_eq!(at("127.0.0.1:8080", Variant::Baseline), "127.0.0.1:8080");
     }
 
     /// Three regions whose origin refuses connections; the edge says 521.
