@@ -192,6 +192,9 @@ async fn forward_events(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut owners: HashMap<String, Option<String>> = HashMap::new();
+    // A campaign changes hands when its owner dies: owners are looked up
+    // afresh once a lease, so events follow the adopter.
+    let mut owners_since = tokio::time::Instant::now();
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
@@ -217,6 +220,10 @@ async fn forward_events(
             }
             _ => continue,
         };
+        if owners_since.elapsed() >= crate::cluster::LEASE {
+            owners.clear();
+            owners_since = tokio::time::Instant::now();
+        }
         let unknown: Vec<String> = plans
             .iter()
             .filter(|p| !owners.contains_key(*p))

@@ -1156,6 +1156,16 @@ pub async fn what_a_dead_coordinator_left_running_is_adopted_once(store: Backend
         .await
         .unwrap()
         .unwrap();
+    for to in ["a", "b"] {
+        store
+            .post_mail(super::Mail {
+                to: to.into(),
+                from: "x".into(),
+                body: super::MailBody::Event(b"{}".to_vec()),
+            })
+            .await
+            .unwrap();
+    }
 
     // a is gone; c adopts what a left running (not a's finished campaign).
     let live = ["b".to_owned(), "c".to_owned()];
@@ -1165,6 +1175,9 @@ pub async fn what_a_dead_coordinator_left_running_is_adopted_once(store: Backend
     assert_eq!(campaigns[0].status, CampaignStatus::Running);
     assert_eq!(runs.iter().map(|r| r.run_id).collect::<Vec<_>>(), [run_a]);
     assert_eq!(runs[0].slot_ms, 60_000);
+    // a's mail goes with it (nobody would read it); live b's stays.
+    assert!(store.take_mail("a", 10).await.unwrap().is_empty());
+    assert_eq!(store.take_mail("b", 10).await.unwrap().len(), 1);
     // Adopted once: c is live, so nobody takes them again.
     let (campaigns, runs) = store.adopt_orphans("b", &live).await.unwrap();
     assert!(campaigns.is_empty() && runs.is_empty());

@@ -547,6 +547,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// owner is not in `live` (a coordinator process that died, or none),
     /// atomically, and returns them, oldest first: what `owner` must now
     /// finish. Of coordinators adopting at once, each orphan goes to one.
+    /// Mail left for coordinators not in `live` is dropped (nobody would
+    /// read it; messages for a dead coordinator's agents moved with each
+    /// agent that reconnected, [`Store::redirect_agent_mail`]).
     async fn adopt_orphans(
         &self,
         owner: &str,

@@ -866,6 +866,11 @@ impl Store for PgStore {
             (a.created_at_ms, &a.campaign_id).cmp(&(b.created_at_ms, &b.campaign_id))
         });
         let runs = sweeps::adopt_orphan_runs(&tx, owner, live).await?;
+        tx.execute(
+            "DELETE FROM mailbox WHERE coordinator_id <> ALL($1::text[])",
+            &[&live],
+        )
+        .await?;
         tx.commit().await?;
         Ok((campaigns, runs))
     }

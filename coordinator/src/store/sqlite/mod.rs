@@ -808,6 +808,10 @@ impl Store for SqliteStore {
                 (a.created_at_ms, &a.campaign_id).cmp(&(b.created_at_ms, &b.campaign_id))
             });
             let runs = sweeps::adopt_orphan_runs(&tx, &owner, &live_json, orphan)?;
+            tx.prepare_cached(
+                "DELETE FROM mailbox WHERE coordinator_id NOT IN (SELECT value FROM json_each(?1))",
+            )?
+            .execute([&live_json])?;
             tx.commit()?;
             Ok((campaigns, runs))
         })
