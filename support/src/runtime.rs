@@ -63,10 +63,32 @@ where
     match runtime.block_on(body(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes on one line, `context: cause: cause`, as
+/// anyhow's `{:#}` writes it, except that a cause is left out when the
+/// message before it already spells it out (an error whose text includes
+/// its source's and also reports it as the source would say it twice).
+pub fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut previous = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !previous.is_empty() && previous.contains(&text) {
+            previous = text;
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+        previous = text;
+    }
+    line
 }
 
 /// The log level a command runs with unless `VANTAGE_LOG` says otherwise:
@@ -107,4 +129,29 @@ pub async fn shutdown_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("seal.key is missing")]
+    struct Missing;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("installation: {0}")]
+    struct Installation(#[from] Missing);
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let error = anyhow::Error::new(Installation(Missing)).context("cannot start");
+        assert_eq!(
+            one_line(&error),
+            "cannot start: installation: seal.key is missing"
+        );
+        // Causes that say something new are all kept, as `{:#}` keeps them.
+        let plain = anyhow::anyhow!("connection refused").context("cannot reach the database");
+        assert_eq!(one_line(&plain), format!("{plain:#}"));
+    }
 }

@@ -80,8 +80,8 @@ enum Command {
         /// Measurement window (at least one heartbeat interval, 10s).
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         window: Duration,
-        /// A `postgres://` URL of an empty database or schema (default:
-        /// SQLite in a temporary data dir).
+        /// A `postgres://` URL of a server the benchmark may create schemas
+        /// in, one per size (default: SQLite in a temporary data dir).
         #[arg(long, value_name = "URL")]
         database: Option<String>,
     },
@@ -234,7 +234,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let mut measured: Vec<(usize, f64, f64)> = Vec::new();
             for n in sessions {
-                let r = vantage_lab::bench::sessions(n, window, database.as_deref()).await?;
+                // Each size is a fresh installation: its own schema.
+                let schema = match &database {
+                    Some(url) => Some(vantage_lab::postgres::schema_in(url).await?),
+                    None => None,
+                };
+                let r = vantage_lab::bench::sessions(n, window, schema.as_deref()).await?;
                 let per = r.held_kib.saturating_sub(r.idle_kib) as f64 / n as f64;
                 // Heartbeats the coordinator handled in the window (every
                 // session beats once per 10 s).
