@@ -39,7 +39,16 @@ pub struct PgCluster {
     bindir: PathBuf,
     dir: tempfile::TempDir,
     port: u16,
+    settings: Settings,
+}
+
+/// How a cluster's server runs.
+#[derive(Debug, Clone, Copy, Default)]
+struct Settings {
+    /// `fsync` on (benchmarks) or off (tests).
     durable: bool,
+    /// `ssl = on`, with the `server.crt` and `server.key` in its data dir.
+    tls: bool,
 }
 
 fn postgres_bindir() -> Option<PathBuf> {
@@ -175,7 +184,17 @@ impl PgCluster {
     /// A cluster with PostgreSQL's default durability (`fsync` on, which
     /// tests turn off), for benchmarks: `None` without `initdb`.
     pub fn durable(cache: &Path) -> Result<Option<PgCluster>, PgTestError> {
-        Self::start_as("benchmark", cache, &crate::env::MapEnv::default(), true)
+        let settings = Settings {
+            durable: true,
+            ..Settings::default()
+        };
+        Self::start_as(
+            "benchmark",
+            cache,
+            &crate::env::MapEnv::default(),
+            settings,
+            None,
+        )
     }
 
     /// [`PgCluster::start`] reading `CI` through `env`.
@@ -184,14 +203,35 @@ impl PgCluster {
         cache: &Path,
         env: &dyn Env,
     ) -> Result<Option<PgCluster>, PgTestError> {
-        Self::start_as(test, cache, env, false)
+        Self::start_as(test, cache, env, Settings::default(), None)
+    }
+
+    /// A cluster for `test` that also accepts TLS (`ssl = on`), presenting
+    /// `cert_pem` (its chain) with `key_pem`; plain connections still work.
+    pub fn with_tls(
+        test: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<Option<PgCluster>, PgTestError> {
+        let settings = Settings {
+            tls: true,
+            ..Settings::default()
+        };
+        Self::start_as(
+            test,
+            &default_cache(),
+            &ProcessEnv,
+            settings,
+            Some((cert_pem, key_pem)),
+        )
     }
 
     fn start_as(
         test: &str,
         cache: &Path,
         env: &dyn Env,
-        durable: bool,
+        settings: Settings,
+        identity: Option<(&str, &str)>,
     ) -> Result<Option<PgCluster>, PgTestError> {
         let bindir = postgres_bindir();
         let unavailable = bindir
@@ -217,6 +257,14 @@ impl PgCluster {
                 output: String::from_utf8_lossy(&copied.stderr).into_owned(),
             });
         }
+        if let Some((cert, key)) = identity {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::write(data.join("server.crt"), cert)?;
+            let key_path = data.join("server.key");
+            std::fs::write(&key_path, key)?;
+            // The server refuses a key others can read.
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+        }
         give_to_owner(dir.path())?;
         // A port picked free can be taken before the server binds it: try
         // a few.
@@ -226,13 +274,13 @@ impl PgCluster {
                 let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
                 probe.local_addr()?.port()
             };
-            match start_server(&bindir, dir.path(), port, durable) {
+            match start_server(&bindir, dir.path(), port, settings) {
                 Ok(()) => {
                     return Ok(Some(PgCluster {
                         bindir,
                         dir,
                         port,
-                        durable,
+                        settings,
                     }))
                 }
                 Err(e) => last = Some(e),
@@ -246,7 +294,7 @@ impl PgCluster {
 
     /// `pg_ctl start -w` again after [`PgCluster::stop_server`].
     pub fn start_server(&self) -> Result<(), PgTestError> {
-        start_server(&self.bindir, self.dir.path(), self.port, self.durable)
+        start_server(&self.bindir, self.dir.path(), self.port, self.settings)
     }
 
     /// `pg_ctl stop -m fast`: every connection is closed.
@@ -266,15 +314,21 @@ impl PgCluster {
 
 /// `pg_ctl start -w` on `dir/data`: returns once the server accepts
 /// connections (its own readiness signal).
-fn start_server(bindir: &Path, dir: &Path, port: u16, durable: bool) -> Result<(), PgTestError> {
+fn start_server(
+    bindir: &Path,
+    dir: &Path,
+    port: u16,
+    settings: Settings,
+) -> Result<(), PgTestError> {
     let data = dir.join("data").display().to_string();
     let log = dir.join("server.log").display().to_string();
     // fsync off for tests: the cluster is thrown away, nothing to keep on a
     // crash; benchmarks keep PostgreSQL's default.
     let options = format!(
-        "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} -c fsync={}",
+        "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} -c fsync={} -c ssl={}",
         dir.display(),
-        if durable { "on" } else { "off" }
+        if settings.durable { "on" } else { "off" },
+        if settings.tls { "on" } else { "off" }
     );
     run_as_owner(
         &bindir.join("pg_ctl"),

@@ -44,6 +44,9 @@ pub enum TlsError {
     /// The coordinator address is not `host:port`.
     #[error("bad coordinator address {0:?}: expected host:port")]
     BadAddress(String),
+    /// No CA certificate was found in the system's store.
+    #[error("the system has no CA certificates (install ca-certificates, or name a CA file)")]
+    NoSystemRoots,
     /// The tonic endpoint could not be built.
     #[error("bad endpoint: {0}")]
     Endpoint(#[from] tonic::transport::Error),
@@ -99,6 +102,30 @@ fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
 fn with_h2(mut config: ClientConfig) -> Arc<ClientConfig> {
     config.alpn_protocols = vec![b"h2".to_vec()];
     Arc::new(config)
+}
+
+/// A client configuration for a server that is not a coordinator (no
+/// ALPN, no client certificate) trusting `ca_pem`'s certificates, or the
+/// system's CA store when `ca_pem` is `None`: the coordinator's link to
+/// PostgreSQL.
+pub fn server_client_config(ca_pem: Option<&str>) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = match ca_pem {
+        Some(pem) => roots(pem)?,
+        None => {
+            let mut store = RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = store.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(TlsError::NoSystemRoots);
+            }
+            Arc::new(store)
+        }
+    };
+    let config = ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// A client configuration that trusts only `ca_pem` and presents no client

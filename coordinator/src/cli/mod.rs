@@ -114,7 +114,9 @@ pub struct ServeArgs {
     /// Where state is kept: sqlite://PATH (one coordinator) or
     /// postgres://USER:PASSWORD@HOST/DB (several coordinators, one
     /// installation; the others need the first one's seal.key in their data
-    /// dir). Env: VANTAGE_DATABASE; default sqlite://<data-dir>/vantage.db.
+    /// dir). TLS: add ?sslmode=verify-full (the server's certificate checked
+    /// against the system's CAs, or &sslrootcert=CA.pem's). Env:
+    /// VANTAGE_DATABASE; default sqlite://<data-dir>/vantage.db.
     #[arg(long, value_name = "URL")]
     pub database: Option<String>,
     /// gRPC listen address (TLS; agents and the CLI connect here).

@@ -234,7 +234,7 @@ pub enum StoreError {
     Poisoned,
     /// The backend itself failed (I/O, busy, a lost worker...).
     #[error("database error: {0}")]
-    Backend(Box<dyn std::error::Error + Send + Sync>),
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A new enrollment token, as the admin CLI creates it.

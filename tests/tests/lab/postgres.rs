@@ -22,8 +22,8 @@ async fn a_bad_database_url_fails_before_the_data_dir_or_a_port_is_touched() {
         ),
         ("postgres://db.internal/fleet", "names no user"),
         (
-            "postgres://vantage@db.internal/fleet?sslmode=require",
-            "without TLS",
+            "postgres://vantage@db.internal/fleet?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            "sslrootcert=/nonexistent/ca.pem: cannot read it",
         ),
     ] {
         let args: Vec<String> = [
@@ -85,6 +85,72 @@ async fn an_unreachable_database_is_named_and_exits_2() {
         "{stderr}"
     );
     assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_talks_to_postgresql_over_verified_tls_only() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap()
+        .pem();
+    let test = "a_coordinator_talks_to_postgresql_over_verified_tls_only";
+    let key_pem = key.serialize_pem();
+    let Some(cluster) = tokio::task::spawn_blocking(move || {
+        vantage_lab::postgres::PgCluster::with_tls(test, &cert, &key_pem)
+    })
+    .await
+    .unwrap()
+    .unwrap() else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let ca = data.path().join("db-ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let url = format!(
+        // schema_in's URL has a query already.
+        "{}&sslmode=verify-full&sslrootcert={}",
+        vantage_lab::postgres::schema_in(&cluster.url())
+            .await
+            .unwrap(),
+        ca.display()
+    );
+    let coordinator = CoordinatorProcess::start_with(
+        data.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        Duration::from_millis(500),
+        &["--database", &url],
+    )
+    .await
+    .unwrap();
+    let (_eu, _eu_state) = coordinator.connected_agent("eu", "fra-1").await.unwrap();
+    // Every connection the coordinator holds (its pool and the one that
+    // listens for other coordinators) is encrypted.
+    let (client, connection) = tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) \
+             FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+             WHERE a.application_name = 'vantage'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (encrypted, all): (i64, i64) = (row.get(0), row.get(1));
+    assert!(all >= 2, "the pool and the listener: {all}");
+    assert_eq!(encrypted, all, "{encrypted} of {all} over TLS");
+    drop(client);
+    let _ = driver.await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

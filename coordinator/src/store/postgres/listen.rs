@@ -16,9 +16,12 @@
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use tokio_postgres::{AsyncMessage, Config, NoTls};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{AsyncMessage, NoTls, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use vantage_support::backoff::BackoffConfig;
 
+use super::PgConfig;
 use crate::store::ChangeWakers;
 
 /// The channel announcing sweep changes.
@@ -44,11 +47,17 @@ pub(super) async fn notify_sweeps(
 }
 
 /// Spawns the listening task. See the module documentation.
-pub(super) fn spawn(config: Config, wakers: ChangeWakers) {
+pub(super) fn spawn(config: PgConfig, wakers: ChangeWakers) {
     tokio::spawn(async move {
         let mut failures = 0u32;
         loop {
-            match listen_once(&config, &wakers).await {
+            let listened = match &config.tls {
+                Some(tls) => {
+                    listen_once(&config, MakeRustlsConnect::new((**tls).clone()), &wakers).await
+                }
+                None => listen_once(&config, NoTls, &wakers).await,
+            };
+            match listened {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot listen for other coordinators' changes; retrying");
@@ -64,8 +73,18 @@ pub(super) fn spawn(config: Config, wakers: ChangeWakers) {
 /// One connection's life: `LISTEN`, wake everything (what changed before
 /// it listened is unknown), then forward notifications until it drops.
 /// `Ok` when it listened and later dropped, `Err` when it never listened.
-async fn listen_once(config: &Config, wakers: &ChangeWakers) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+async fn listen_once<T>(
+    config: &PgConfig,
+    tls: T,
+    wakers: &ChangeWakers,
+) -> Result<(), tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let (client, mut connection) = config.pg.connect(tls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // The connection only makes progress while polled; its messages are
     // the notifications.

@@ -25,8 +25,12 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::path::PathBuf;
+use std::sync::Arc;
 use tokio_postgres::error::SqlState;
+
 use tokio_postgres::{IsolationLevel, NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::columns::{from_db_count, outcome_code, parse_name, to_db_count};
 use super::{
@@ -50,71 +54,183 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// string, as `libpq` and `psql` take it; the password never appears in its
 /// `Debug` or `Display`.
 #[derive(Clone)]
-pub struct PgConfig(tokio_postgres::Config);
+pub struct PgConfig {
+    pg: tokio_postgres::Config,
+    /// `None`: no TLS; else how the server's certificate is checked.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// What `sslmode` (and `sslrootcert`) ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TlsWish {
+    /// In clear.
+    Off,
+    /// TLS, the server's certificate verified against these roots (a PEM
+    /// file; `None`: the system's CA store).
+    Verified(Option<PathBuf>),
+}
 
 impl PgConfig {
     /// Parses a connection string. Everything `tokio-postgres` understands
     /// is accepted (`host`, `port`, `user`, `password`, `dbname`, `options`,
     /// `connect_timeout`, `application_name`, a Unix-socket directory as
-    /// host...) except TLS: `sslmode=require` is refused here rather than
-    /// silently sent in clear (see [`PgConfig::validate`]).
+    /// host...), plus libpq's TLS parameters:
+    /// - `sslmode=require`, `verify-ca` or `verify-full`: TLS, and the
+    ///   server's certificate and name are always verified (stricter than
+    ///   libpq's `require`, which checks nothing);
+    /// - `sslrootcert=PATH`: the CA file that verification trusts (default,
+    ///   or `system`: the system's CA store); given alone it asks for TLS;
+    /// - `sslmode=disable`, `allow` or `prefer` (the default): in clear.
+    ///
+    /// The CA file is read here, so a bad one fails before anything starts.
     pub fn parse(text: &str) -> Result<PgConfig, StoreError> {
-        let config: tokio_postgres::Config = text
+        let (rest, wish) = split_tls(text)?;
+        let mut pg: tokio_postgres::Config = rest
             .parse()
             .map_err(|e| StoreError::Invalid(format!("not a PostgreSQL URL: {e}")))?;
-        let config = PgConfig(config);
+        let tls =
+            match wish {
+                TlsWish::Off => {
+                    pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                    None
+                }
+                TlsWish::Verified(roots) => {
+                    pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                    let pem = match &roots {
+                        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                            StoreError::Invalid(format!(
+                                "sslrootcert={}: cannot read it: {e}",
+                                path.display()
+                            ))
+                        })?),
+                        None => None,
+                    };
+                    let config = vantage_support::tls::server_client_config(pem.as_deref())
+                        .map_err(|e| match &roots {
+                            Some(path) => {
+                                StoreError::Invalid(format!("sslrootcert={}: {e}", path.display()))
+                            }
+                            None => StoreError::Invalid(format!("sslmode needs TLS roots: {e}")),
+                        })?;
+                    Some(config)
+                }
+            };
+        let config = PgConfig { pg, tls };
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), StoreError> {
-        if self.0.get_hosts().is_empty() {
+        if self.pg.get_hosts().is_empty() {
             return Err(StoreError::Invalid(
                 "the PostgreSQL URL names no host (postgres://USER@HOST/DB)".into(),
             ));
         }
-        if self.0.get_user().is_none() {
+        if self.pg.get_user().is_none() {
             return Err(StoreError::Invalid(
                 "the PostgreSQL URL names no user (postgres://USER@HOST/DB)".into(),
-            ));
-        }
-        if self.0.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(StoreError::Invalid(
-                "sslmode=require: this build connects to PostgreSQL without TLS; \
-                 use a local socket, a loopback address or a private network"
-                    .into(),
             ));
         }
         Ok(())
     }
 
+    /// Whether connections use TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// The same connection with `options=-c search_path=SCHEMA` added, so
     /// every table lives in (and every query sees) `schema` only.
     pub fn with_search_path(&self, schema: &str) -> PgConfig {
-        let mut config = self.0.clone();
-        let existing = config.get_options().unwrap_or("").to_owned();
+        let mut pg = self.pg.clone();
+        let existing = pg.get_options().unwrap_or("").to_owned();
         let options = format!("{existing} -c search_path={schema}");
-        config.options(options.trim());
-        PgConfig(config)
+        pg.options(options.trim());
+        PgConfig {
+            pg,
+            tls: self.tls.clone(),
+        }
     }
 
     /// `user@host:port/dbname`, for messages.
     pub fn display_target(&self) -> String {
-        let host = match self.0.get_hosts().first() {
+        let host = match self.pg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(name)) => name.clone(),
             Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
             None => String::new(),
         };
-        let port = self.0.get_ports().first().copied().unwrap_or(5432);
+        let port = self.pg.get_ports().first().copied().unwrap_or(5432);
         format!(
             "{}@{host}:{port}/{}",
-            self.0.get_user().unwrap_or(""),
-            self.0
+            self.pg.get_user().unwrap_or(""),
+            self.pg
                 .get_dbname()
-                .or(self.0.get_user())
+                .or(self.pg.get_user())
                 .unwrap_or_default()
         )
     }
+}
+
+/// Takes libpq's TLS parameters (`sslmode`, `sslrootcert`; tokio-postgres
+/// knows only some `sslmode`s and no `sslrootcert`) out of a connection
+/// string, in URL or `key=value` form; returns the rest and what they ask.
+fn split_tls(text: &str) -> Result<(String, TlsWish), StoreError> {
+    let mut mode: Option<String> = None;
+    let mut root: Option<String> = None;
+    let mut take = |key: &str, value: String| match key {
+        "sslmode" => {
+            mode = Some(value);
+            true
+        }
+        "sslrootcert" => {
+            root = Some(value);
+            true
+        }
+        _ => false,
+    };
+    let rest = if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        match text.split_once('?') {
+            Some((base, query)) => {
+                let kept: Vec<&str> = query
+                    .split('&')
+                    .filter(|pair| {
+                        let decoded = url::form_urlencoded::parse(pair.as_bytes()).next();
+                        !decoded.is_some_and(|(k, v)| take(&k, v.into_owned()))
+                    })
+                    .collect();
+                if kept.is_empty() {
+                    base.to_owned()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+            None => text.to_owned(),
+        }
+    } else {
+        text.split_whitespace()
+            .filter(|token| {
+                !token
+                    .split_once('=')
+                    .is_some_and(|(k, v)| take(k.trim(), v.trim().to_owned()))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let roots = match root.as_deref() {
+        None | Some("system") => None,
+        Some(path) => Some(PathBuf::from(path)),
+    };
+    let wish = match mode.as_deref() {
+        None if root.is_some() => TlsWish::Verified(roots),
+        None | Some("disable" | "allow" | "prefer") => TlsWish::Off,
+        Some("require" | "verify-ca" | "verify-full") => TlsWish::Verified(roots),
+        Some(other) => {
+            return Err(StoreError::Invalid(format!(
+                "sslmode={other}: expected disable, prefer, require, verify-ca or verify-full"
+            )))
+        }
+    };
+    Ok((rest, wish))
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -158,7 +274,7 @@ pub struct PgStore {
     target: String,
     /// How the pool connects, for the one connection outside it that
     /// listens for other coordinators' changes.
-    connect: tokio_postgres::Config,
+    connect: PgConfig,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -245,20 +361,24 @@ impl PgStore {
     /// [`PgStore::connect`], migrating only up to `version`: for tests and
     /// tools that need a schema at an older version.
     pub async fn connect_at(config: &PgConfig, version: u32) -> Result<PgStore, StoreError> {
-        let mut pg = config.0.clone();
+        let mut pg = config.pg.clone();
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(CONNECT_TIMEOUT);
         }
         if pg.get_application_name().is_none() {
             pg.application_name("vantage");
         }
-        let manager = Manager::from_config(
-            pg.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &config.tls {
+            Some(tls) => Manager::from_config(
+                pg.clone(),
+                MakeRustlsConnect::new((**tls).clone()),
+                manager_config,
+            ),
+            None => Manager::from_config(pg.clone(), NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
@@ -270,7 +390,10 @@ impl PgStore {
         let store = PgStore {
             pool,
             target: config.display_target(),
-            connect: pg,
+            connect: PgConfig {
+                pg,
+                tls: config.tls.clone(),
+            },
         };
         let mut client = store.client().await?;
         migrations::migrate_to(&mut client, version).await?;

@@ -28,7 +28,7 @@ async fn fresh_schema(test: &str) -> Option<(PgConfig, PgCluster)> {
         .expect("the cluster starter panicked")
         .expect("start a test cluster")?;
     let config = PgConfig::parse(&cluster.url()).expect("the test URL parses");
-    let (client, connection) = config.0.connect(NoTls).await.expect("test server answers");
+    let (client, connection) = config.pg.connect(NoTls).await.expect("test server answers");
     let driver = tokio::spawn(connection);
     let schema = format!("vantage_test_{}", uuid::Uuid::new_v4().simple());
     client
@@ -61,12 +61,17 @@ fn urls_are_checked_before_anything_connects() {
     let config = PgConfig::parse("postgres://vantage:s3cret@db.internal:6543/fleet").unwrap();
     assert_eq!(config.display_target(), "vantage@db.internal:6543/fleet");
     assert!(!format!("{config:?} {config}").contains("s3cret"));
+    assert!(!config.uses_tls(), "prefer, the default, is in clear");
     for (url, says) in [
         ("postgres:///fleet?user=vantage", "no host"),
         ("postgres://db.internal/fleet", "no user"),
         (
-            "postgres://vantage@db.internal/fleet?sslmode=require",
-            "without TLS",
+            "postgres://vantage@db.internal/fleet?sslmode=sometimes",
+            "expected disable, prefer, require",
+        ),
+        (
+            "postgres://vantage@db.internal/fleet?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            "sslrootcert=/nonexistent/ca.pem: cannot read it",
         ),
         (
             "postgres://vantage@db.internal:notaport/fleet",
@@ -81,7 +86,106 @@ fn urls_are_checked_before_anything_connects() {
         }
     }
     let scoped = config.with_search_path("vantage_a");
-    assert_eq!(scoped.0.get_options(), Some("-c search_path=vantage_a"));
+    assert_eq!(scoped.pg.get_options(), Some("-c search_path=vantage_a"));
+
+    // libpq's TLS parameters, in both forms; the rest of the string is
+    // passed on untouched.
+    let (_, ca_pem, _, _) = test_pki(&["db.internal"]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &ca_pem).unwrap();
+    let ca = ca.display().to_string();
+    for (text, tls) in [
+        (format!("postgres://vantage@db.internal/fleet?sslmode=verify-full&sslrootcert={ca}&connect_timeout=3"), true),
+        (format!("postgres://vantage@db.internal/fleet?sslrootcert={ca}"), true),
+        (format!("host=db.internal user=vantage dbname=fleet sslmode=require sslrootcert={ca}"), true),
+        ("postgres://vantage@db.internal/fleet?sslmode=disable".to_owned(), false),
+        (format!("postgres://vantage@db.internal/fleet?sslmode=disable&sslrootcert={ca}"), false),
+    ] {
+        let parsed = PgConfig::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(parsed.uses_tls(), tls, "{text}");
+        assert_eq!(parsed.display_target(), "vantage@db.internal:5432/fleet", "{text}");
+    }
+    let timed = PgConfig::parse(&format!(
+        "postgres://vantage@db.internal/fleet?sslmode=verify-full&sslrootcert={ca}&connect_timeout=3"
+    ))
+    .unwrap();
+    assert_eq!(
+        timed.pg.get_connect_timeout(),
+        Some(&std::time::Duration::from_secs(3))
+    );
+}
+
+/// A CA and a server certificate it signed for `names`: (cert PEM, CA PEM,
+/// key PEM, another CA's PEM that did not sign it).
+fn test_pki(names: &[&str]) -> (String, String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), Issuer::new(params, key))
+    };
+    let (ca_pem, issuer) = ca("test CA");
+    let (other_pem, _) = ca("another CA");
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (cert.pem(), ca_pem, key.serialize_pem(), other_pem)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_server_is_reached_verified_and_a_wrong_ca_is_refused() {
+    let (cert, ca_pem, key, other_pem) = test_pki(&["127.0.0.1", "localhost"]);
+    let test = "a_tls_server_is_reached_verified_and_a_wrong_ca_is_refused";
+    let Some(cluster) = tokio::task::spawn_blocking(move || PgCluster::with_tls(test, &cert, &key))
+        .await
+        .unwrap()
+        .expect("start a TLS test cluster")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, other) = (dir.path().join("ca.pem"), dir.path().join("other.pem"));
+    std::fs::write(&ca, &ca_pem).unwrap();
+    std::fs::write(&other, &other_pem).unwrap();
+    let url = |root: &std::path::Path| {
+        format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            cluster.url(),
+            root.display()
+        )
+    };
+    let config = PgConfig::parse(&url(&ca)).unwrap();
+    let store = PgStore::connect(&config).await.expect("connect over TLS");
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    let row = store
+        .client()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the pooled connection is encrypted");
+    // The listening connection goes over TLS too: it wakes once listening.
+    let wakers = ChangeWakers::default();
+    store.announce_changes(wakers.clone());
+    woken(&wakers.sweeps, "the TLS listener's start").await;
+    // A CA that did not sign the server's certificate is refused.
+    let wrong = PgConfig::parse(&url(&other)).unwrap();
+    let refused = PgStore::connect(&wrong).await.unwrap_err();
+    // What `serve` prints: the error and its causes.
+    let said = format!("{:#}", anyhow::Error::new(refused));
+    assert!(said.contains("TLS handshake"), "{said}");
+    assert!(said.contains("UnknownIssuer"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
