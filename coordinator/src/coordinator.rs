@@ -47,6 +47,10 @@ pub struct Coordinator {
     /// agents this one reaches through it ([`crate::cluster::relay`]).
     pub(crate) shared_database: bool,
     pub(crate) token_addrs: Vec<String>,
+    /// The advertised addresses of the installation's live coordinators,
+    /// this one's first, as agents are told them (Welcome, heartbeats);
+    /// kept fresh by [`Coordinator::refresh_installation_addrs`].
+    installation_addrs: std::sync::RwLock<Vec<String>>,
     pub(crate) heartbeat: Duration,
     /// The campaigns running now: their progress feeds and cancel switches.
     pub(crate) campaigns:
@@ -93,6 +97,35 @@ pub struct CoordinatorSettings {
 }
 
 impl Coordinator {
+    /// What agents are told of the installation's coordinators: every live
+    /// one's advertised addresses, this one's first.
+    pub(crate) fn installation_addrs(&self) -> Vec<String> {
+        self.installation_addrs
+            .read()
+            .map(|a| a.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Re-reads the live coordinators' addresses from the database (a
+    /// shared one; alone, the list is this coordinator's own). While the
+    /// database cannot say, the last list stands: agents must not forget
+    /// the other coordinators because of an outage.
+    pub(crate) async fn refresh_installation_addrs(&self) {
+        let addrs = match crate::cluster::live_addrs(self.store.as_ref(), &self.token_addrs).await {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list the live coordinators; agents keep the last list");
+                return;
+            }
+        };
+        match self.installation_addrs.write() {
+            Ok(mut current) => *current = addrs,
+            Err(e) => *e.into_inner() = addrs,
+        }
+    }
+}
+
+impl Coordinator {
     /// A coordinator over `store` and `pki`, with its own registry and the
     /// ingest writer thread started (call from inside the tokio runtime).
     /// The thread ends once the coordinator, and with it every ingest
@@ -114,6 +147,7 @@ impl Coordinator {
             admin_hash: settings.admin_hash,
             coordinator_id: settings.coordinator_id,
             shared_database: settings.shared_database,
+            installation_addrs: std::sync::RwLock::new(settings.token_addrs.clone()),
             token_addrs: settings.token_addrs,
             heartbeat: settings.heartbeat,
             campaigns: std::sync::Mutex::default(),

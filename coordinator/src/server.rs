@@ -452,6 +452,20 @@ pub async fn start(config: ServeConfig) -> Result<RunningCoordinator, ServeError
             mail_for: Some(core.coordinator_id.clone()),
         };
         core.store.announce_changes(wakers.clone());
+        // What agents are told of the installation: fresh at every
+        // membership heartbeat, so they learn of coordinators that joined.
+        core.refresh_installation_addrs().await;
+        let refreshing = core.clone();
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(crate::cluster::HEARTBEAT) => {}
+                    _ = stop.changed() => return,
+                }
+                refreshing.refresh_installation_addrs().await;
+            }
+        });
         tokio::spawn(crate::cluster::relay::run(
             core.store.clone(),
             core.registry.clone(),

@@ -301,6 +301,7 @@ fn agent_seeds() -> Vec<pb::AgentMessage> {
         Body::Heartbeat(pb::Heartbeat {
             sent_at_unix_ms: 1_700_000_000_000,
             health: Some(pb::AgentHealth::default()),
+            coordinators: Vec::new(),
         }),
         Body::PlanRejected(pb::PlanRejected {
             plan_id: "plan-1".into(),
@@ -318,6 +319,7 @@ fn coordinator_seeds() -> Vec<pb::CoordinatorMessage> {
         Body::Welcome(pb::Welcome {
             agent_id: "a-1".into(),
             heartbeat_interval_ms: 15_000,
+            coordinators: vec!["a.example.com:7443".into(), "198.51.100.9:7443".into()],
         }),
         Body::Plan(pb::Plan {
             plan_id: "plan-1".into(),
@@ -332,6 +334,7 @@ fn coordinator_seeds() -> Vec<pb::CoordinatorMessage> {
         Body::Heartbeat(pb::Heartbeat {
             sent_at_unix_ms: 1,
             health: None,
+            coordinators: vec!["a.example.com:7443".into()],
         }),
     ]
     .into_iter()

@@ -161,6 +161,18 @@ impl Identity {
         Ok(write_private(&state_dir.join(IDENTITY_FILE), &info, 0o600)?)
     }
 
+    /// Rewrites `identity.json` alone (one atomic rename of a 0600 file),
+    /// after the coordinators it names changed.
+    pub fn save_info(&self, state_dir: &Path) -> Result<(), IdentityError> {
+        let path = state_dir.join(IDENTITY_FILE);
+        let info =
+            serde_json::to_vec_pretty(&self.info).map_err(|source| IdentityError::Damaged {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(write_private(&path, &info, 0o600)?)
+    }
+
     /// The mTLS client configuration for the session.
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         tls::mtls_client_config(&self.ca_pem, &self.cert_pem, &self.key_pem)

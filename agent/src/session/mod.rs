@@ -197,11 +197,21 @@ pub struct Agent {
     rejections: Arc<Mutex<Vec<pb::PlanRejected>>>,
     state_lock: Option<std::fs::File>,
     observations: tokio::sync::Mutex<Option<mpsc::Receiver<pb::Observation>>>,
-    /// Where renewed certificates are stored (`None`: no renewal).
+    /// The state directory, where renewed certificates and the learned
+    /// coordinators' addresses are stored (`None`: no renewal, and what is
+    /// learned is kept in memory only).
     renew_dir: Option<std::path::PathBuf>,
     /// A renewed identity waiting for the next connection.
     renewed: Arc<std::sync::Mutex<Option<Identity>>>,
+    /// The coordinators to connect to, in order: the token's at first, then
+    /// what the coordinators say of their installation.
+    coordinators: Arc<std::sync::Mutex<Vec<String>>>,
 }
+
+/// Most coordinator addresses an agent keeps from what it is told.
+const MAX_COORDINATORS: usize = 32;
+/// Longest coordinator address accepted from the wire.
+const MAX_COORDINATOR_ADDR: usize = 261;
 
 /// The certificate renewal running beside one connection; it tells the
 /// session to reconnect once the renewed certificate is itself due, since
@@ -255,7 +265,6 @@ impl Agent {
     pub fn new(config: SessionConfig, spool: Arc<Spool>, runner: Runner) -> Self {
         let (events, _) = broadcast::channel(1024);
         Agent {
-            config,
             spool,
             runner,
             spooled: Arc::new(Notify::new()),
@@ -266,12 +275,53 @@ impl Agent {
             observations: tokio::sync::Mutex::new(None),
             renew_dir: None,
             renewed: Arc::default(),
+            coordinators: Arc::new(std::sync::Mutex::new(
+                config.identity.info.coordinator.clone(),
+            )),
+            config,
         }
+    }
+
+    /// The coordinators this agent connects to, in order.
+    pub fn coordinators(&self) -> Vec<String> {
+        self.coordinators
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Takes the installation's coordinators as a coordinator lists them
+    /// (Welcome, heartbeats): a new list replaces the old one and is stored
+    /// in the state directory, so failover reaches coordinators added after
+    /// enrollment and a restart still knows them. An empty list (an older
+    /// coordinator) or a malformed one changes nothing.
+    fn learn_coordinators(&self, told: &[String]) {
+        let Some(learned) = accepted_coordinators(told) else {
+            return;
+        };
+        {
+            let mut current = self.coordinators.lock().unwrap_or_else(|e| e.into_inner());
+            if *current == learned {
+                return;
+            }
+            *current = learned.clone();
+        }
+        let listed = learned.join(", ");
+        if let Some(dir) = &self.renew_dir {
+            let mut identity = self.config.identity.clone();
+            identity.info.coordinator = learned;
+            if let Err(e) = identity.save_info(dir) {
+                tracing::warn!(error = %e, "cannot store the coordinators' addresses; they are kept until the agent stops");
+            }
+        }
+        // Said once stored: whoever reads this finds them in the state dir.
+        tracing::info!(coordinators = %listed, "learned the installation's coordinators");
     }
 
     /// Renews the agent certificate over the session before it expires
     /// (once less than a third of its lifetime is left), storing the new one
-    /// in `state_dir`; the next connection uses it.
+    /// in `state_dir`; the next connection uses it. The coordinators'
+    /// addresses the installation announces are stored there too.
     pub fn renew_certs_in(mut self, state_dir: std::path::PathBuf) -> Self {
         self.renew_dir = Some(state_dir);
         self
@@ -355,7 +405,6 @@ impl Agent {
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), SessionError> {
         let mut identity = self.config.identity.clone();
         let mut tls = identity.client_config()?;
-        let addrs = self.config.identity.info.coordinator.clone();
         let mut backoff =
             Backoff::new(self.config.backoff).map_err(|e| SessionError::Refused(e.to_string()))?;
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
@@ -375,8 +424,11 @@ impl Agent {
                         identity = new;
                         tls = identity.client_config()?;
                     }
-                    let addr = &addrs[next_addr % addrs.len().max(1)];
-                    let attempt = self.connect(addr, tls.clone(), &identity);
+                    let addrs = self.coordinators();
+                    let Some(addr) = addrs.get(next_addr % addrs.len().max(1)).cloned() else {
+                        return Err(self.fatal("the identity names no coordinator".into()));
+                    };
+                    let attempt = self.connect(&addr, tls.clone(), &identity);
                     tokio::select! {
                         _ = &mut shutdown => State::Stopped,
                         result = attempt => match result {
@@ -479,6 +531,7 @@ impl Agent {
         };
         let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
         tracing::info!(agent_id = %welcome.agent_id, %addr, "session established");
+        self.learn_coordinators(&welcome.coordinators);
         self.emit(SessionEvent::Connected {
             agent_id: welcome.agent_id,
         });
@@ -536,6 +589,7 @@ impl Agent {
                     let beat = message(Up::Heartbeat(pb::Heartbeat {
                         sent_at_unix_ms: now_ms(),
                         health: Some(health_message(&health)),
+                        coordinators: Vec::new(),
                     }));
                     if live.tx.send(beat).await.is_err() {
                         return End::Transient("session stream closed".into());
@@ -636,7 +690,8 @@ impl Agent {
                     }
                 }
             }
-            Some(Down::Heartbeat(_)) | Some(Down::Welcome(_)) | None => {}
+            Some(Down::Heartbeat(beat)) => self.learn_coordinators(&beat.coordinators),
+            Some(Down::Welcome(_)) | None => {}
         }
         Ok(())
     }
@@ -722,9 +777,54 @@ impl Agent {
     }
 }
 
+/// The coordinators' list a coordinator sent, deduplicated in order, if
+/// it is one to follow: not empty, not oversized, every entry `host:port`.
+fn accepted_coordinators(told: &[String]) -> Option<Vec<String>> {
+    if told.is_empty()
+        || told.len() > MAX_COORDINATORS
+        || told.iter().any(|a| {
+            a.len() > MAX_COORDINATOR_ADDR || vantage_support::addr::split_host_port(a).is_err()
+        })
+    {
+        return None;
+    }
+    let mut learned: Vec<String> = Vec::with_capacity(told.len());
+    for addr in told {
+        if !learned.contains(addr) {
+            learned.push(addr.clone());
+        }
+    }
+    Some(learned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_well_formed_coordinators_list_is_followed() {
+        let list = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            accepted_coordinators(&list(&[
+                "b.example.com:7443",
+                "[2001:db8::1]:7443",
+                "b.example.com:7443"
+            ])),
+            Some(list(&["b.example.com:7443", "[2001:db8::1]:7443"]))
+        );
+        // An older coordinator says nothing: keep what we have.
+        assert_eq!(accepted_coordinators(&[]), None);
+        // One bad entry and the whole list is ignored.
+        assert_eq!(accepted_coordinators(&list(&["a:7443", "no-port"])), None);
+        assert_eq!(
+            accepted_coordinators(&[format!("{}:7443", "h".repeat(300))]),
+            None
+        );
+        let many: Vec<String> = (0..=MAX_COORDINATORS)
+            .map(|i| format!("10.0.0.{i}:7443"))
+            .collect();
+        assert_eq!(accepted_coordinators(&many), None);
+    }
 
     #[test]
     fn refusals_are_fatal_and_outages_transient() {

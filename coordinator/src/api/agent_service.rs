@@ -345,6 +345,7 @@ impl pb::agent_service_server::AgentService for AgentService {
         let welcome = down(Down::Welcome(pb::Welcome {
             agent_id: record.agent_id.clone(),
             heartbeat_interval_ms: u32::try_from(heartbeat.as_millis()).unwrap_or(u32::MAX),
+            coordinators: self.core.installation_addrs(),
         }));
         let _ = outbound.send(Ok(welcome));
         let registry = self.core.registry.clone();
@@ -459,6 +460,7 @@ async fn serve_session(
                 let beat = down(Down::Heartbeat(pb::Heartbeat {
                     sent_at_unix_ms: now_ms(),
                     health: None,
+                    coordinators: core.installation_addrs(),
                 }));
                 if outbound.send(Ok(beat)).is_err() {
                     return "the agent's stream is gone".into();

@@ -260,21 +260,30 @@ pub async fn live_coordinator_ids(store: &dyn Store) -> Result<Vec<String>, Stor
 /// The addresses a new token carries: this coordinator's own first (the
 /// agent tries them in order), then every other live coordinator's.
 pub async fn token_addrs(store: &dyn Store, own: &[String]) -> Vec<String> {
-    let since = now_ms().saturating_sub(i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX));
-    let mut addrs = own.to_vec();
-    match store.live_coordinators(since).await {
-        Ok(live) => {
-            for addr in live.into_iter().flat_map(|c| c.addrs) {
-                if !addrs.contains(&addr) {
-                    addrs.push(addr);
-                }
-            }
-        }
+    match live_addrs(store, own).await {
+        Ok(addrs) => addrs,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot list the other coordinators; the token names this one only")
+            tracing::warn!(error = %e, "cannot list the other coordinators; the token names this one only");
+            own.to_vec()
         }
     }
-    addrs
+}
+
+/// `own` addresses first, then every other live coordinator's.
+pub async fn live_addrs(store: &dyn Store, own: &[String]) -> Result<Vec<String>, StoreError> {
+    let since = now_ms().saturating_sub(i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX));
+    let mut addrs = own.to_vec();
+    for addr in store
+        .live_coordinators(since)
+        .await?
+        .into_iter()
+        .flat_map(|c| c.addrs)
+    {
+        if !addrs.contains(&addr) {
+            addrs.push(addr);
+        }
+    }
+    Ok(addrs)
 }
 
 #[cfg(test)]

@@ -799,6 +799,7 @@ pub async fn sessions(
                             body: Some(Up::Heartbeat(pb::Heartbeat {
                                 sent_at_unix_ms: vantage_support::time::now_ms(),
                                 health: None,
+                                coordinators: Vec::new(),
                             })),
                         };
                         if tx.send(message).await.is_err() {

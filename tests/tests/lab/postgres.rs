@@ -359,6 +359,47 @@ async fn installation_of_two_with(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_learns_a_coordinator_added_after_it_enrolled_and_fails_over_to_it() {
+    let test = "an_agent_learns_a_coordinator_added_after_it_enrolled_and_fails_over_to_it";
+    let Some((url, _cluster)) = vantage_lab::postgres::fresh_database(test).await.unwrap() else {
+        return;
+    };
+    let extra = ["--database", url.as_str()];
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let heartbeat = Duration::from_millis(500);
+    let listen = "127.0.0.1:0".parse().unwrap();
+    let mut a = CoordinatorProcess::start_with(a_dir.path(), listen, heartbeat, &extra)
+        .await
+        .unwrap();
+    // Enrolled while A was the only coordinator: its token names A alone.
+    let (mut agent, state) = a.connected_agent("eu", "fra-1").await.unwrap();
+    let identity = || std::fs::read_to_string(state.path().join("identity.json")).unwrap();
+    std::fs::copy(a_dir.path().join("seal.key"), b_dir.path().join("seal.key")).unwrap();
+    let b = CoordinatorProcess::start_with(b_dir.path(), listen, heartbeat, &extra)
+        .await
+        .unwrap();
+    let b_addr = b.grpc_addr.to_string();
+    assert!(!identity().contains(&b_addr), "{}", identity());
+    // A tells its agent of B (within a membership heartbeat) ...
+    agent
+        .wait_for_line(Duration::from_secs(60), |_, line| {
+            line.contains("learned the installation's coordinators") && line.contains(&b_addr)
+        })
+        .await
+        .unwrap();
+    // ... the agent keeps it in its state directory ...
+    assert!(identity().contains(&b_addr), "{}", identity());
+    // ... and when A dies, moves to B, which it never had a token for.
+    a.kill9().await.unwrap();
+    agent
+        .wait_for_line(Duration::from_secs(60), |_, line| {
+            line.contains("session established") && line.contains(&b_addr)
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_whose_coordinator_is_killed_is_finished_by_the_other() {
     let test = "a_campaign_whose_coordinator_is_killed_is_finished_by_the_other";
     let Some((url, _cluster)) = vantage_lab::postgres::fresh_database(test).await.unwrap() else {
