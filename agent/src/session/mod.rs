@@ -291,21 +291,26 @@ impl Agent {
     }
 
     /// Takes the installation's coordinators as a coordinator lists them
-    /// (Welcome, heartbeats): a new list replaces the old one and is stored
-    /// in the state directory, so failover reaches coordinators added after
-    /// enrollment and a restart still knows them. An empty list (an older
+    /// (Welcome, heartbeats) and stores the result in the state directory,
+    /// so failover reaches coordinators added after enrollment and a
+    /// restart still knows them. The live ones it names go first; the ones
+    /// this agent knew and it did not name stay after them, since a view
+    /// of the installation can be a moment old (a coordinator that just
+    /// joined) or briefly short (one restarting). An empty list (an older
     /// coordinator) or a malformed one changes nothing.
     fn learn_coordinators(&self, told: &[String]) {
-        let Some(learned) = accepted_coordinators(told) else {
+        let Some(told) = accepted_coordinators(told) else {
             return;
         };
-        {
+        let learned = {
             let mut current = self.coordinators.lock().unwrap_or_else(|e| e.into_inner());
+            let learned = merged_coordinators(told, &current);
             if *current == learned {
                 return;
             }
             *current = learned.clone();
-        }
+            learned
+        };
         let listed = learned.join(", ");
         if let Some(dir) = &self.renew_dir {
             let mut identity = self.config.identity.clone();
@@ -797,9 +802,42 @@ fn accepted_coordinators(told: &[String]) -> Option<Vec<String>> {
     Some(learned)
 }
 
+/// `told` (live, in the coordinator's order), then the `known` ones it did
+/// not name, at most [`MAX_COORDINATORS`] in all.
+fn merged_coordinators(mut told: Vec<String>, known: &[String]) -> Vec<String> {
+    for addr in known {
+        if !told.contains(addr) {
+            told.push(addr.clone());
+        }
+    }
+    told.truncate(MAX_COORDINATORS);
+    told
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_coordinator_names_goes_first_and_nothing_known_is_forgotten() {
+        let list = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // A told before B had joined (its view a moment old): B stays.
+        assert_eq!(
+            merged_coordinators(list(&["a:7443"]), &list(&["a:7443", "b:7443"])),
+            list(&["a:7443", "b:7443"])
+        );
+        // B, connected to now, names itself first, and C that joined.
+        assert_eq!(
+            merged_coordinators(list(&["b:7443", "c:7443"]), &list(&["a:7443", "b:7443"])),
+            list(&["b:7443", "c:7443", "a:7443"])
+        );
+        let known: Vec<String> = (0..MAX_COORDINATORS)
+            .map(|i| format!("10.0.0.{i}:7443"))
+            .collect();
+        let merged = merged_coordinators(list(&["new:7443"]), &known);
+        assert_eq!(merged.len(), MAX_COORDINATORS);
+        assert_eq!(merged[0], "new:7443");
+    }
 
     #[test]
     fn only_a_well_formed_coordinators_list_is_followed() {
