@@ -414,6 +414,8 @@ impl Agent {
             Backoff::new(self.config.backoff).map_err(|e| SessionError::Refused(e.to_string()))?;
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
         let mut next_addr = 0usize;
+        // The coordinator of the live session, if any.
+        let mut on_addr = String::new();
         tokio::pin!(shutdown);
 
         let mut state = State::Connecting;
@@ -439,6 +441,7 @@ impl Agent {
                         result = attempt => match result {
                             Ok(live) => {
                                 backoff.reset();
+                                on_addr = addr;
                                 State::Connected(Box::new(live))
                             }
                             Err(End::Fatal(reason)) => return Err(self.fatal(reason)),
@@ -454,6 +457,7 @@ impl Agent {
                     End::Shutdown => State::Stopped,
                     End::Fatal(reason) => return Err(self.fatal(reason)),
                     End::Transient(reason) => {
+                        next_addr = after_losing(&self.coordinators(), &on_addr, next_addr);
                         self.disconnected(reason, backoff.next_delay(&mut rng))
                     }
                 },
@@ -802,6 +806,16 @@ fn accepted_coordinators(told: &[String]) -> Option<Vec<String>> {
     Some(learned)
 }
 
+/// Where to reconnect after the session with `lost` ended: the first other
+/// coordinator in `addrs` (the one lost may be gone, and any coordinator of
+/// the installation serves the agent), else `current` (only one is known).
+fn after_losing(addrs: &[String], lost: &str, current: usize) -> usize {
+    if addrs.len() < 2 {
+        return current;
+    }
+    addrs.iter().position(|a| a != lost).unwrap_or(current)
+}
+
 /// `told` (live, in the coordinator's order), then the `known` ones it did
 /// not name, at most [`MAX_COORDINATORS`] in all.
 fn merged_coordinators(mut told: Vec<String>, known: &[String]) -> Vec<String> {
@@ -817,6 +831,16 @@ fn merged_coordinators(mut told: Vec<String>, known: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_session_reconnects_to_another_coordinator_first() {
+        let list = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let two = list(&["a:7443", "b:7443"]);
+        assert_eq!(after_losing(&two, "a:7443", 0), 1);
+        assert_eq!(after_losing(&two, "b:7443", 1), 0);
+        // Alone, the only coordinator is retried.
+        assert_eq!(after_losing(&list(&["a:7443"]), "a:7443", 0), 0);
+    }
 
     #[test]
     fn what_a_coordinator_names_goes_first_and_nothing_known_is_forgotten() {
