@@ -309,12 +309,7 @@ async fn two_coordinators_share_one_installation_and_an_agent_fails_over_on_kill
     let (mut agent, _state) = a.connected_agent("eu", "fra-1").await.unwrap();
     // ... and when A dies, moves to B by itself.
     a.kill9().await.unwrap();
-    agent
-        .wait_for_line(Duration::from_secs(60), |_, line| {
-            line.contains("session established") && line.contains(&b_addr)
-        })
-        .await
-        .unwrap();
+    moved_to(&mut agent, &b_addr).await;
     let listed = b.cli(&["agents", "--json"]).await.unwrap();
     let agents: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(agents[0]["name"], "fra-1", "{agents}");
@@ -344,18 +339,44 @@ async fn installation_of_two_with(
     tempfile::TempDir,
     tempfile::TempDir,
 ) {
-    let extra = [&["--database", url][..], more].concat();
-    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let heartbeat = Duration::from_millis(500);
-    let listen = "127.0.0.1:0".parse().unwrap();
-    let a = CoordinatorProcess::start_with(a_dir.path(), listen, heartbeat, &extra)
-        .await
-        .unwrap();
-    std::fs::copy(a_dir.path().join("seal.key"), b_dir.path().join("seal.key")).unwrap();
-    let b = CoordinatorProcess::start_with(b_dir.path(), listen, heartbeat, &extra)
-        .await
-        .unwrap();
+    let (a, a_dir) = coordinator_on(url, more, None).await;
+    let (b, b_dir) = coordinator_on(url, more, Some(a_dir.path())).await;
     (a, b, a_dir, b_dir)
+}
+
+/// A coordinator of the installation on `url`, with `more` flags, in a
+/// data dir of its own: the first creates the installation; a later one
+/// starts with the seal key from the data dir `seal_from`.
+async fn coordinator_on(
+    url: &str,
+    more: &[&str],
+    seal_from: Option<&std::path::Path>,
+) -> (CoordinatorProcess, tempfile::TempDir) {
+    let extra = [&["--database", url][..], more].concat();
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(from) = seal_from {
+        std::fs::copy(from.join("seal.key"), dir.path().join("seal.key")).unwrap();
+    }
+    let coordinator = CoordinatorProcess::start_with(
+        dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        Duration::from_millis(500),
+        &extra,
+    )
+    .await
+    .unwrap();
+    (coordinator, dir)
+}
+
+/// Waits (bounded) until `agent` has a session with the coordinator at
+/// `addr`.
+async fn moved_to(agent: &mut vantage_lab::process::ChildProcess, addr: &str) {
+    agent
+        .wait_for_line(Duration::from_secs(60), |_, line| {
+            line.contains("session established") && line.contains(addr)
+        })
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,20 +385,11 @@ async fn an_agent_learns_a_coordinator_added_after_it_enrolled_and_fails_over_to
     let Some((url, _cluster)) = vantage_lab::postgres::fresh_database(test).await.unwrap() else {
         return;
     };
-    let extra = ["--database", url.as_str()];
-    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let heartbeat = Duration::from_millis(500);
-    let listen = "127.0.0.1:0".parse().unwrap();
-    let mut a = CoordinatorProcess::start_with(a_dir.path(), listen, heartbeat, &extra)
-        .await
-        .unwrap();
+    let (mut a, a_dir) = coordinator_on(&url, &[], None).await;
     // Enrolled while A was the only coordinator: its token names A alone.
     let (mut agent, state) = a.connected_agent("eu", "fra-1").await.unwrap();
     let identity = || std::fs::read_to_string(state.path().join("identity.json")).unwrap();
-    std::fs::copy(a_dir.path().join("seal.key"), b_dir.path().join("seal.key")).unwrap();
-    let b = CoordinatorProcess::start_with(b_dir.path(), listen, heartbeat, &extra)
-        .await
-        .unwrap();
+    let (b, _b_dir) = coordinator_on(&url, &[], Some(a_dir.path())).await;
     let b_addr = b.grpc_addr.to_string();
     assert!(!identity().contains(&b_addr), "{}", identity());
     // A tells its agent of B (within a membership heartbeat) ...
@@ -391,12 +403,7 @@ async fn an_agent_learns_a_coordinator_added_after_it_enrolled_and_fails_over_to
     assert!(identity().contains(&b_addr), "{}", identity());
     // ... and when A dies, moves to B, which it never had a token for.
     a.kill9().await.unwrap();
-    agent
-        .wait_for_line(Duration::from_secs(60), |_, line| {
-            line.contains("session established") && line.contains(&b_addr)
-        })
-        .await
-        .unwrap();
+    moved_to(&mut agent, &b_addr).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,13 +418,10 @@ async fn a_campaign_whose_coordinator_is_killed_is_finished_by_the_other() {
     let b_addr = b.grpc_addr.to_string();
     let (mut agent, _state) = a.connected_agent("eu", "fra-1").await.unwrap();
     let id = a.start_campaign(&origin).await.unwrap();
-    poll_until(
-        Duration::from_secs(20),
-        Duration::from_millis(20),
-        || async { (origin.arrived() >= 1).then_some(()) },
-    )
-    .await
-    .unwrap();
+    origin
+        .wait_arrived(1, Duration::from_secs(20))
+        .await
+        .unwrap();
     // B is alive, so it leaves A's campaign alone ...
     let shown = b.cli(&["campaign", "show", &id, "--json"]).await.unwrap();
     let said = String::from_utf8_lossy(&shown.stderr);
@@ -426,12 +430,7 @@ async fn a_campaign_whose_coordinator_is_killed_is_finished_by_the_other() {
     // and B adopts the campaign within the lease, waits for that plan and
     // finishes the campaign with everything the agent measured.
     a.kill9().await.unwrap();
-    agent
-        .wait_for_line(Duration::from_secs(60), |_, line| {
-            line.contains("session established") && line.contains(&b_addr)
-        })
-        .await
-        .unwrap();
+    moved_to(&mut agent, &b_addr).await;
     origin.release();
     let report = finished_report(&b, &id).await;
     assert_eq!(report["regions"][0]["region"], "eu", "{report}");
@@ -473,12 +472,7 @@ async fn a_plan_whose_agents_coordinator_is_killed_is_stored_once_through_the_ot
     // A dies with the rest of the plan in flight on its agent, which moves
     // to B and finishes there.
     a.kill9().await.unwrap();
-    agent
-        .wait_for_line(Duration::from_secs(60), |_, line| {
-            line.contains("session established") && line.contains(&b_addr)
-        })
-        .await
-        .unwrap();
+    moved_to(&mut agent, &b_addr).await;
     origin.release();
     assert_eq!(
         stored_at_least(&b, &plan_id, PROBES).await,
@@ -527,20 +521,12 @@ async fn a_campaign_whose_agents_coordinator_is_killed_finishes_through_the_othe
     let (mut agent, _state) = a.connected_agent("eu", "fra-1").await.unwrap();
     let (_us, _us_state) = b.connected_agent("us", "iad-1").await.unwrap();
     let id = b.start_campaign(&origin).await.unwrap();
-    poll_until(
-        Duration::from_secs(20),
-        Duration::from_millis(20),
-        || async { (origin.arrived() >= 1).then_some(()) },
-    )
-    .await
-    .unwrap();
-    a.kill9().await.unwrap();
-    agent
-        .wait_for_line(Duration::from_secs(60), |_, line| {
-            line.contains("session established") && line.contains(&b_addr)
-        })
+    origin
+        .wait_arrived(1, Duration::from_secs(20))
         .await
         .unwrap();
+    a.kill9().await.unwrap();
+    moved_to(&mut agent, &b_addr).await;
     origin.release();
     // Nothing is missing: the agent's plan went on across the move and its
     // results reached the campaign through B.
