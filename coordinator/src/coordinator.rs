@@ -97,35 +97,6 @@ pub struct CoordinatorSettings {
 }
 
 impl Coordinator {
-    /// What agents are told of the installation's coordinators: every live
-    /// one's advertised addresses, this one's first.
-    pub(crate) fn installation_addrs(&self) -> Vec<String> {
-        self.installation_addrs
-            .read()
-            .map(|a| a.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
-    }
-
-    /// Re-reads the live coordinators' addresses from the database (a
-    /// shared one; alone, the list is this coordinator's own). While the
-    /// database cannot say, the last list stands: agents must not forget
-    /// the other coordinators because of an outage.
-    pub(crate) async fn refresh_installation_addrs(&self) {
-        let addrs = match crate::cluster::live_addrs(self.store.as_ref(), &self.token_addrs).await {
-            Ok(addrs) => addrs,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot list the live coordinators; agents keep the last list");
-                return;
-            }
-        };
-        match self.installation_addrs.write() {
-            Ok(mut current) => *current = addrs,
-            Err(e) => *e.into_inner() = addrs,
-        }
-    }
-}
-
-impl Coordinator {
     /// A coordinator over `store` and `pki`, with its own registry and the
     /// ingest writer thread started (call from inside the tokio runtime).
     /// The thread ends once the coordinator, and with it every ingest
@@ -161,6 +132,33 @@ impl Coordinator {
             metrics,
         };
         Ok((coordinator, thread))
+    }
+
+    /// What agents are told of the installation's coordinators: every live
+    /// one's advertised addresses, this one's first.
+    pub(crate) fn installation_addrs(&self) -> Vec<String> {
+        self.installation_addrs
+            .read()
+            .map(|a| a.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Re-reads the live coordinators' addresses from the database (a
+    /// shared one; alone, the list is this coordinator's own). While the
+    /// database cannot say, the last list stands: agents must not forget
+    /// the other coordinators because of an outage.
+    pub(crate) async fn refresh_installation_addrs(&self) {
+        let addrs = match crate::cluster::live_addrs(self.store.as_ref(), &self.token_addrs).await {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list the live coordinators; agents keep the last list");
+                return;
+            }
+        };
+        match self.installation_addrs.write() {
+            Ok(mut current) => *current = addrs,
+            Err(e) => *e.into_inner() = addrs,
+        }
     }
 }
 

@@ -806,9 +806,6 @@ async fn follow(
     Vec::new()
 }
 
-/// The request a stored campaign was planned from, as far as its conclusion
-/// needs it: the report's target carries every setting the diagnosis reads
-/// (burst size and attempts only shaped the plans, which have run).
 /// The target a stored campaign ran against.
 fn stored_target(row: &crate::store::CampaignRow) -> Result<CampaignTarget, Status> {
     let stored: crate::report::ReportTarget = serde_json::from_str(&row.target_json)
@@ -817,6 +814,9 @@ fn stored_target(row: &crate::store::CampaignRow) -> Result<CampaignTarget, Stat
         .map_err(|e| Status::internal(format!("stored target: {e}")))
 }
 
+/// The request a stored campaign was planned from, as far as its conclusion
+/// needs it: the report's target carries every setting the diagnosis reads
+/// (burst size and attempts only shaped the plans, which have run).
 fn request_of_stored(stored: &crate::report::ReportTarget) -> Result<TargetRequest, Status> {
     let bad = |what: String| Status::internal(format!("stored target: {what}"));
     let origins: Vec<&str> = stored.origin.iter().map(String::as_str).collect();
